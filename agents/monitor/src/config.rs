@@ -1,0 +1,244 @@
+//! The monitor's settings: flags and environment, validated once into [`MonitorConfig`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use clap::builder::BoolishValueParser;
+use hemostat_common::config::{CommonArgs, ConfigError, parse_duration, parse_percent};
+
+use crate::detect::DetectConfig;
+use crate::judge::{BaselineConfig, Threshold};
+
+/// hemostat monitor: watches Docker containers and the host, and publishes health alerts the
+/// moment something fails.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "hemostat-monitor", version, about)]
+pub struct MonitorArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Watch every container, not only those labelled `hemostat.enable=true`
+    /// (`hemostat.enable=false` still excludes).
+    #[arg(long, env = "HEMOSTAT_MONITOR_ALL", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub monitor_all: bool,
+
+    /// How often container stats are sampled.
+    #[arg(long, env = "HEMOSTAT_STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub stats_interval: Duration,
+
+    /// Most stats requests in flight at once (Docker takes ~0.7 s per one-shot request).
+    #[arg(long, env = "HEMOSTAT_STATS_CONCURRENCY", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..=512))]
+    pub stats_concurrency: u16,
+
+    /// CPU % (100 = one core, or the container's CPU limit if it has one) that is a breach.
+    /// Per container: label `hemostat.cpu_threshold`.
+    #[arg(long, env = "HEMOSTAT_CPU_THRESHOLD", default_value = "85", value_parser = parse_percent)]
+    pub cpu_threshold: f64,
+
+    /// CPU % that makes a breach critical.
+    #[arg(long, env = "HEMOSTAT_CPU_CRITICAL", default_value = "95", value_parser = parse_percent)]
+    pub cpu_critical: f64,
+
+    /// Memory % of the limit that is a breach. Per container: label `hemostat.memory_threshold`.
+    #[arg(long, env = "HEMOSTAT_MEMORY_THRESHOLD", default_value = "80", value_parser = parse_percent)]
+    pub memory_threshold: f64,
+
+    /// Memory % that makes a breach critical.
+    #[arg(long, env = "HEMOSTAT_MEMORY_CRITICAL", default_value = "95", value_parser = parse_percent)]
+    pub memory_critical: f64,
+
+    /// Consecutive samples over (or back under) a threshold before it fires (or clears).
+    #[arg(long, env = "HEMOSTAT_BREACH_SAMPLES", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub breach_samples: u32,
+
+    /// Samples a container's learned baseline needs before it judges anything.
+    #[arg(long, env = "HEMOSTAT_BASELINE_WARMUP", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    pub baseline_warmup: u32,
+
+    /// Standard deviations above the baseline that count as an anomaly.
+    #[arg(long, env = "HEMOSTAT_BASELINE_Z", default_value_t = 4.0)]
+    pub baseline_z: f64,
+
+    /// Percentage points above the baseline an anomaly must also be.
+    #[arg(long, env = "HEMOSTAT_BASELINE_MIN_DELTA", default_value = "15", value_parser = parse_percent)]
+    pub baseline_min_delta: f64,
+
+    /// How often a problem that persists is reported again.
+    #[arg(long, env = "HEMOSTAT_REMINDER_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub reminder_interval: Duration,
+
+    /// How long a `die` after SIGTERM waits for the `stop` event that marks a person's stop.
+    #[arg(long, env = "HEMOSTAT_STOP_SETTLE", default_value = "300ms", value_parser = parse_duration)]
+    pub stop_settle: Duration,
+
+    /// How often host CPU, memory and disk are sampled.
+    #[arg(long, env = "HEMOSTAT_HOST_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub host_interval: Duration,
+
+    /// Where the host's /proc is visible (`/host/proc` when the monitor runs in a container).
+    #[arg(long, env = "HEMOSTAT_PROC_PATH", default_value = "/proc")]
+    pub proc_path: PathBuf,
+
+    /// A path on the filesystem whose fullness is disk pressure (Docker's data root).
+    #[arg(long, env = "HEMOSTAT_DISK_PATH", default_value = "/")]
+    pub disk_path: PathBuf,
+
+    /// Disk % used that is disk pressure.
+    #[arg(long, env = "HEMOSTAT_DISK_THRESHOLD", default_value = "90", value_parser = parse_percent)]
+    pub disk_threshold: f64,
+
+    /// Host memory % used that is memory pressure.
+    #[arg(long, env = "HEMOSTAT_HOST_MEMORY_THRESHOLD", default_value = "95", value_parser = parse_percent)]
+    pub host_memory_threshold: f64,
+
+    /// Host CPU % (all cores) that is CPU pressure.
+    #[arg(long, env = "HEMOSTAT_HOST_CPU_THRESHOLD", default_value = "95", value_parser = parse_percent)]
+    pub host_cpu_threshold: f64,
+
+    /// How often Docker's own disk use (images, stopped containers) is measured.
+    #[arg(long, env = "HEMOSTAT_DOCKER_DF_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub docker_df_interval: Duration,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    pub monitor_all: bool,
+    pub stats_interval: Duration,
+    pub stats_concurrency: usize,
+    pub cpu: Threshold,
+    pub memory: Threshold,
+    pub breach_samples: u32,
+    pub baseline: BaselineConfig,
+    pub detect: DetectConfig,
+    pub host_interval: Duration,
+    pub proc_path: PathBuf,
+    pub disk_path: PathBuf,
+    pub disk_threshold: f64,
+    pub host_memory_threshold: f64,
+    pub host_cpu_threshold: f64,
+    pub docker_df_interval: Duration,
+}
+
+fn at_least(variable: &'static str, d: Duration, min: Duration) -> Result<Duration, ConfigError> {
+    if d < min {
+        return Err(ConfigError {
+            variable,
+            message: format!("{d:?} is too short; expected at least {min:?}"),
+        });
+    }
+    Ok(d)
+}
+
+impl MonitorArgs {
+    /// Checks what each flag alone cannot, and builds the typed config.
+    pub fn validate(&self) -> Result<MonitorConfig, ConfigError> {
+        self.common.validate()?;
+        if self.cpu_critical < self.cpu_threshold {
+            return Err(ConfigError {
+                variable: "HEMOSTAT_CPU_CRITICAL",
+                message: format!(
+                    "{} is below HEMOSTAT_CPU_THRESHOLD ({}); expected a value >= it",
+                    self.cpu_critical, self.cpu_threshold
+                ),
+            });
+        }
+        if self.memory_critical < self.memory_threshold {
+            return Err(ConfigError {
+                variable: "HEMOSTAT_MEMORY_CRITICAL",
+                message: format!(
+                    "{} is below HEMOSTAT_MEMORY_THRESHOLD ({}); expected a value >= it",
+                    self.memory_critical, self.memory_threshold
+                ),
+            });
+        }
+        if !(self.baseline_z.is_finite() && (1.0..=20.0).contains(&self.baseline_z)) {
+            return Err(ConfigError {
+                variable: "HEMOSTAT_BASELINE_Z",
+                message: format!("{} is out of range; expected 1 to 20", self.baseline_z),
+            });
+        }
+        let ms = Duration::from_millis;
+        Ok(MonitorConfig {
+            monitor_all: self.monitor_all,
+            stats_interval: at_least("HEMOSTAT_STATS_INTERVAL", self.stats_interval, ms(500))?,
+            stats_concurrency: usize::from(self.stats_concurrency),
+            cpu: Threshold {
+                warning: self.cpu_threshold,
+                critical: self.cpu_critical,
+            },
+            memory: Threshold {
+                warning: self.memory_threshold,
+                critical: self.memory_critical,
+            },
+            breach_samples: self.breach_samples,
+            baseline: BaselineConfig {
+                warmup: self.baseline_warmup,
+                z: self.baseline_z,
+                min_delta: self.baseline_min_delta,
+                ..BaselineConfig::default()
+            },
+            detect: DetectConfig {
+                stop_settle: self.stop_settle.min(ms(5000)),
+                reminder_interval: at_least(
+                    "HEMOSTAT_REMINDER_INTERVAL",
+                    self.reminder_interval,
+                    ms(1000),
+                )?,
+                ..DetectConfig::default()
+            },
+            host_interval: at_least("HEMOSTAT_HOST_INTERVAL", self.host_interval, ms(500))?,
+            proc_path: self.proc_path.clone(),
+            disk_path: self.disk_path.clone(),
+            disk_threshold: self.disk_threshold,
+            host_memory_threshold: self.host_memory_threshold,
+            host_cpu_threshold: self.host_cpu_threshold,
+            docker_df_interval: at_least("HEMOSTAT_DOCKER_DF_INTERVAL", self.docker_df_interval, ms(1000))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use hemostat_common::config::parse_from;
+
+    fn parse(args: &[&str]) -> Result<MonitorConfig, String> {
+        let mut all = vec!["hemostat-monitor"];
+        all.extend_from_slice(args);
+        let a = parse_from::<MonitorArgs, _, _>(all).map_err(|e| e.to_string())?;
+        a.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.stats_interval, Duration::from_secs(10));
+        assert_eq!(c.cpu.warning, 85.0);
+        assert_eq!(c.memory.warning, 80.0);
+        assert_eq!(c.breach_samples, 3);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--stats-interval", "often"], "HEMOSTAT_STATS_INTERVAL"),
+            (&["--stats-interval", "10ms"], "HEMOSTAT_STATS_INTERVAL"),
+            (&["--cpu-threshold", "150"], "HEMOSTAT_CPU_THRESHOLD"),
+            (&["--cpu-threshold", "90", "--cpu-critical", "80"], "HEMOSTAT_CPU_CRITICAL"),
+            (&["--breach-samples", "0"], "HEMOSTAT_BREACH_SAMPLES"),
+            (&["--monitor-all", "perhaps"], "HEMOSTAT_MONITOR_ALL"),
+            (&["--baseline-z", "0.1"], "HEMOSTAT_BASELINE_Z"),
+            (&["--redis-url", "mysql://x"], "REDIS_URL"),
+        ];
+        for (args, var) in cases {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(var), "{args:?}: {err}");
+        }
+    }
+}

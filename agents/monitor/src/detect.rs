@@ -1,0 +1,735 @@
+//! Turning Docker's container events into alert decisions: a pure state machine with explicit
+//! time, so every ordering of events seen on a real engine is a one-line test.
+//!
+//! The subtle part is telling a person's `docker stop` from a failure. Docker reports a stop
+//! as `kill` (SIGTERM) → `die` → `stop`, with `stop` arriving a few milliseconds *after*
+//! `die`; a crash, `docker kill` or an OOM kill has no `stop` at all. So a `die` that followed
+//! a non-SIGKILL `kill` is held for a short settle window to see whether `stop` follows; every
+//! other `die` is reported at once, which keeps crash detection instant.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use hemostat_common::events::{AlertKind, Detection};
+
+/// The parts of a Docker event the detector needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DockerEvent {
+    pub id: String,
+    /// `die`, `kill`, `health_status: unhealthy`, ...
+    pub action: String,
+    /// Actor attributes: `name`, `image`, `exitCode`, `signal`, and every container label.
+    pub attributes: HashMap<String, String>,
+    /// Docker's `timeNano`.
+    pub time_nano: i64,
+}
+
+impl DockerEvent {
+    pub fn name(&self) -> &str {
+        self.attributes
+            .get("name")
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
+}
+
+/// Whether a decision reports a problem, a person's action, or a recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Problem,
+    UserAction,
+    Recovered,
+}
+
+/// "Publish this": what the monitor glue enriches (inspect) and sends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub container_id: String,
+    pub name: String,
+    pub image: String,
+    pub attributes: HashMap<String, String>,
+    pub kind: AlertKind,
+    pub class: Class,
+    pub detected_by: Detection,
+    pub exit_code: Option<i64>,
+    pub reminder: bool,
+    /// The Docker event time (ns) this comes from, if any.
+    pub event_time_nano: Option<i64>,
+    /// When the problem was first seen (reminders and recoveries carry the original time).
+    pub since_nano: Option<i64>,
+}
+
+/// What a re-listing after a gap says about one container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub labels: HashMap<String, String>,
+    /// `running`, `exited`, `paused`, ...
+    pub state: String,
+    /// From the status text `Exited (3) 2 seconds ago`.
+    pub exit_code: Option<i64>,
+    /// `healthy`, `unhealthy`, `starting`, or none.
+    pub health: Option<String>,
+}
+
+impl Listed {
+    /// Parses the parts of Docker's human status line that the list API does not give as
+    /// fields on older engines: `Exited (137) 3 seconds ago`, `Up 2 minutes (unhealthy)`.
+    pub fn parse_status(status: &str) -> (Option<i64>, Option<String>) {
+        let exit = status
+            .strip_prefix("Exited (")
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|code| code.trim().parse().ok());
+        let health = if status.contains("(unhealthy)") {
+            Some("unhealthy")
+        } else if status.contains("(healthy)") {
+            Some("healthy")
+        } else if status.contains("(health: starting)") {
+            Some("starting")
+        } else {
+            None
+        };
+        (exit, health.map(str::to_owned))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    since_nano: Option<i64>,
+    last_notified: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Tracked {
+    name: String,
+    image: String,
+    attributes: HashMap<String, String>,
+    /// When a non-SIGKILL signal was last sent (the first step of `docker stop`).
+    term_kill_at: Option<Instant>,
+    /// A `die` waiting to see whether `stop` follows.
+    pending_die: Option<(Instant, DockerEvent)>,
+    /// An `oom` waiting to see whether `die` follows.
+    pending_oom: Option<(Instant, DockerEvent)>,
+    running: bool,
+    open: BTreeMap<AlertKind, Open>,
+}
+
+/// Detector settings.
+#[derive(Debug, Clone, Copy)]
+pub struct DetectConfig {
+    /// How long a `die` after SIGTERM waits for the `stop` that marks a person's stop.
+    pub stop_settle: Duration,
+    /// How long after a SIGTERM a `die` may still be that stop's (covers `docker stop -t`).
+    pub stop_window: Duration,
+    /// How long an `oom` waits for the `die` that would make it an OOM kill.
+    pub oom_settle: Duration,
+    /// How often a problem that is still open is reported again.
+    pub reminder_interval: Duration,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            stop_settle: Duration::from_millis(300),
+            stop_window: Duration::from_secs(600),
+            oom_settle: Duration::from_millis(500),
+            reminder_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The per-host event state machine.
+#[derive(Debug)]
+pub struct Detector {
+    cfg: DetectConfig,
+    containers: HashMap<String, Tracked>,
+    /// The newest event time processed, and the events seen at exactly that time: a reconnect
+    /// asks Docker for events `since` then, and these are the duplicates to skip.
+    last_time_nano: i64,
+    seen_at_last: HashSet<(String, String)>,
+}
+
+fn is_sigkill(signal: Option<&String>) -> bool {
+    matches!(signal.map(String::as_str), Some("9") | Some("SIGKILL") | Some("KILL"))
+}
+
+impl Detector {
+    pub fn new(cfg: DetectConfig) -> Detector {
+        Detector {
+            cfg,
+            containers: HashMap::new(),
+            last_time_nano: 0,
+            seen_at_last: HashSet::new(),
+        }
+    }
+
+    /// The newest Docker event time processed (ns), for `since` on reconnect.
+    pub fn last_event_time_nano(&self) -> i64 {
+        self.last_time_nano
+    }
+
+    /// Processes one event (already known to be in scope) at `now`.
+    pub fn on_event(&mut self, ev: DockerEvent, now: Instant) -> Vec<Decision> {
+        // Skip replays after a reconnect with `since`.
+        let key = (ev.id.clone(), ev.action.clone());
+        if ev.time_nano < self.last_time_nano
+            || (ev.time_nano == self.last_time_nano && self.seen_at_last.contains(&key))
+        {
+            return Vec::new();
+        }
+        if ev.time_nano > self.last_time_nano {
+            self.last_time_nano = ev.time_nano;
+            self.seen_at_last.clear();
+        }
+        self.seen_at_last.insert(key);
+
+        let mut out = Vec::new();
+        let action = ev.action.as_str();
+        if action == "destroy" {
+            // A removed container (`--rm`) can no longer be stopped by a person's `stop`;
+            // settle what is pending now, then forget it.
+            out.extend(self.flush_pending(&ev.id, now, true));
+            self.containers.remove(&ev.id);
+            return out;
+        }
+
+        let t = self.containers.entry(ev.id.clone()).or_default();
+        if let Some(name) = ev.attributes.get("name") {
+            t.name = name.clone();
+        }
+        if let Some(image) = ev.attributes.get("image") {
+            t.image = image.clone();
+        }
+        t.attributes = ev.attributes.clone();
+
+        match action {
+            "kill" => {
+                if !is_sigkill(ev.attributes.get("signal")) {
+                    t.term_kill_at = Some(now);
+                }
+            }
+            "oom" => {
+                t.pending_oom = Some((now + self.cfg.oom_settle, ev));
+            }
+            "die" => {
+                t.running = false;
+                let after_term = t
+                    .term_kill_at
+                    .is_some_and(|at| now.duration_since(at) <= self.cfg.stop_window);
+                t.term_kill_at = None;
+                if after_term {
+                    t.pending_die = Some((now + self.cfg.stop_settle, ev));
+                } else {
+                    let kind = if t.pending_oom.take().is_some() {
+                        AlertKind::OomKilled
+                    } else {
+                        AlertKind::Died
+                    };
+                    out.extend(problem(t, &ev, kind, now));
+                }
+            }
+            "stop" => {
+                let pending = t.pending_die.take();
+                // A person took over: whatever failure was open is theirs now.
+                t.open.remove(&AlertKind::Died);
+                t.open.remove(&AlertKind::OomKilled);
+                let (exit, time) = match &pending {
+                    Some((_, die)) => (exit_code(die), die.time_nano),
+                    None => (None, ev.time_nano),
+                };
+                out.push(decision(t, &ev, AlertKind::Stopped, Class::UserAction, exit, time));
+            }
+            "start" => {
+                t.running = true;
+                t.term_kill_at = None;
+                out.extend(settle_die(t, now));
+                for kind in [AlertKind::Died, AlertKind::OomKilled] {
+                    if let Some(open) = t.open.remove(&kind) {
+                        let mut d = decision(t, &ev, kind, Class::Recovered, None, ev.time_nano);
+                        d.since_nano = open.since_nano;
+                        out.push(d);
+                    }
+                }
+            }
+            "pause" => {
+                out.push(decision(t, &ev, AlertKind::Paused, Class::UserAction, None, ev.time_nano));
+            }
+            "unpause" => {
+                out.push(decision(t, &ev, AlertKind::Unpaused, Class::UserAction, None, ev.time_nano));
+            }
+            a if a.starts_with("health_status") => {
+                let status = a.split(':').nth(1).map(str::trim).unwrap_or_default();
+                match status {
+                    "unhealthy" => out.extend(problem(t, &ev, AlertKind::Unhealthy, now)),
+                    "healthy" => {
+                        if let Some(open) = t.open.remove(&AlertKind::Unhealthy) {
+                            let mut d = decision(t, &ev, AlertKind::Unhealthy, Class::Recovered, None, ev.time_nano);
+                            d.since_nano = open.since_nano;
+                            out.push(d);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// Resolves a pending `die` (no `stop` came: a failure) and a pending `oom`.
+    fn flush_pending(&mut self, id: &str, now: Instant, include_oom: bool) -> Vec<Decision> {
+        let mut out = Vec::new();
+        let Some(t) = self.containers.get_mut(id) else {
+            return out;
+        };
+        out.extend(settle_die(t, now));
+        if include_oom && let Some((_, oom)) = t.pending_oom.take() {
+            out.extend(problem(t, &oom, AlertKind::Oom, now));
+        }
+        out
+    }
+
+    /// When [`Detector::on_tick`] next has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.containers
+            .values()
+            .flat_map(|t| {
+                let reminders = t
+                    .open
+                    .values()
+                    .map(|o| o.last_notified + self.cfg.reminder_interval);
+                t.pending_die
+                    .iter()
+                    .map(|(d, _)| *d)
+                    .chain(t.pending_oom.iter().map(|(d, _)| *d))
+                    .chain(reminders)
+            })
+            .min()
+    }
+
+    /// Settles pending events whose window has passed and emits due reminders.
+    pub fn on_tick(&mut self, now: Instant) -> Vec<Decision> {
+        let mut out = Vec::new();
+        let reminder_interval = self.cfg.reminder_interval;
+        for t in self.containers.values_mut() {
+            if t.pending_die.as_ref().is_some_and(|(deadline, _)| *deadline <= now) {
+                out.extend(settle_die(t, now));
+            }
+            if let Some((deadline, _)) = &t.pending_oom
+                && *deadline <= now
+                && t.pending_die.is_none()
+                && let Some((_, oom)) = t.pending_oom.take()
+            {
+                out.extend(problem(t, &oom, AlertKind::Oom, now));
+            }
+            // An OOM inside a running container is a one-off event, not a lasting state.
+            t.open.remove(&AlertKind::Oom);
+            let due: Vec<AlertKind> = t
+                .open
+                .iter()
+                .filter(|(_, o)| o.last_notified + reminder_interval <= now)
+                .map(|(k, _)| *k)
+                .collect();
+            for kind in due {
+                if let Some(open) = t.open.get_mut(&kind) {
+                    open.last_notified = now;
+                    let since = open.since_nano;
+                    out.push(Decision {
+                        container_id: String::new(),
+                        name: t.name.clone(),
+                        image: t.image.clone(),
+                        attributes: t.attributes.clone(),
+                        kind,
+                        class: Class::Problem,
+                        detected_by: Detection::Event,
+                        exit_code: None,
+                        reminder: true,
+                        event_time_nano: None,
+                        since_nano: since,
+                    });
+                }
+            }
+        }
+        // Fill in ids for reminders (the loop above cannot borrow the map's keys).
+        for d in out.iter_mut().filter(|d| d.container_id.is_empty()) {
+            if let Some((id, _)) = self
+                .containers
+                .iter()
+                .find(|(_, t)| t.name == d.name && t.open.contains_key(&d.kind))
+            {
+                d.container_id = id.clone();
+            }
+        }
+        out
+    }
+
+    /// Compares a fresh listing of in-scope containers with what the detector believed, after
+    /// the event stream was lost (`initial` = false) or at start-up (`initial` = true), and
+    /// reports what changed meanwhile. At start-up only current trouble (unhealthy) is
+    /// reported: an old exit is history, not news.
+    pub fn resync(&mut self, listed: &[Listed], initial: bool) -> Vec<Decision> {
+        let mut out = Vec::new();
+        let now = Instant::now();
+        let present: HashSet<&str> = listed.iter().map(|l| l.id.as_str()).collect();
+        self.containers.retain(|id, _| present.contains(id.as_str()));
+        for l in listed {
+            let known = self.containers.contains_key(&l.id);
+            let t = self.containers.entry(l.id.clone()).or_default();
+            t.name = l.name.clone();
+            t.image = l.image.clone();
+            if t.attributes.is_empty() {
+                t.attributes = l.labels.clone();
+                t.attributes.insert("name".into(), l.name.clone());
+                t.attributes.insert("image".into(), l.image.clone());
+            }
+            let running = l.state == "running";
+            let was_running = t.running;
+            t.running = running;
+            let mk = |t: &Tracked, kind, class, exit| Decision {
+                container_id: l.id.clone(),
+                name: t.name.clone(),
+                image: t.image.clone(),
+                attributes: t.attributes.clone(),
+                kind,
+                class,
+                detected_by: Detection::Resync,
+                exit_code: exit,
+                reminder: false,
+                event_time_nano: None,
+                since_nano: None,
+            };
+            if !initial
+                && known
+                && was_running
+                && !running
+                && l.state != "paused"
+                && !t.open.contains_key(&AlertKind::Died)
+            {
+                t.open.insert(AlertKind::Died, Open { since_nano: None, last_notified: now });
+                out.push(mk(t, AlertKind::Died, Class::Problem, l.exit_code));
+            }
+            if running {
+                for kind in [AlertKind::Died, AlertKind::OomKilled] {
+                    if t.open.remove(&kind).is_some() {
+                        out.push(mk(t, kind, Class::Recovered, None));
+                    }
+                }
+            }
+            let unhealthy = running && l.health.as_deref() == Some("unhealthy");
+            if unhealthy && !t.open.contains_key(&AlertKind::Unhealthy) {
+                t.open.insert(AlertKind::Unhealthy, Open { since_nano: None, last_notified: now });
+                out.push(mk(t, AlertKind::Unhealthy, Class::Problem, None));
+            } else if !unhealthy
+                && l.health.as_deref() == Some("healthy")
+                && t.open.remove(&AlertKind::Unhealthy).is_some()
+            {
+                out.push(mk(t, AlertKind::Unhealthy, Class::Recovered, None));
+            }
+        }
+        out
+    }
+
+    /// Number of containers with state (for metrics).
+    pub fn tracked(&self) -> usize {
+        self.containers.len()
+    }
+}
+
+/// A held `die` whose `stop` never came: a failure (an OOM kill if an `oom` preceded it).
+fn settle_die(t: &mut Tracked, now: Instant) -> Option<Decision> {
+    let (_, die) = t.pending_die.take()?;
+    let kind = if t.pending_oom.take().is_some() {
+        AlertKind::OomKilled
+    } else {
+        AlertKind::Died
+    };
+    problem(t, &die, kind, now)
+}
+
+fn exit_code(ev: &DockerEvent) -> Option<i64> {
+    ev.attributes.get("exitCode").and_then(|c| c.parse().ok())
+}
+
+fn decision(
+    t: &Tracked,
+    ev: &DockerEvent,
+    kind: AlertKind,
+    class: Class,
+    exit: Option<i64>,
+    time_nano: i64,
+) -> Decision {
+    Decision {
+        container_id: ev.id.clone(),
+        name: t.name.clone(),
+        image: t.image.clone(),
+        attributes: t.attributes.clone(),
+        kind,
+        class,
+        detected_by: Detection::Event,
+        exit_code: exit,
+        reminder: false,
+        event_time_nano: Some(time_nano),
+        since_nano: Some(time_nano),
+    }
+}
+
+/// Opens a problem and reports it, unless the same problem is already open (no spam).
+fn problem(t: &mut Tracked, ev: &DockerEvent, kind: AlertKind, now: Instant) -> Option<Decision> {
+    if t.open.contains_key(&kind) {
+        return None;
+    }
+    t.open.insert(
+        kind,
+        Open {
+            since_nano: Some(ev.time_nano),
+            last_notified: now,
+        },
+    );
+    Some(decision(t, ev, kind, Class::Problem, exit_code(ev), ev.time_nano))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn ev(action: &str, extra: &[(&str, &str)], t_ms: i64) -> DockerEvent {
+        let mut attributes: HashMap<String, String> = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        attributes.insert("name".into(), "web".into());
+        attributes.insert("image".into(), "patient".into());
+        DockerEvent {
+            id: "c1".into(),
+            action: action.into(),
+            attributes,
+            time_nano: t_ms * 1_000_000,
+        }
+    }
+
+    /// Feeds `(ms offset, action, attributes)` in order, ticking between events and after
+    /// the last one long enough for every settle window, and returns `(kind, class, exit)`.
+    fn check(steps: &[(u64, &str, &[(&str, &str)])]) -> Vec<(AlertKind, Class, Option<i64>)> {
+        let mut d = Detector::new(DetectConfig::default());
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        for (ms, action, attrs) in steps {
+            let now = t0 + MS * (*ms as u32);
+            out.extend(d.on_tick(now));
+            out.extend(d.on_event(ev(action, attrs, *ms as i64 + 1), now));
+        }
+        let end = t0 + Duration::from_secs(5);
+        out.extend(d.on_tick(end));
+        out.into_iter().map(|d| (d.kind, d.class, d.exit_code)).collect()
+    }
+
+    use AlertKind::*;
+    use Class::*;
+
+    #[test]
+    fn docker_kill_is_a_failure_at_once() {
+        assert_eq!(
+            check(&[(0, "kill", &[("signal", "9")]), (5, "die", &[("exitCode", "137")])]),
+            [(Died, Problem, Some(137))]
+        );
+    }
+
+    #[test]
+    fn a_crash_is_a_failure_at_once_even_without_settling() {
+        let mut d = Detector::new(DetectConfig::default());
+        let now = Instant::now();
+        let out = d.on_event(ev("die", &[("exitCode", "3")], 1), now);
+        assert_eq!(out.len(), 1, "reported in the same call, no settle wait");
+        assert_eq!((out[0].kind, out[0].exit_code), (Died, Some(3)));
+    }
+
+    #[test]
+    fn docker_stop_is_a_person_not_a_failure() {
+        assert_eq!(
+            check(&[
+                (0, "kill", &[("signal", "15")]),
+                (20, "die", &[("exitCode", "0")]),
+                (28, "stop", &[]),
+            ]),
+            [(Stopped, UserAction, Some(0))]
+        );
+    }
+
+    #[test]
+    fn docker_stop_that_needs_sigkill_is_still_a_person() {
+        assert_eq!(
+            check(&[
+                (0, "kill", &[("signal", "15")]),
+                (10_000, "kill", &[("signal", "9")]),
+                (10_005, "die", &[("exitCode", "137")]),
+                (10_013, "stop", &[]),
+            ]),
+            [(Stopped, UserAction, Some(137))]
+        );
+    }
+
+    #[test]
+    fn sigterm_without_stop_is_a_failure_after_settling() {
+        assert_eq!(
+            check(&[(0, "kill", &[("signal", "SIGTERM")]), (5, "die", &[("exitCode", "143")])]),
+            [(Died, Problem, Some(143))]
+        );
+    }
+
+    #[test]
+    fn oom_then_die_is_one_oom_kill() {
+        assert_eq!(
+            check(&[(0, "oom", &[]), (3, "die", &[("exitCode", "137")])]),
+            [(OomKilled, Problem, Some(137))]
+        );
+    }
+
+    #[test]
+    fn oom_without_die_is_an_oom_in_a_live_container() {
+        assert_eq!(check(&[(0, "oom", &[])]), [(Oom, Problem, None)]);
+    }
+
+    #[test]
+    fn health_transitions_alert_once_and_recover() {
+        assert_eq!(
+            check(&[
+                (0, "health_status: unhealthy", &[]),
+                (1000, "health_status: unhealthy", &[]),
+                (2000, "health_status: healthy", &[]),
+                (3000, "health_status: healthy", &[]),
+            ]),
+            [(Unhealthy, Problem, None), (Unhealthy, Recovered, None)]
+        );
+    }
+
+    #[test]
+    fn pause_and_unpause_are_a_persons_actions() {
+        assert_eq!(
+            check(&[(0, "pause", &[]), (10, "unpause", &[])]),
+            [(Paused, UserAction, None), (Unpaused, UserAction, None)]
+        );
+    }
+
+    #[test]
+    fn crash_then_restart_recovers_and_a_crash_loop_alerts_each_time() {
+        assert_eq!(
+            check(&[
+                (0, "die", &[("exitCode", "1")]),
+                (100, "start", &[]),
+                (200, "die", &[("exitCode", "1")]),
+                (300, "start", &[]),
+            ]),
+            [
+                (Died, Problem, Some(1)),
+                (Died, Recovered, None),
+                (Died, Problem, Some(1)),
+                (Died, Recovered, None)
+            ]
+        );
+    }
+
+    #[test]
+    fn docker_restart_is_a_person() {
+        // docker restart: kill(15), die, stop, start, restart
+        assert_eq!(
+            check(&[
+                (0, "kill", &[("signal", "15")]),
+                (10, "die", &[("exitCode", "0")]),
+                (18, "stop", &[]),
+                (40, "start", &[]),
+                (41, "restart", &[]),
+            ]),
+            [(Stopped, UserAction, Some(0))]
+        );
+    }
+
+    #[test]
+    fn removed_container_with_pending_die_is_settled() {
+        assert_eq!(
+            check(&[
+                (0, "kill", &[("signal", "15")]),
+                (5, "die", &[("exitCode", "143")]),
+                (6, "destroy", &[]),
+            ]),
+            [(Died, Problem, Some(143))]
+        );
+    }
+
+    #[test]
+    fn replayed_events_after_reconnect_are_skipped() {
+        let mut d = Detector::new(DetectConfig::default());
+        let now = Instant::now();
+        let die = ev("die", &[("exitCode", "1")], 10);
+        assert_eq!(d.on_event(die.clone(), now).len(), 1);
+        assert!(d.on_event(die, now).is_empty());
+        assert!(d.on_event(ev("start", &[], 5), now).is_empty(), "older than seen");
+    }
+
+    #[test]
+    fn open_problems_remind_at_the_interval() {
+        let cfg = DetectConfig {
+            reminder_interval: Duration::from_secs(60),
+            ..DetectConfig::default()
+        };
+        let mut d = Detector::new(cfg);
+        let t0 = Instant::now();
+        assert_eq!(d.on_event(ev("health_status: unhealthy", &[], 1), t0).len(), 1);
+        assert!(d.on_tick(t0 + Duration::from_secs(30)).is_empty());
+        assert_eq!(d.next_deadline(), Some(t0 + Duration::from_secs(60)));
+        let r = d.on_tick(t0 + Duration::from_secs(61));
+        assert_eq!(r.len(), 1);
+        assert!(r[0].reminder);
+        assert_eq!(r[0].container_id, "c1");
+        assert!(d.on_tick(t0 + Duration::from_secs(90)).is_empty());
+    }
+
+    #[test]
+    fn resync_reports_what_happened_while_blind() {
+        let mut d = Detector::new(DetectConfig::default());
+        let listed = |state: &str, health: Option<&str>, exit| Listed {
+            id: "c1".into(),
+            name: "web".into(),
+            image: "patient".into(),
+            labels: HashMap::new(),
+            state: state.into(),
+            exit_code: exit,
+            health: health.map(str::to_owned),
+        };
+        assert!(d.resync(&[listed("running", None, None)], true).is_empty());
+        let out = d.resync(&[listed("exited", None, Some(2))], false);
+        assert_eq!(
+            out.iter().map(|d| (d.kind, d.class, d.exit_code, d.detected_by)).collect::<Vec<_>>(),
+            [(Died, Problem, Some(2), Detection::Resync)]
+        );
+        let out = d.resync(&[listed("running", Some("unhealthy"), None)], false);
+        assert_eq!(
+            out.iter().map(|d| (d.kind, d.class)).collect::<Vec<_>>(),
+            [(Died, Recovered), (Unhealthy, Problem)]
+        );
+        assert!(d.resync(&[listed("running", Some("unhealthy"), None)], false).is_empty());
+    }
+
+    #[test]
+    fn status_lines_parse() {
+        let cases = [
+            ("Exited (137) 3 seconds ago", (Some(137), None)),
+            ("Exited (0) About a minute ago", (Some(0), None)),
+            ("Up 2 minutes (unhealthy)", (None, Some("unhealthy"))),
+            ("Up 2 minutes (healthy)", (None, Some("healthy"))),
+            ("Up 1 second (health: starting)", (None, Some("starting"))),
+            ("Up 5 hours (Paused)", (None, None)),
+            ("", (None, None)),
+        ];
+        for (status, (exit, health)) in cases {
+            assert_eq!(
+                Listed::parse_status(status),
+                (exit, health.map(str::to_owned)),
+                "{status}"
+            );
+        }
+    }
+}

@@ -1,0 +1,929 @@
+//! hemostat-monitor: watches Docker containers and the host and publishes what goes wrong.
+//!
+//! Three loops run side by side, each owning its own state:
+//! - [`watch_events`]: Docker's event stream → [`detect::Detector`] → `health_alert`, at once.
+//! - [`watch_stats`]: one-shot stats for every watched container, concurrently → samples on
+//!   `hemostat:metrics`, thresholds and baselines ([`judge`]) → `health_alert` on transitions.
+//! - [`watch_host`]: host CPU, memory, disk and Docker's disk use → samples and host alerts.
+//!
+//! Architecture invariant: the monitor only reads from Docker; it never changes a container.
+
+pub mod config;
+pub mod detect;
+pub mod host;
+pub mod judge;
+pub mod scope;
+pub mod stats;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bollard::Docker;
+use bollard::models::{ContainerInspectResponse, ContainerSummary};
+use bollard::query_parameters::{
+    EventsOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
+    ListImagesOptionsBuilder, StatsOptionsBuilder,
+};
+use chrono::{DateTime, TimeZone, Utc};
+use futures::StreamExt;
+use hemostat_common::agent::AgentContext;
+use hemostat_common::bus::Backoff;
+use hemostat_common::events::{
+    AlertKind, Breach, ContainerAlert, ContainerRef, ContainerSample, ContainerState, Detection,
+    DockerDiskUsage, Envelope, HealthState, HostAlert, HostAlertKind, HostSample, MetricsBatch,
+    Payload, Severity,
+};
+use hemostat_common::http::Health;
+use hemostat_common::shutdown::Shutdown;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::config::MonitorConfig;
+use crate::detect::{Class, Decision, Detector, DockerEvent, Listed};
+use crate::judge::{Baseline, Threshold, Transition, Watch};
+
+/// The agent's name on the bus.
+pub const AGENT: &str = "monitor";
+
+/// Longest health-check output carried in an alert.
+const HEALTH_OUTPUT_LIMIT: usize = 1024;
+
+/// Monitor-specific metrics.
+#[derive(Debug, Clone)]
+pub struct MonitorMetrics {
+    pub docker_events: Counter,
+    pub alerts: Counter,
+    pub event_stream_reconnects: Counter,
+    pub watched_containers: Gauge,
+    pub stats_round_seconds: Histogram,
+    pub stats_round_overruns: Counter,
+    pub stats_errors: Counter,
+}
+
+impl MonitorMetrics {
+    fn new(ctx: &AgentContext) -> MonitorMetrics {
+        let m = MonitorMetrics {
+            docker_events: Counter::default(),
+            alerts: Counter::default(),
+            event_stream_reconnects: Counter::default(),
+            watched_containers: Gauge::default(),
+            stats_round_seconds: Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
+            stats_round_overruns: Counter::default(),
+            stats_errors: Counter::default(),
+        };
+        ctx.registry.with(|r| {
+            r.register(
+                "hemostat_monitor_docker_events",
+                "Container events received from Docker",
+                m.docker_events.clone(),
+            );
+            r.register(
+                "hemostat_monitor_alerts",
+                "Health alerts published",
+                m.alerts.clone(),
+            );
+            r.register(
+                "hemostat_monitor_event_stream_reconnects",
+                "Times the Docker event stream was re-established",
+                m.event_stream_reconnects.clone(),
+            );
+            r.register(
+                "hemostat_monitor_watched_containers",
+                "Running containers in scope at the last stats round",
+                m.watched_containers.clone(),
+            );
+            r.register(
+                "hemostat_monitor_stats_round_seconds",
+                "Time to collect one round of stats",
+                m.stats_round_seconds.clone(),
+            );
+            r.register(
+                "hemostat_monitor_stats_round_overruns",
+                "Stats rounds that took longer than the interval",
+                m.stats_round_overruns.clone(),
+            );
+            r.register(
+                "hemostat_monitor_stats_errors",
+                "Stats requests that failed",
+                m.stats_errors.clone(),
+            );
+        });
+        m
+    }
+}
+
+/// Connects to Docker (unix socket or `DOCKER_HOST`) and negotiates the API version, waiting
+/// with backoff while Docker is unreachable.
+pub async fn connect_docker(health: &Health, shutdown: &Shutdown) -> anyhow::Result<Docker> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let attempt = async {
+            let docker = Docker::connect_with_defaults().context("docker client")?;
+            docker.negotiate_version().await.context("docker version negotiation")
+        };
+        match attempt.await {
+            Ok(docker) => {
+                health.ok("docker");
+                tracing::info!(api = %docker.client_version(), "connected to docker");
+                return Ok(docker);
+            }
+            Err(e) => {
+                health.degraded("docker", format!("{e:#}"));
+                let delay = backoff.next_delay();
+                tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "docker not reachable");
+                tokio::select! {
+                    () = shutdown.cancelled() => anyhow::bail!("shut down while waiting for docker"),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The host id to use: the configured one, or the Docker engine's name.
+pub async fn host_id(docker: &Docker, configured: Option<&str>) -> anyhow::Result<String> {
+    if let Some(id) = configured {
+        return Ok(id.to_owned());
+    }
+    let info = docker.info().await.context("docker info (for the host id)")?;
+    info.name
+        .filter(|n| !n.is_empty())
+        .context("docker info has no name; set HEMOSTAT_HOST_ID")
+}
+
+/// Starts the monitor's loops on `ctx.tracker`. They run until `ctx.shutdown`.
+pub fn spawn(cfg: MonitorConfig, docker: Docker, ctx: &AgentContext) {
+    let cfg = Arc::new(cfg);
+    let metrics = MonitorMetrics::new(ctx);
+    let out = Out {
+        agent: ctx.identity.agent.clone(),
+        host: ctx.identity.host.clone(),
+        outbox: ctx.outbox.clone(),
+        metrics: metrics.clone(),
+        docker_up: ctx.metrics.docker_up.clone(),
+    };
+    ctx.tracker.spawn(watch_events(
+        cfg.clone(),
+        docker.clone(),
+        out.clone(),
+        ctx.health.clone(),
+        ctx.shutdown.clone(),
+    ));
+    ctx.tracker.spawn(watch_stats(
+        cfg.clone(),
+        docker.clone(),
+        out.clone(),
+        ctx.shutdown.clone(),
+    ));
+    ctx.tracker.spawn(watch_host(cfg, docker, out, ctx.shutdown.clone()));
+}
+
+/// Where the loops send what they produce.
+#[derive(Clone)]
+struct Out {
+    agent: String,
+    host: String,
+    outbox: hemostat_common::bus::Outbox,
+    metrics: MonitorMetrics,
+    docker_up: Gauge,
+}
+
+impl Out {
+    fn envelope(&self, payload: Payload) -> Envelope {
+        Envelope::new(&self.agent, &self.host, payload)
+    }
+
+    /// Alerts wait for room in the outbox: they must not be lost.
+    async fn alert(&self, payload: Payload) {
+        self.metrics.alerts.inc();
+        self.outbox.send(self.envelope(payload)).await;
+    }
+
+    /// Samples are dropped (and counted) when the outbox is full.
+    fn sample(&self, payload: Payload) {
+        self.outbox.try_send(self.envelope(payload));
+    }
+
+    fn docker_ok(&self, ok: bool) {
+        self.docker_up.set(i64::from(ok));
+    }
+}
+
+fn nano_to_utc(ns: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_opt(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32)
+        .single()
+}
+
+fn trim_output(s: &str) -> String {
+    let s = s.trim();
+    if s.len() <= HEALTH_OUTPUT_LIMIT {
+        return s.to_owned();
+    }
+    let mut cut = HEALTH_OUTPUT_LIMIT;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &s[..cut])
+}
+
+/// The alert-relevant part of an inspect response.
+fn container_state(i: &ContainerInspectResponse) -> Option<ContainerState> {
+    let st = i.state.as_ref()?;
+    let health = st.health.as_ref().map(|h| {
+        let last = h.log.as_ref().and_then(|l| l.last());
+        HealthState {
+            status: h.status.map(|s| s.to_string()).unwrap_or_default(),
+            failing_streak: h.failing_streak.unwrap_or(0),
+            last_output: last.and_then(|r| r.output.as_deref()).map(trim_output),
+            last_exit_code: last.and_then(|r| r.exit_code),
+        }
+    });
+    Some(ContainerState {
+        status: st.status.map(|s| s.to_string()).unwrap_or_default(),
+        running: st.running.unwrap_or(false),
+        exit_code: st.exit_code,
+        oom_killed: st.oom_killed.unwrap_or(false),
+        restart_count: i.restart_count.unwrap_or(0),
+        started_at: st.started_at.clone(),
+        finished_at: st.finished_at.clone(),
+        error: st.error.clone().filter(|e| !e.is_empty()),
+        health,
+        memory_limit_bytes: i
+            .host_config
+            .as_ref()
+            .and_then(|h| h.memory)
+            .filter(|m| *m > 0)
+            .map(|m| m as u64),
+    })
+}
+
+fn summary(name: &str, kind: AlertKind, class: Class, state: Option<&ContainerState>, exit: Option<i64>) -> String {
+    let exit = exit.or_else(|| state.and_then(|s| s.exit_code));
+    match (class, kind) {
+        (Class::Recovered, AlertKind::Unhealthy) => format!("container {name} is healthy again"),
+        (Class::Recovered, AlertKind::CpuHigh) => format!("container {name} CPU is back under its threshold"),
+        (Class::Recovered, AlertKind::MemoryHigh) => format!("container {name} memory is back under its threshold"),
+        (Class::Recovered, AlertKind::Anomaly) => format!("container {name} is back within its baseline"),
+        (Class::Recovered, _) => format!("container {name} is running again"),
+        (_, AlertKind::Died) => match exit {
+            Some(0) => format!("container {name} exited cleanly (exit code 0)"),
+            Some(137) => format!("container {name} was killed (exit code 137, SIGKILL)"),
+            Some(c) => format!("container {name} died (exit code {c})"),
+            None => format!("container {name} died"),
+        },
+        (_, AlertKind::OomKilled) => {
+            let limit = state
+                .and_then(|s| s.memory_limit_bytes)
+                .map(|b| format!(" at its {} MiB limit", b / (1024 * 1024)))
+                .unwrap_or_default();
+            format!("container {name} was killed by the OOM killer{limit}")
+        }
+        (_, AlertKind::Oom) => format!("a process in container {name} was killed by the OOM killer; the container is still running"),
+        (_, AlertKind::Unhealthy) => {
+            let out = state
+                .and_then(|s| s.health.as_ref())
+                .and_then(|h| h.last_output.as_deref())
+                .filter(|o| !o.is_empty())
+                .map(|o| format!(": {o}"))
+                .unwrap_or_default();
+            format!("container {name} is failing its health check{out}")
+        }
+        (_, AlertKind::Stopped) => format!("container {name} was stopped by a person (docker stop)"),
+        (_, AlertKind::Paused) => format!("container {name} was paused by a person"),
+        (_, AlertKind::Unpaused) => format!("container {name} was unpaused"),
+        (_, AlertKind::CpuHigh) => format!("container {name} CPU is over its threshold"),
+        (_, AlertKind::MemoryHigh) => format!("container {name} memory is over its threshold"),
+        (_, AlertKind::Anomaly) => format!("container {name} is far outside its usual behaviour"),
+    }
+}
+
+fn severity_of(kind: AlertKind, class: Class, exit: Option<i64>) -> Severity {
+    match (class, kind) {
+        (Class::Recovered | Class::UserAction, _) => Severity::Info,
+        (_, AlertKind::Died) if exit == Some(0) => Severity::Info,
+        (_, AlertKind::Died | AlertKind::OomKilled | AlertKind::Unhealthy) => Severity::Critical,
+        _ => Severity::Warning,
+    }
+}
+
+/// Inspects the container (for exit code, OOMKilled, restart count, health output) and
+/// publishes the alert. A container already removed is reported from the event alone.
+async fn publish_decision(docker: Docker, out: Out, d: Decision) {
+    let inspect = docker
+        .inspect_container(&d.container_id, None::<InspectContainerOptions>)
+        .await;
+    let state = match &inspect {
+        Ok(i) => {
+            out.docker_ok(true);
+            container_state(i)
+        }
+        Err(e) => {
+            tracing::debug!(container = %d.name, error = %e, "inspect failed; alerting from the event alone");
+            None
+        }
+    };
+    // The kernel's verdict wins: a die with OOMKilled set is an OOM kill even if the `oom`
+    // event was missed.
+    let mut kind = d.kind;
+    if kind == AlertKind::Died && d.class == Class::Problem && state.as_ref().is_some_and(|s| s.oom_killed) {
+        kind = AlertKind::OomKilled;
+    }
+    // A reminder for a problem that is no longer true is not sent.
+    if d.reminder
+        && let Some(s) = &state
+    {
+        let still = match kind {
+            AlertKind::Died | AlertKind::OomKilled => !s.running,
+            AlertKind::Unhealthy => s.health.as_ref().is_some_and(|h| h.status == "unhealthy"),
+            _ => true,
+        };
+        if !still {
+            return;
+        }
+    }
+    let labels = &d.attributes;
+    let exit = d.exit_code.or_else(|| state.as_ref().and_then(|s| s.exit_code));
+    let alert = ContainerAlert {
+        container: ContainerRef {
+            id: d.container_id.clone(),
+            name: d.name.clone(),
+            image: d.image.clone(),
+            labels: scope::relevant_labels(labels),
+        },
+        kind,
+        severity: severity_of(kind, d.class, exit),
+        user_initiated: d.class == Class::UserAction,
+        reminder: d.reminder,
+        detected_by: d.detected_by,
+        summary: summary(&d.name, kind, d.class, state.as_ref(), d.exit_code),
+        state,
+        metrics: None,
+        breach: None,
+        since: d.since_nano.and_then(nano_to_utc),
+        docker_event_time: d.event_time_nano.and_then(nano_to_utc),
+        protected: scope::is_protected(labels),
+    };
+    tracing::info!(container = %alert.container.name, kind = alert.kind.as_str(),
+        user_initiated = alert.user_initiated, reminder = alert.reminder, "health alert");
+    let payload = match d.class {
+        Class::Problem => Payload::ContainerUnhealthy(alert),
+        Class::UserAction => Payload::ContainerUserAction(alert),
+        Class::Recovered => Payload::ContainerRecovered(alert),
+    };
+    out.alert(payload).await;
+}
+
+fn listed(c: &ContainerSummary) -> Option<Listed> {
+    let id = c.id.clone()?;
+    let name = c
+        .names
+        .as_ref()
+        .and_then(|n| n.first())
+        .map(|n| n.trim_start_matches('/').to_owned())
+        .unwrap_or_else(|| id.chars().take(12).collect());
+    let (exit_code, health) = Listed::parse_status(c.status.as_deref().unwrap_or_default());
+    Some(Listed {
+        id,
+        name,
+        image: c.image.clone().unwrap_or_default(),
+        labels: c.labels.clone().unwrap_or_default(),
+        state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+        exit_code,
+        health,
+    })
+}
+
+async fn list_in_scope(docker: &Docker, all: bool, monitor_all: bool) -> Result<Vec<Listed>, bollard::errors::Error> {
+    let list = docker
+        .list_containers(Some(ListContainersOptionsBuilder::new().all(all).build()))
+        .await?;
+    Ok(list
+        .iter()
+        .filter_map(listed)
+        .filter(|l| scope::in_scope(&l.labels, monitor_all))
+        .collect())
+}
+
+/// Follows Docker's event stream, re-establishing it with backoff when it drops. Each
+/// (re)connection first lists containers and reconciles, then asks Docker to replay events
+/// since the last one seen, so nothing that happened in between is missed silently.
+async fn watch_events(
+    cfg: Arc<MonitorConfig>,
+    docker: Docker,
+    out: Out,
+    health: Health,
+    shutdown: Shutdown,
+) {
+    let mut detector = Detector::new(cfg.detect);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut initial = true;
+    while !shutdown.is_cancelled() {
+        // Reconcile first: what changed while we were not listening?
+        match list_in_scope(&docker, true, cfg.monitor_all).await {
+            Ok(listed) => {
+                out.docker_ok(true);
+                for d in detector.resync(&listed, initial) {
+                    tokio::spawn(publish_decision(docker.clone(), out.clone(), d));
+                }
+                initial = false;
+            }
+            Err(e) => {
+                out.docker_ok(false);
+                health.degraded("docker", e.to_string());
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot list containers");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(delay) => continue,
+                }
+            }
+        }
+
+        let mut filters = HashMap::new();
+        filters.insert("type", vec!["container"]);
+        let mut opts = EventsOptionsBuilder::new().filters(&filters);
+        let since = detector.last_event_time_nano();
+        if since > 0 {
+            opts = opts.since(&format!("{}.{:09}", since / 1_000_000_000, since % 1_000_000_000));
+        }
+        let mut events = docker.events(Some(opts.build()));
+        tracing::info!("following docker events");
+        let mut connected = false;
+        loop {
+            let deadline = detector.next_deadline();
+            let next = tokio::select! {
+                // Stop reading; pending decisions are dropped (nothing half-published).
+                () = shutdown.cancelled() => return,
+                // Settle held `die`s, pending `oom`s and reminders when they fall due.
+                () = sleep_until(deadline) => {
+                    for d in detector.on_tick(Instant::now()) {
+                        tokio::spawn(publish_decision(docker.clone(), out.clone(), d));
+                    }
+                    continue;
+                }
+                ev = events.next() => ev,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    if !connected {
+                        connected = true;
+                        health.ok("docker");
+                        out.docker_ok(true);
+                        backoff.reset();
+                    }
+                    out.metrics.docker_events.inc();
+                    let Some(ev) = to_event(msg) else { continue };
+                    if !scope::in_scope(&ev.attributes, cfg.monitor_all) {
+                        continue;
+                    }
+                    tracing::debug!(container = ev.name(), action = %ev.action, "docker event");
+                    // Decide synchronously (ordering matters), enrich and publish concurrently
+                    // (an inspect must not delay the next container's alert).
+                    for d in detector.on_event(ev, Instant::now()) {
+                        tokio::spawn(publish_decision(docker.clone(), out.clone(), d));
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "docker event stream error");
+                    break;
+                }
+                None => {
+                    tracing::warn!("docker event stream ended");
+                    break;
+                }
+            }
+        }
+        out.docker_ok(false);
+        health.degraded("docker", "event stream lost; reconnecting");
+        out.metrics.event_stream_reconnects.inc();
+        let delay = backoff.next_delay();
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn to_event(msg: bollard::models::EventMessage) -> Option<DockerEvent> {
+    let actor = msg.actor?;
+    Some(DockerEvent {
+        id: actor.id?,
+        action: msg.action?,
+        attributes: actor.attributes.unwrap_or_default(),
+        time_nano: msg
+            .time_nano
+            .or_else(|| msg.time.map(|t| t * 1_000_000_000))
+            .unwrap_or(0),
+    })
+}
+
+/// Per-container judging state kept between stats rounds.
+#[derive(Default)]
+struct Judged {
+    counters: Option<stats::CpuCounters>,
+    cpu: Watch,
+    memory: Watch,
+    cpu_anomaly: Watch,
+    memory_anomaly: Watch,
+    cpu_baseline: Baseline,
+    memory_baseline: Baseline,
+    cpu_limit_cores: Option<f64>,
+    inspected: bool,
+}
+
+/// Samples every watched running container each interval, concurrently with a bound.
+async fn watch_stats(cfg: Arc<MonitorConfig>, docker: Docker, out: Out, shutdown: Shutdown) {
+    let mut state: HashMap<String, Judged> = HashMap::new();
+    let mut tick = tokio::time::interval(cfg.stats_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let started = Instant::now();
+        let listed = match list_in_scope(&docker, false, cfg.monitor_all).await {
+            Ok(l) => {
+                out.docker_ok(true);
+                l
+            }
+            Err(e) => {
+                out.docker_ok(false);
+                tracing::warn!(error = %e, "stats: cannot list containers");
+                continue;
+            }
+        };
+        let running: Vec<Listed> = listed.into_iter().filter(|l| l.state == "running").collect();
+        out.metrics.watched_containers.set(running.len() as i64);
+        let live: HashSet<&str> = running.iter().map(|l| l.id.as_str()).collect();
+        state.retain(|id, _| live.contains(id.as_str()));
+
+        // Containers seen for the first time get one inspect for their CPU limit.
+        for l in &running {
+            let j = state.entry(l.id.clone()).or_default();
+            if !j.inspected {
+                j.inspected = true;
+                if let Ok(i) = docker.inspect_container(&l.id, None::<InspectContainerOptions>).await {
+                    j.cpu_limit_cores = cpu_limit_cores(&i);
+                }
+            }
+        }
+
+        let timeout = cfg.stats_interval.max(Duration::from_secs(5));
+        let fetched: Vec<(Listed, Option<bollard::models::ContainerStatsResponse>)> =
+            futures::stream::iter(running)
+                .map(|l| {
+                    let docker = docker.clone();
+                    async move {
+                        let opts = StatsOptionsBuilder::new().stream(false).one_shot(true).build();
+                        let mut s = docker.stats(&l.id, Some(opts));
+                        let r = tokio::time::timeout(timeout, s.next()).await;
+                        let stats = match r {
+                            Ok(Some(Ok(s))) => Some(s),
+                            _ => None,
+                        };
+                        (l, stats)
+                    }
+                })
+                .buffer_unordered(cfg.stats_concurrency)
+                .collect()
+                .await;
+
+        let mut samples = Vec::with_capacity(fetched.len());
+        let mut alerts = Vec::new();
+        let now = Instant::now();
+        for (l, stats) in fetched {
+            let Some(stats) = stats else {
+                out.metrics.stats_errors.inc();
+                continue;
+            };
+            let j = state.entry(l.id.clone()).or_default();
+            let (sample, counters) = stats::sample(&l.id, &l.name, &stats, j.counters);
+            j.counters = counters;
+            // A container still in its health-check start period is not judged yet.
+            if l.health.as_deref() != Some("starting") {
+                alerts.extend(judge_sample(&cfg, &l, j, &sample, now));
+            }
+            samples.push(sample);
+        }
+        let took = started.elapsed();
+        out.metrics.stats_round_seconds.observe(took.as_secs_f64());
+        if took > cfg.stats_interval {
+            out.metrics.stats_round_overruns.inc();
+            tracing::warn!(took = ?took, interval = ?cfg.stats_interval, "stats round overran its interval");
+        }
+        out.sample(Payload::ContainerMetrics(MetricsBatch {
+            samples,
+            collect_ms: took.as_millis() as u64,
+        }));
+        for a in alerts {
+            out.alert(a).await;
+        }
+    }
+}
+
+fn cpu_limit_cores(i: &ContainerInspectResponse) -> Option<f64> {
+    let hc = i.host_config.as_ref()?;
+    if let Some(n) = hc.nano_cpus.filter(|n| *n > 0) {
+        return Some(n as f64 / 1e9);
+    }
+    match (hc.cpu_quota, hc.cpu_period) {
+        (Some(q), Some(p)) if q > 0 && p > 0 => Some(q as f64 / p as f64),
+        _ => None,
+    }
+}
+
+/// Runs one sample through the thresholds and baselines; returns the alerts to publish.
+fn judge_sample(
+    cfg: &MonitorConfig,
+    l: &Listed,
+    j: &mut Judged,
+    sample: &ContainerSample,
+    now: Instant,
+) -> Vec<Payload> {
+    let mut out = Vec::new();
+    let cpu_th = Threshold {
+        warning: scope::percent_label(&l.labels, scope::LABEL_CPU_THRESHOLD).unwrap_or(cfg.cpu.warning),
+        critical: cfg.cpu.critical.max(
+            scope::percent_label(&l.labels, scope::LABEL_CPU_THRESHOLD).unwrap_or(cfg.cpu.warning),
+        ),
+    };
+    let mem_th = Threshold {
+        warning: scope::percent_label(&l.labels, scope::LABEL_MEMORY_THRESHOLD).unwrap_or(cfg.memory.warning),
+        critical: cfg.memory.critical.max(
+            scope::percent_label(&l.labels, scope::LABEL_MEMORY_THRESHOLD).unwrap_or(cfg.memory.warning),
+        ),
+    };
+    // CPU is judged against the container's CPU limit when it has one, else one core.
+    let cpu = sample.cpu_percent.map(|c| match j.cpu_limit_cores {
+        Some(cores) if cores > 0.0 => c / cores,
+        _ => c,
+    });
+    let reminder = cfg.detect.reminder_interval;
+    let sustain = cfg.breach_samples;
+
+    let mut check = |watch: &mut Watch, kind: AlertKind, metric: &str, value: Option<f64>, th: f64, severity: Option<Severity>, baseline: Option<&Baseline>| {
+        let Some(value) = value else { return };
+        let Some(t) = watch.observe(severity, sustain, reminder, now) else { return };
+        let breach = Breach {
+            metric: metric.to_owned(),
+            value,
+            threshold: th,
+            samples: watch.consecutive_over().max(1),
+            baseline_mean: baseline.map(Baseline::mean),
+            baseline_stddev: baseline.map(Baseline::stddev),
+        };
+        let (class, severity, reminder) = match t {
+            Transition::Fire { severity, .. } => (Class::Problem, severity, false),
+            Transition::Remind { severity, .. } => (Class::Problem, severity, true),
+            Transition::Clear => (Class::Recovered, Severity::Info, false),
+        };
+        let mut text = summary(&l.name, kind, class, None, None);
+        if class == Class::Problem {
+            text = format!("{text}: {metric} {value:.1} ≥ {th:.1} for {} samples", breach.samples);
+        }
+        let alert = ContainerAlert {
+            container: ContainerRef {
+                id: l.id.clone(),
+                name: l.name.clone(),
+                image: l.image.clone(),
+                labels: scope::relevant_labels(&l.labels),
+            },
+            kind,
+            severity,
+            user_initiated: false,
+            reminder,
+            detected_by: Detection::Stats,
+            summary: text,
+            state: None,
+            metrics: Some(sample.clone()),
+            breach: Some(breach),
+            since: None,
+            docker_event_time: None,
+            protected: scope::is_protected(&l.labels),
+        };
+        out.push(match class {
+            Class::Recovered => Payload::ContainerRecovered(alert),
+            _ => Payload::ContainerUnhealthy(alert),
+        });
+    };
+
+    let cpu_sev = cpu.and_then(|c| cpu_th.classify(c));
+    check(&mut j.cpu, AlertKind::CpuHigh, "cpu_percent", cpu, cpu_th.warning, cpu_sev, None);
+    let mem = sample.memory_percent;
+    let mem_sev = mem.and_then(|m| mem_th.classify(m));
+    check(&mut j.memory, AlertKind::MemoryHigh, "memory_percent", mem, mem_th.warning, mem_sev, None);
+
+    // The baseline catches what is far from normal but still under the fixed thresholds; the
+    // fixed thresholds above always fire regardless of what the baseline has learned.
+    if let Some(c) = cpu {
+        let limit = j.cpu_baseline.observe(c, &cfg.baseline);
+        let sev = limit.filter(|_| cpu_sev.is_none()).map(|_| Severity::Warning);
+        let th = limit.unwrap_or(j.cpu_baseline.mean());
+        let base = j.cpu_baseline.clone();
+        check(&mut j.cpu_anomaly, AlertKind::Anomaly, "cpu_percent", Some(c), th, sev, Some(&base));
+    }
+    if let Some(m) = mem {
+        let limit = j.memory_baseline.observe(m, &cfg.baseline);
+        let sev = limit.filter(|_| mem_sev.is_none()).map(|_| Severity::Warning);
+        let th = limit.unwrap_or(j.memory_baseline.mean());
+        let base = j.memory_baseline.clone();
+        check(&mut j.memory_anomaly, AlertKind::Anomaly, "memory_percent", Some(m), th, sev, Some(&base));
+    }
+    out
+}
+
+/// Samples the host each interval; publishes samples and host alerts on transitions.
+async fn watch_host(cfg: Arc<MonitorConfig>, docker: Docker, out: Out, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(cfg.host_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut prev_cpu: Option<host::CpuTimes> = None;
+    let mut docker_usage: Option<DockerDiskUsage> = None;
+    let mut next_df = Instant::now();
+    let mut watches: HashMap<HostAlertKind, Watch> = HashMap::new();
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut sample = HostSample {
+            disk_path: cfg.disk_path.display().to_string(),
+            ..HostSample::default()
+        };
+        let read = (|| -> std::io::Result<()> {
+            let stat = host::read_proc(&cfg.proc_path, "stat")?;
+            if let Some((cur, cores)) = host::parse_proc_stat(&stat) {
+                sample.cpu_count = cores;
+                sample.cpu_percent = prev_cpu.and_then(|p| host::cpu_percent(p, cur));
+                prev_cpu = Some(cur);
+            }
+            let mem = host::read_proc(&cfg.proc_path, "meminfo")?;
+            if let Some((total, avail)) = host::parse_meminfo(&mem) {
+                sample.memory_total_bytes = total;
+                sample.memory_available_bytes = avail;
+                sample.memory_percent = pct(total.saturating_sub(avail), total);
+            }
+            let (total, avail) = host::disk_usage(&cfg.disk_path)?;
+            sample.disk_total_bytes = total;
+            sample.disk_available_bytes = avail;
+            sample.disk_percent = pct(total.saturating_sub(avail), total);
+            Ok(())
+        })();
+        if let Err(e) = read {
+            if !warned {
+                tracing::warn!(error = %e, proc = %cfg.proc_path.display(), disk = %cfg.disk_path.display(),
+                    "cannot read host measurements; host alerts are off until this works");
+                warned = true;
+            }
+            continue;
+        }
+        if Instant::now() >= next_df {
+            next_df = Instant::now() + cfg.docker_df_interval;
+            docker_usage = docker_disk_usage(&docker).await.ok();
+        }
+        sample.docker = docker_usage.clone();
+        if let Ok(all) = docker
+            .list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()))
+            .await
+        {
+            sample.containers_total = all.len() as u32;
+            sample.containers_running = all
+                .iter()
+                .filter(|c| c.state.map(|s| s.to_string()).as_deref() == Some("running"))
+                .count() as u32;
+        }
+
+        let now = Instant::now();
+        let checks = [
+            (HostAlertKind::DiskPressure, Some(sample.disk_percent), cfg.disk_threshold, "disk"),
+            (HostAlertKind::MemoryPressure, Some(sample.memory_percent), cfg.host_memory_threshold, "memory"),
+            (HostAlertKind::CpuPressure, sample.cpu_percent, cfg.host_cpu_threshold, "CPU"),
+        ];
+        for (kind, value, threshold, what) in checks {
+            let Some(value) = value else { continue };
+            let breach = (value >= threshold).then_some(if value >= (threshold + 100.0) / 2.0 {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            });
+            // Disk and memory are slow-moving states: one sample is enough. CPU needs a run.
+            let sustain = if kind == HostAlertKind::CpuPressure { cfg.breach_samples } else { 1 };
+            let watch = watches.entry(kind).or_default();
+            let Some(t) = watch.observe(breach, sustain, cfg.detect.reminder_interval, now) else {
+                continue;
+            };
+            let (payload_recovered, severity, reminder) = match t {
+                Transition::Fire { severity, .. } => (false, severity, false),
+                Transition::Remind { severity, .. } => (false, severity, true),
+                Transition::Clear => (true, Severity::Info, false),
+            };
+            let summary = if payload_recovered {
+                format!("host {what} use is back under {threshold:.0} % ({value:.1} %)")
+            } else {
+                format!("host {what} use is {value:.1} %, over {threshold:.0} %")
+            };
+            let alert = HostAlert {
+                kind,
+                severity,
+                summary,
+                reminder,
+                sample: sample.clone(),
+            };
+            tracing::info!(kind = ?kind, value, threshold, recovered = payload_recovered, "host alert");
+            out.alert(if payload_recovered {
+                Payload::HostRecovered(alert)
+            } else {
+                Payload::HostUnhealthy(alert)
+            })
+            .await;
+        }
+        out.sample(Payload::HostMetrics(sample));
+    }
+}
+
+fn pct(used: u64, total: u64) -> f64 {
+    if total == 0 {
+        return 0.0;
+    }
+    (used as f64 / total as f64 * 10_000.0).round() / 100.0
+}
+
+/// Docker's own disk use, from the image and container lists (works on every engine version;
+/// the newer `/system/df` shape differs between API versions).
+async fn docker_disk_usage(docker: &Docker) -> Result<DockerDiskUsage, bollard::errors::Error> {
+    let images = docker
+        .list_images(Some(ListImagesOptionsBuilder::new().all(false).build()))
+        .await?;
+    let mut dangling = HashMap::new();
+    dangling.insert("dangling", vec!["true"]);
+    let dangling = docker
+        .list_images(Some(ListImagesOptionsBuilder::new().filters(&dangling).build()))
+        .await?;
+    let mut exited = HashMap::new();
+    exited.insert("status", vec!["exited", "dead", "created"]);
+    let stopped = docker
+        .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&exited).build()))
+        .await?;
+    Ok(DockerDiskUsage {
+        images_bytes: images.iter().map(|i| i.size.max(0) as u64).sum(),
+        images_count: images.len() as u32,
+        dangling_images_count: dangling.len() as u32,
+        stopped_containers: stopped.len() as u32,
+        build_cache_bytes: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_read_well() {
+        let cases = [
+            (AlertKind::Died, Class::Problem, Some(3), "container web died (exit code 3)"),
+            (AlertKind::Died, Class::Problem, Some(0), "container web exited cleanly (exit code 0)"),
+            (AlertKind::Died, Class::Problem, Some(137), "container web was killed (exit code 137, SIGKILL)"),
+            (AlertKind::Stopped, Class::UserAction, Some(0), "container web was stopped by a person (docker stop)"),
+            (AlertKind::Died, Class::Recovered, None, "container web is running again"),
+            (AlertKind::Unhealthy, Class::Recovered, None, "container web is healthy again"),
+        ];
+        for (kind, class, exit, want) in cases {
+            assert_eq!(summary("web", kind, class, None, exit), want);
+        }
+    }
+
+    #[test]
+    fn severities() {
+        assert_eq!(severity_of(AlertKind::Died, Class::Problem, Some(1)), Severity::Critical);
+        assert_eq!(severity_of(AlertKind::Died, Class::Problem, Some(0)), Severity::Info);
+        assert_eq!(severity_of(AlertKind::Stopped, Class::UserAction, None), Severity::Info);
+        assert_eq!(severity_of(AlertKind::CpuHigh, Class::Problem, None), Severity::Warning);
+    }
+
+    #[test]
+    fn event_times_convert() {
+        let t = nano_to_utc(1_700_000_000_123_456_789);
+        assert_eq!(
+            t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)),
+            Some("2023-11-14T22:13:20.123456789Z".to_owned())
+        );
+    }
+
+    #[test]
+    fn long_health_output_is_trimmed_on_a_char_boundary() {
+        let s = "é".repeat(2000);
+        let t = trim_output(&s);
+        assert!(t.len() <= HEALTH_OUTPUT_LIMIT + "…".len());
+    }
+}

@@ -1,0 +1,115 @@
+//! Which containers hemostat watches, which it must never touch, and which labels travel with
+//! an alert.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Opt-in label: `true` includes a container, `false` always excludes it.
+pub const LABEL_ENABLE: &str = "hemostat.enable";
+/// Protection label: alert only, never remediated.
+pub const LABEL_PROTECT: &str = "hemostat.protect";
+/// Marks hemostat's own services (set in our compose file); they are always protected.
+pub const LABEL_ROLE: &str = "hemostat.role";
+/// Per-container overrides.
+pub const LABEL_CPU_THRESHOLD: &str = "hemostat.cpu_threshold";
+pub const LABEL_MEMORY_THRESHOLD: &str = "hemostat.memory_threshold";
+
+fn truthy(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether a container with these labels is watched.
+pub fn in_scope(labels: &HashMap<String, String>, monitor_all: bool) -> bool {
+    match labels.get(LABEL_ENABLE).and_then(|v| truthy(v)) {
+        Some(enabled) => enabled,
+        None => monitor_all,
+    }
+}
+
+/// Whether a container must never be acted on (it is still watched and alerted on).
+pub fn is_protected(labels: &HashMap<String, String>) -> bool {
+    labels.get(LABEL_PROTECT).and_then(|v| truthy(v)) == Some(true)
+        || labels.contains_key(LABEL_ROLE)
+}
+
+/// The labels that travel with alerts: `hemostat.*` and compose's project and service.
+pub fn relevant_labels(labels: &HashMap<String, String>) -> BTreeMap<String, String> {
+    labels
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("hemostat.")
+                || k.as_str() == "com.docker.compose.project"
+                || k.as_str() == "com.docker.compose.service"
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// A percentage label override, if present and valid; an invalid one is logged and ignored
+/// (a typo on one container must not stop the monitor).
+pub fn percent_label(labels: &HashMap<String, String>, key: &str) -> Option<f64> {
+    let raw = labels.get(key)?;
+    match hemostat_common::config::parse_percent(raw) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(label = key, error = %e, "ignoring invalid label");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn scope_rules() {
+        let cases = [
+            (vec![], false, false),
+            (vec![], true, true),
+            (vec![(LABEL_ENABLE, "true")], false, true),
+            (vec![(LABEL_ENABLE, "TRUE")], false, true),
+            (vec![(LABEL_ENABLE, "false")], true, false),
+            (vec![(LABEL_ENABLE, "0")], true, false),
+            (vec![(LABEL_ENABLE, "maybe")], false, false),
+            (vec![(LABEL_ENABLE, "maybe")], true, true),
+        ];
+        for (l, all, want) in cases {
+            assert_eq!(in_scope(&labels(&l), all), want, "{l:?} all={all}");
+        }
+    }
+
+    #[test]
+    fn protection() {
+        assert!(!is_protected(&labels(&[])));
+        assert!(is_protected(&labels(&[(LABEL_PROTECT, "true")])));
+        assert!(!is_protected(&labels(&[(LABEL_PROTECT, "false")])));
+        assert!(is_protected(&labels(&[(LABEL_ROLE, "monitor")])));
+    }
+
+    #[test]
+    fn only_relevant_labels_travel() {
+        let l = labels(&[
+            ("hemostat.enable", "true"),
+            ("com.docker.compose.service", "web"),
+            ("com.docker.compose.config-hash", "abc"),
+            ("maintainer", "someone"),
+        ]);
+        let r = relevant_labels(&l);
+        assert_eq!(r.keys().collect::<Vec<_>>(), ["com.docker.compose.service", "hemostat.enable"]);
+    }
+
+    #[test]
+    fn label_overrides() {
+        let l = labels(&[(LABEL_CPU_THRESHOLD, "50"), (LABEL_MEMORY_THRESHOLD, "lots")]);
+        assert_eq!(percent_label(&l, LABEL_CPU_THRESHOLD), Some(50.0));
+        assert_eq!(percent_label(&l, LABEL_MEMORY_THRESHOLD), None);
+    }
+}

@@ -1,0 +1,167 @@
+//! The agent base: what every hemostat service gets when it starts (an [`AgentContext`]) and
+//! how it stops (a bounded wait for its tasks).
+//!
+//! An agent is a name and a `run(ctx)`; there is no trait to implement. `main.rs` parses its
+//! config, calls [`AgentContext::start`], runs the agent's loops on `ctx.tracker`, and ends
+//! with [`AgentContext::finish`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::{Bus, BusError, Outbox};
+use crate::config::CommonArgs;
+use crate::heartbeat::{self, Identity};
+use crate::http::{self, Health};
+use crate::metrics::{AgentMetrics, SharedRegistry};
+use crate::shutdown::Shutdown;
+
+/// Envelopes the outbox holds while Redis is away before samples start being dropped.
+const OUTBOX_CAPACITY: usize = 20_000;
+
+/// Everything an agent needs, in one place.
+#[derive(Debug)]
+pub struct AgentContext {
+    pub identity: Identity,
+    pub bus: Bus,
+    pub outbox: Outbox,
+    pub metrics: AgentMetrics,
+    pub registry: Arc<SharedRegistry>,
+    pub health: Health,
+    pub shutdown: Shutdown,
+    /// Spawn the agent's long-running tasks here so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Where `/healthz` and `/metrics` actually listen (useful when configured with port 0).
+    pub http_addr: SocketAddr,
+    shutdown_timeout: std::time::Duration,
+    /// Tasks that must outlive the agent's own (the outbox drains after they end).
+    plumbing: TaskTracker,
+}
+
+impl AgentContext {
+    /// Serves `/healthz` and `/metrics`, connects to Redis (waiting for it), and starts the
+    /// outbox and the heartbeat.
+    pub async fn start(
+        common: &CommonArgs,
+        agent: &str,
+        host: String,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<AgentContext> {
+        let metrics = AgentMetrics::default();
+        let registry = Arc::new(SharedRegistry::default());
+        registry.with(|r| metrics.register(r));
+        let health = Health::default();
+        let plumbing = TaskTracker::new();
+
+        // Listen first, so /healthz can say "waiting for redis" while we do.
+        let (http_addr, server) =
+            http::bind(common.listen, agent, health.clone(), registry.clone(), shutdown.clone())
+                .await
+                .with_context(|| format!("cannot listen on HEMOSTAT_LISTEN={}", common.listen))?;
+        plumbing.spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "http listener failed");
+            }
+        });
+        tracing::info!(%http_addr, "serving /healthz and /metrics");
+
+        let bus = match Bus::connect(
+            &common.redis_url,
+            common.stream_maxlen,
+            metrics.clone(),
+            health.clone(),
+            &shutdown,
+        )
+        .await
+        {
+            Ok(bus) => bus,
+            Err(BusError::Shutdown) => anyhow::bail!("shut down before redis was reachable"),
+            Err(e) => return Err(e).context("connecting to redis"),
+        };
+
+        let identity = Identity {
+            agent: agent.to_owned(),
+            instance: format!(
+                "{agent}-{}-{}",
+                host,
+                std::process::id()
+            ),
+            host,
+            started_at: Utc::now(),
+        };
+
+        // The outbox gives up on undeliverable envelopes only once shutdown has been requested
+        // and the shutdown timeout has passed.
+        let give_up = Shutdown::new();
+        {
+            let give_up = give_up.clone();
+            let shutdown = shutdown.clone();
+            let timeout = common.shutdown_timeout;
+            plumbing.spawn(async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(timeout).await;
+                give_up.cancel();
+            });
+        }
+        let (outbox, worker) = Outbox::new(bus.clone(), OUTBOX_CAPACITY, give_up);
+        plumbing.spawn(worker);
+
+        let tracker = TaskTracker::new();
+        tracker.spawn(heartbeat::run(
+            bus.clone(),
+            identity.clone(),
+            common.heartbeat_interval,
+            health.clone(),
+            shutdown.clone(),
+        ));
+
+        Ok(AgentContext {
+            identity,
+            bus,
+            outbox,
+            metrics,
+            registry,
+            health,
+            shutdown,
+            tracker,
+            http_addr,
+            shutdown_timeout: common.shutdown_timeout,
+            plumbing,
+        })
+    }
+
+    /// Waits for shutdown, then for the agent's tasks and the outbox to finish, at most the
+    /// configured shutdown timeout. Returns false when something had to be abandoned.
+    pub async fn finish(self) -> bool {
+        self.shutdown.cancelled().await;
+        let AgentContext {
+            tracker,
+            plumbing,
+            outbox,
+            shutdown_timeout,
+            ..
+        } = self;
+        tracker.close();
+        plumbing.close();
+        // The outbox worker ends when its last sender is gone; ours is dropped here, the
+        // agent's with its tasks.
+        drop(outbox);
+        let all = async {
+            tracker.wait().await;
+            plumbing.wait().await;
+        };
+        match tokio::time::timeout(shutdown_timeout + std::time::Duration::from_secs(1), all).await {
+            Ok(()) => {
+                tracing::info!("stopped cleanly");
+                true
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?shutdown_timeout, "tasks still running at shutdown; abandoning them");
+                false
+            }
+        }
+    }
+}

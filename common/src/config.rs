@@ -1,0 +1,271 @@
+//! Settings every agent shares, read from flags and environment (and `.env`), and the start-up
+//! error path: a bad value stops the agent with a message that names the variable and says what
+//! would be valid.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, Parser, ValueEnum};
+
+use crate::redact;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for compose and log shippers.
+    Json,
+    /// Human-readable, for a terminal.
+    Pretty,
+}
+
+/// The flags every agent has. Each agent flattens this into its own `#[derive(Parser)]`.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Redis to talk to. `redis://[:password@]host:port[/db]`, or `rediss://` for TLS.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Name of this Docker host on the bus. Default: the Docker engine's name (`docker info`).
+    #[arg(long, env = "HEMOSTAT_HOST_ID")]
+    pub host_id: Option<String>,
+
+    /// Log output: `json` or `pretty`. Filtering is `RUST_LOG` (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+
+    /// Where `/healthz` and `/metrics` are served.
+    #[arg(long, env = "HEMOSTAT_LISTEN", default_value = "0.0.0.0:9090")]
+    pub listen: SocketAddr,
+
+    /// Approximate maximum length of each `hemostat:stream:*` stream (MAXLEN ~).
+    #[arg(long, env = "HEMOSTAT_STREAM_MAXLEN", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub stream_maxlen: u64,
+
+    /// How often each agent announces itself on `hemostat:heartbeat` (e.g. `10s`).
+    #[arg(long, env = "HEMOSTAT_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// How long shutdown waits for in-flight work before giving up (e.g. `10s`).
+    #[arg(long, env = "HEMOSTAT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl CommonArgs {
+    /// Checks what clap cannot: that the Redis URL is one the client accepts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        redis::Client::open(self.redis_url.as_str()).map_err(|e| ConfigError {
+            variable: "REDIS_URL",
+            message: format!(
+                "{} is not a usable Redis URL ({e}); expected redis://[:password@]host:port[/db] \
+                 or rediss://...",
+                redact::url(&self.redis_url)
+            ),
+        })?;
+        if let Some(host) = &self.host_id
+            && (host.trim().is_empty() || host.len() > 253 || host.contains(char::is_whitespace))
+        {
+            return Err(ConfigError {
+                variable: "HEMOSTAT_HOST_ID",
+                message: format!(
+                    "{host:?} is not a usable host id; expected a non-empty name without spaces"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The settings as a log-safe summary (passwords redacted).
+    pub fn summary(&self) -> String {
+        format!(
+            "redis={} host_id={} listen={} stream_maxlen={} heartbeat={:?}",
+            redact::url(&self.redis_url),
+            self.host_id.as_deref().unwrap_or("<from docker>"),
+            self.listen,
+            self.stream_maxlen,
+            self.heartbeat_interval
+        )
+    }
+}
+
+/// A setting that is present but wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {variable}: {message}")]
+pub struct ConfigError {
+    /// The environment variable (the flag has the same meaning).
+    pub variable: &'static str,
+    pub message: String,
+}
+
+/// Parses `10`, `10s`, `500ms`, `5m`, `1h` into a duration. A bare number is seconds.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let s = raw.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a duration; expected e.g. 10s, 500ms, 5m or 1h"))?;
+    let secs = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {raw:?}; expected ms, s, m or h"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 30.0 * 86_400.0 {
+        return Err(format!("{raw:?} is out of range; expected 0 to 30 days"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses a percentage in (0, 100].
+pub fn parse_percent(raw: &str) -> Result<f64, String> {
+    let v: f64 = raw
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a number; expected a percentage in (0, 100]"))?;
+    if !(v > 0.0 && v <= 100.0) {
+        return Err(format!("{raw:?} is out of range; expected a percentage in (0, 100]"));
+    }
+    Ok(v)
+}
+
+/// Loads `.env` (if present), then parses flags and environment into `T`.
+///
+/// On a bad value the error names the environment variable as well as the flag, because
+/// in compose nobody types flags: `invalid HEMOSTAT_STATS_INTERVAL (--stats-interval): ...`.
+pub fn parse<T: Parser>() -> Result<T, clap::Error> {
+    // A missing .env is normal; a malformed one is worth a warning but not a refusal.
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        eprintln!("warning: ignoring .env: {e}");
+    }
+    parse_from::<T, _, _>(std::env::args_os())
+}
+
+/// [`parse`] without `.env`, from explicit arguments (tests).
+pub fn parse_from<T, I, S>(args: I) -> Result<T, clap::Error>
+where
+    T: Parser,
+    I: IntoIterator<Item = S>,
+    S: Into<OsString> + Clone,
+{
+    let mut cmd = T::command();
+    let matches = cmd.try_get_matches_from_mut(args).map_err(|e| name_the_variable(&cmd, e))?;
+    T::from_arg_matches(&matches).map_err(|e| name_the_variable(&cmd, e))
+}
+
+/// Rewrites clap's error so that it names the environment variable behind the flag.
+fn name_the_variable(cmd: &clap::Command, err: clap::Error) -> clap::Error {
+    if !matches!(
+        err.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return err;
+    }
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return err;
+    };
+    // `arg` looks like `--stats-interval <DURATION>`.
+    let long = arg
+        .trim_start_matches('-')
+        .split([' ', '='])
+        .next()
+        .unwrap_or_default();
+    let Some(env) = cmd
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+    else {
+        return err;
+    };
+    let detail = err.to_string();
+    let detail = detail
+        .trim_start_matches("error: ")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    clap::Error::raw(
+        err.kind(),
+        format!("invalid {} (--{long}): {detail}\n", env.to_string_lossy()),
+    )
+    .with_cmd(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long, env = "TEST_ONLY_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+        interval: Duration,
+    }
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("10", 10_000),
+            ("10s", 10_000),
+            ("500ms", 500),
+            ("1.5s", 1_500),
+            ("5m", 300_000),
+            ("1h", 3_600_000),
+            ("0", 0),
+        ];
+        for (raw, ms) in ok {
+            assert_eq!(parse_duration(raw).unwrap(), Duration::from_millis(ms), "{raw}");
+        }
+        for bad in ["", "abc", "10x", "-1s", "1e400", "31d", "40000h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn percents() {
+        assert_eq!(parse_percent("85").unwrap(), 85.0);
+        assert_eq!(parse_percent("85%").unwrap(), 85.0);
+        for bad in ["0", "101", "x", "-5", "NaN"] {
+            assert!(parse_percent(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_values_name_the_environment_variable() {
+        let err = parse_from::<Cli, _, _>(["x", "--interval", "soon"]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("TEST_ONLY_INTERVAL"), "{msg}");
+        assert!(msg.contains("expected e.g. 10s"), "{msg}");
+
+        let err = parse_from::<Cli, _, _>(["x", "--stream-maxlen", "5"]).unwrap_err();
+        assert!(err.to_string().contains("HEMOSTAT_STREAM_MAXLEN"), "{err}");
+
+        let err = parse_from::<Cli, _, _>(["x", "--log-format", "xml"]).unwrap_err();
+        assert!(err.to_string().contains("LOG_FORMAT"), "{err}");
+    }
+
+    #[test]
+    fn redis_url_is_checked_and_redacted() {
+        let mut cli = parse_from::<Cli, _, _>(["x"]).unwrap();
+        cli.common.validate().unwrap();
+        cli.common.redis_url = "http://:secret@nowhere".into();
+        let err = cli.common.validate().unwrap_err();
+        assert_eq!(err.variable, "REDIS_URL");
+        assert!(!err.to_string().contains("secret"), "{err}");
+        cli.common.redis_url = "rediss://:secret@redis:6380/0".into();
+        cli.common.validate().unwrap();
+        assert!(!cli.common.summary().contains("secret"));
+    }
+}

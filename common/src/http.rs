@@ -1,0 +1,109 @@
+//! The small HTTP listener every agent has: `/healthz` (liveness and degraded reasons) and
+//! `/metrics` (Prometheus text).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::metrics::SharedRegistry;
+use crate::shutdown::Shutdown;
+
+/// Why an agent is degraded, keyed by the component (`redis`, `docker`, `events`).
+/// Shared by `/healthz`, the heartbeat and the agent's own loops.
+#[derive(Clone, Debug, Default)]
+pub struct Health(Arc<RwLock<BTreeMap<String, String>>>);
+
+impl Health {
+    /// Marks `component` degraded with `reason` (replacing an earlier reason).
+    pub fn degraded(&self, component: &str, reason: impl Into<String>) {
+        let reason = reason.into();
+        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if map.get(component) != Some(&reason) {
+            tracing::warn!(component, reason = %reason, "degraded");
+            map.insert(component.to_owned(), reason);
+        }
+    }
+
+    /// Marks `component` healthy again.
+    pub fn ok(&self, component: &str) {
+        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if map.remove(component).is_some() {
+            tracing::info!(component, "recovered");
+        }
+    }
+
+    /// `component: reason` lines, empty when healthy.
+    pub fn reasons(&self) -> Vec<String> {
+        let map = self.0.read().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(k, v)| format!("{k}: {v}")).collect()
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    agent: String,
+    health: Health,
+    registry: Arc<SharedRegistry>,
+}
+
+/// Binds `addr` now (so a taken port fails start-up) and returns the bound address and the
+/// server future, which ends when `shutdown` is cancelled.
+pub async fn bind(
+    addr: SocketAddr,
+    agent: &str,
+    health: Health,
+    registry: Arc<SharedRegistry>,
+    shutdown: Shutdown,
+) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>> + use<>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(AppState {
+            agent: agent.to_owned(),
+            health,
+            registry,
+        });
+    let server = async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    };
+    Ok((local, server))
+}
+
+/// 200 when healthy, 503 with the reasons when degraded (Redis or Docker unreachable): a
+/// container health check then shows the agent cannot do its job.
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    let reasons = state.health.reasons();
+    let status = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "agent": state.agent,
+        "status": if reasons.is_empty() { "ok" } else { "degraded" },
+        "degraded": reasons,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    (status, axum::Json(body))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.registry.encode(),
+    )
+}

@@ -1,0 +1,19 @@
+//! hemostat-common: the agent base every hemostat service is built on.
+//!
+//! - [`events`]: the wire protocol (envelope, payloads, channel and stream names).
+//! - [`bus`]: publishing (pub/sub + stream, atomically), consumer groups, reclaim, dead letters.
+//! - [`config`]: the settings every agent shares, and start-up errors that name the variable.
+//! - [`agent`]: the [`agent::AgentContext`] handed to each agent's `run`, and its lifecycle.
+//! - [`telemetry`], [`shutdown`], [`heartbeat`], [`metrics`], [`http`], [`redact`]: the rest of
+//!   the plumbing, as plain functions.
+
+pub mod agent;
+pub mod bus;
+pub mod config;
+pub mod events;
+pub mod heartbeat;
+pub mod http;
+pub mod metrics;
+pub mod redact;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,130 @@
+//! Prometheus metrics: the families every agent exports, plus a registry each agent adds its own
+//! to before serving `/metrics`.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Label set for per-channel families.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabel {
+    pub channel: String,
+}
+
+impl ChannelLabel {
+    pub fn new(channel: &str) -> ChannelLabel {
+        ChannelLabel {
+            channel: channel.to_owned(),
+        }
+    }
+}
+
+/// The metrics every agent has. Cheap to clone (everything inside is an `Arc`).
+#[derive(Clone, Debug, Default)]
+pub struct AgentMetrics {
+    /// Envelopes read from a stream and handed to a handler.
+    pub events_in: Family<ChannelLabel, Counter>,
+    /// Envelopes published.
+    pub events_out: Family<ChannelLabel, Counter>,
+    /// Handler failures (the entry stays pending and is retried, or dead-lettered).
+    pub handler_errors: Family<ChannelLabel, Counter>,
+    /// Entries moved to the dead-letter stream.
+    pub dead_lettered: Family<ChannelLabel, Counter>,
+    /// Envelopes dropped because the outbox was full while Redis was unreachable.
+    pub outbox_dropped: Counter,
+    /// Envelopes waiting in the outbox.
+    pub outbox_depth: Gauge,
+    /// 1 when the last Redis operation succeeded.
+    pub redis_up: Gauge,
+    /// 1 when the last Docker call succeeded (agents that use Docker).
+    pub docker_up: Gauge,
+}
+
+impl AgentMetrics {
+    /// Registers the common families under `hemostat_`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "hemostat_events_in",
+            "Envelopes read from a stream and handed to a handler",
+            self.events_in.clone(),
+        );
+        registry.register(
+            "hemostat_events_out",
+            "Envelopes published",
+            self.events_out.clone(),
+        );
+        registry.register(
+            "hemostat_handler_errors",
+            "Handler failures",
+            self.handler_errors.clone(),
+        );
+        registry.register(
+            "hemostat_dead_lettered",
+            "Entries moved to the dead-letter stream",
+            self.dead_lettered.clone(),
+        );
+        registry.register(
+            "hemostat_outbox_dropped",
+            "Envelopes dropped because the outbox was full",
+            self.outbox_dropped.clone(),
+        );
+        registry.register(
+            "hemostat_outbox_depth",
+            "Envelopes waiting to be published",
+            self.outbox_depth.clone(),
+        );
+        registry.register(
+            "hemostat_redis_up",
+            "1 when Redis answered the last operation",
+            self.redis_up.clone(),
+        );
+        registry.register(
+            "hemostat_docker_up",
+            "1 when Docker answered the last call",
+            self.docker_up.clone(),
+        );
+    }
+}
+
+/// A registry behind a lock, so agents can add their own families after start-up.
+#[derive(Debug, Default)]
+pub struct SharedRegistry(Mutex<Registry>);
+
+impl SharedRegistry {
+    pub fn with<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        let mut guard = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut guard)
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        self.with(|r| prometheus_client::encoding::text::encode(&mut out, r))
+            .map(|()| out)
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_are_exported_with_labels() {
+        let m = AgentMetrics::default();
+        let reg = SharedRegistry::default();
+        reg.with(|r| m.register(r));
+        m.events_out.get_or_create(&ChannelLabel::new("hemostat:health_alert")).inc();
+        m.redis_up.set(1);
+        let text = reg.encode();
+        assert!(
+            text.contains("hemostat_events_out_total{channel=\"hemostat:health_alert\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("hemostat_redis_up 1"), "{text}");
+    }
+}

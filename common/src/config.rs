@@ -188,12 +188,14 @@ fn name_the_variable(cmd: &clap::Command, err: clap::Error) -> clap::Error {
         return err;
     };
     let detail = err.to_string();
+    // Keep clap's explanation (including "possible values"), drop its usage footer.
     let detail = detail
         .trim_start_matches("error: ")
         .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
     clap::Error::raw(
         err.kind(),
         format!("invalid {} (--{long}): {detail}\n", env.to_string_lossy()),

@@ -1,1 +1,509 @@
+//! Test support for hemostat's integration and end-to-end tests: a private `redis-server` per
+//! test, Docker containers built from our own patient image, an in-process monitor, and a
+//! reader that waits for envelopes on a stream.
+//!
+//! Every resource is owned by the test that made it and cleaned up on drop. Names carry a
+//! random prefix so parallel tests never see each other's containers or keys.
+//!
+//! With `CI=true` a missing Docker or Redis is a failure; elsewhere the test is skipped with a
+//! loud message (see [`require`]).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HealthConfig, HostConfig};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, StartContainerOptions};
+use hemostat_common::events::{Channel, Envelope};
+
+/// The image our tests run. Built on demand from `tests/patient` with no registry.
+pub const PATIENT_IMAGE: &str = "hemostat-patient:latest";
+
+/// Whether we are in CI, where missing infrastructure is a failure, not a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Called when `what` is unavailable: panics in CI, else prints a loud skip notice and returns
+/// false so the test can return early.
+pub fn require(what: &str, why: &str) -> bool {
+    if in_ci() {
+        panic!("{what} is required in CI (CI=true) but unavailable: {why}");
+    }
+    eprintln!(
+        "\n*** SKIPPING: {what} unavailable ({why}). Set CI=true to make this a failure. ***\n"
+    );
+    false
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A short random id for names and prefixes.
+pub fn random_id() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// A private redis-server on 127.0.0.1 with a throwaway config, killed on drop.
+pub struct TestRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    password: Option<String>,
+}
+
+impl TestRedis {
+    /// Starts one, or returns `None` (after [`require`]) when `redis-server` is missing.
+    pub fn start() -> Option<TestRedis> {
+        Self::start_with_password(None)
+    }
+
+    pub fn start_with_password(password: Option<&str>) -> Option<TestRedis> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            require("redis-server", "not on PATH (scripts/test.sh installs it)");
+            return None;
+        }
+        let mut r = TestRedis {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+            password: password.map(str::to_owned),
+        };
+        r.spawn();
+        Some(r)
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--save")
+            .arg("")
+            .arg("--appendonly")
+            .arg("no")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(p) = &self.password {
+            cmd.arg("--requirepass").arg(p);
+        }
+        self.child = Some(cmd.spawn().expect("spawn redis-server"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("redis url")
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        self.client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
+    }
+
+    /// Kills the server (data is lost: it has no persistence).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Docker client, or `None` (after [`require`]) when Docker is unreachable.
+pub async fn docker() -> Option<Docker> {
+    let docker = match Docker::connect_with_defaults() {
+        Ok(d) => d,
+        Err(e) => {
+            require("docker", &e.to_string());
+            return None;
+        }
+    };
+    let docker = match docker.negotiate_version().await {
+        Ok(d) => d,
+        Err(e) => {
+            require("docker", &e.to_string());
+            return None;
+        }
+    };
+    match docker.ping().await {
+        Ok(_) => Some(docker),
+        Err(e) => {
+            require("docker", &e.to_string());
+            None
+        }
+    }
+}
+
+static IMAGE_BUILT: Mutex<bool> = Mutex::new(false);
+
+/// Builds the patient image once per test process (fast when nothing changed).
+pub fn ensure_patient_image() {
+    let mut built = IMAGE_BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if *built {
+        return;
+    }
+    let script = repo_root().join("scripts/build-patient-image.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .env("PATIENT_IMAGE", PATIENT_IMAGE)
+        .output()
+        .expect("run build-patient-image.sh");
+    assert!(
+        out.status.success(),
+        "building the patient image failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    *built = true;
+}
+
+/// How to run one patient container.
+#[derive(Debug, Clone, Default)]
+pub struct PatientSpec {
+    /// Arguments to `/patient` (e.g. `["run", "--exit-code", "3", "--after", "1"]`).
+    pub args: Vec<String>,
+    pub labels: HashMap<String, String>,
+    pub memory_limit_mb: Option<i64>,
+    /// A health check running `/patient probe` at this interval.
+    pub health_interval: Option<Duration>,
+    pub health_retries: Option<i64>,
+    pub health_start_period: Option<Duration>,
+    pub restart_policy: Option<String>,
+}
+
+impl PatientSpec {
+    /// A patient in hemostat's scope (`hemostat.enable=true`) running `args`.
+    pub fn watched(args: &[&str]) -> PatientSpec {
+        PatientSpec {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            labels: HashMap::from([("hemostat.enable".to_owned(), "true".to_owned())]),
+            ..PatientSpec::default()
+        }
+    }
+}
+
+/// A container this test created; force-removed on drop.
+pub struct Patient {
+    pub id: String,
+    pub name: String,
+}
+
+impl Patient {
+    /// Creates and starts a patient named `<prefix>-<suffix>`.
+    pub async fn start(docker: &Docker, prefix: &str, suffix: &str, spec: PatientSpec) -> Patient {
+        ensure_patient_image();
+        let name = format!("{prefix}-{suffix}");
+        let healthcheck = spec.health_interval.map(|every| HealthConfig {
+            test: Some(vec!["CMD".into(), "/patient".into(), "probe".into()]),
+            interval: Some(every.as_nanos() as i64),
+            timeout: Some(Duration::from_secs(2).as_nanos() as i64),
+            retries: Some(spec.health_retries.unwrap_or(1)),
+            start_period: spec.health_start_period.map(|d| d.as_nanos() as i64),
+            ..HealthConfig::default()
+        });
+        let mut labels = spec.labels.clone();
+        labels.insert("hemostat.test".into(), prefix.to_owned());
+        let body = ContainerCreateBody {
+            image: Some(PATIENT_IMAGE.into()),
+            cmd: Some(spec.args.clone()),
+            labels: Some(labels),
+            healthcheck,
+            host_config: Some(HostConfig {
+                memory: spec.memory_limit_mb.map(|m| m * 1024 * 1024),
+                memory_swap: spec.memory_limit_mb.map(|m| m * 1024 * 1024),
+                restart_policy: spec.restart_policy.as_ref().map(|p| {
+                    bollard::models::RestartPolicy {
+                        name: Some(p.parse().expect("restart policy")),
+                        maximum_retry_count: None,
+                    }
+                }),
+                ..HostConfig::default()
+            }),
+            ..ContainerCreateBody::default()
+        };
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
+            .await
+            .expect("create patient container");
+        let patient = Patient {
+            id: created.id,
+            name,
+        };
+        docker
+            .start_container(&patient.id, None::<StartContainerOptions>)
+            .await
+            .expect("start patient container");
+        patient
+    }
+
+    /// Runs a docker CLI command against this container (as a person would).
+    pub fn cli(&self, verb: &[&str]) {
+        let status = Command::new("docker")
+            .args(verb)
+            .arg(&self.id)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("docker cli");
+        assert!(status.success(), "docker {verb:?} {} failed", self.name);
+    }
+}
+
+impl Drop for Patient {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v", &self.id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Reads a stream from the beginning and waits for matching envelopes. Reading the stream
+/// rather than subscribing means nothing published before we started looking is missed.
+pub struct StreamReader {
+    client: redis::Client,
+    stream: String,
+    last_id: String,
+    pub seen: Vec<Envelope>,
+}
+
+impl StreamReader {
+    pub fn new(redis: &TestRedis, channel: Channel) -> StreamReader {
+        StreamReader {
+            client: redis.client(),
+            stream: channel.stream().to_owned(),
+            last_id: "0".into(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Pulls whatever is new (tolerating a Redis that is down or restarting).
+    pub async fn poll(&mut self) {
+        let Ok(mut conn) = self.client.get_multiplexed_async_connection().await else {
+            return;
+        };
+        let reply: redis::RedisResult<Option<redis::streams::StreamReadReply>> =
+            redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(1000)
+                .arg("BLOCK")
+                .arg(200)
+                .arg("STREAMS")
+                .arg(&self.stream)
+                .arg(&self.last_id)
+                .query_async(&mut conn)
+                .await;
+        let Ok(Some(reply)) = reply else { return };
+        for key in reply.keys {
+            for entry in key.ids {
+                self.last_id = entry.id.clone();
+                if let Some(raw) = entry.get::<String>("envelope")
+                    && let Ok(env) = Envelope::from_json(&raw)
+                {
+                    self.seen.push(env);
+                }
+            }
+        }
+    }
+
+    /// After a Redis restart (no persistence), the stream starts over.
+    pub fn rewind(&mut self) {
+        self.last_id = "0".into();
+    }
+
+    /// Waits until an envelope matching `pred` has been seen, up to `timeout`.
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Envelope) -> bool,
+    ) -> Envelope {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+                return e.clone();
+            }
+            if Instant::now() > deadline {
+                let seen: Vec<String> = self
+                    .seen
+                    .iter()
+                    .map(|e| format!("{} {}", e.event_type(), short(e)))
+                    .collect();
+                panic!("timed out after {timeout:?} waiting for {what}; seen: {seen:#?}");
+            }
+            self.poll().await;
+        }
+    }
+
+    /// Keeps reading for `d` and returns everything matching `pred` (to assert absence or
+    /// exact counts after the fact).
+    pub async fn collect_for(
+        &mut self,
+        d: Duration,
+        pred: impl Fn(&Envelope) -> bool,
+    ) -> Vec<Envelope> {
+        let deadline = Instant::now() + d;
+        while Instant::now() < deadline {
+            self.poll().await;
+        }
+        self.seen.iter().filter(|e| pred(e)).cloned().collect()
+    }
+}
+
+fn short(e: &Envelope) -> String {
+    let v = serde_json::to_value(&e.payload).unwrap_or_default();
+    let data = &v["data"];
+    format!(
+        "{} {} user={} reminder={}",
+        data["container"]["name"].as_str().unwrap_or("-"),
+        data["kind"].as_str().unwrap_or("-"),
+        data["user_initiated"],
+        data["reminder"]
+    )
+}
+
+/// The container alert inside a health envelope, if it is one.
+pub fn container_alert(e: &Envelope) -> Option<&hemostat_common::events::ContainerAlert> {
+    use hemostat_common::events::Payload;
+    match &e.payload {
+        Payload::ContainerUnhealthy(a)
+        | Payload::ContainerUserAction(a)
+        | Payload::ContainerRecovered(a) => Some(a),
+        _ => None,
+    }
+}
+
+/// Installs a test-friendly log subscriber once (`RUST_LOG` to see more).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A monitor running inside the test process, against the real Docker engine.
+pub struct RunningMonitor {
+    pub shutdown: hemostat_common::shutdown::Shutdown,
+    pub http: std::net::SocketAddr,
+    done: tokio::task::JoinHandle<bool>,
+}
+
+impl RunningMonitor {
+    /// Starts a monitor for `redis_url` with fast test settings; `extra` flags override them.
+    pub async fn start(redis_url: &str, extra: &[&str]) -> RunningMonitor {
+        use hemostat_monitor::config::MonitorArgs;
+        let mut args: Vec<String> = [
+            "hemostat-monitor",
+            "--redis-url",
+            redis_url,
+            "--listen",
+            "127.0.0.1:0",
+            "--host-id",
+            "test-host",
+            "--stats-interval",
+            "1s",
+            "--host-interval",
+            "1s",
+            "--heartbeat-interval",
+            "1s",
+            "--shutdown-timeout",
+            "3s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let a: MonitorArgs = hemostat_common::config::parse_from(args).expect("monitor args");
+        let cfg = a.validate().expect("monitor config");
+        let shutdown = hemostat_common::shutdown::Shutdown::new();
+        let health = hemostat_common::http::Health::default();
+        let docker = hemostat_monitor::connect_docker(&health, &shutdown)
+            .await
+            .expect("docker");
+        let ctx = hemostat_common::agent::AgentContext::start(
+            &a.common,
+            hemostat_monitor::AGENT,
+            "test-host".into(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("agent context");
+        hemostat_monitor::spawn(cfg, docker, &ctx);
+        let http = ctx.http_addr;
+        let done = tokio::spawn(ctx.finish());
+        // Give the event loop its first listing and stream request.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        RunningMonitor {
+            shutdown,
+            http,
+            done,
+        }
+    }
+
+    /// Stops it and returns whether it stopped cleanly within its timeout.
+    pub async fn stop(self) -> bool {
+        self.shutdown.cancel();
+        self.done.await.unwrap_or(false)
+    }
+}

@@ -20,7 +20,8 @@ pub struct MonitorArgs {
 
     /// Watch every container, not only those labelled `hemostat.enable=true`
     /// (`hemostat.enable=false` still excludes).
-    #[arg(long, env = "HEMOSTAT_MONITOR_ALL", default_value = "false", value_parser = BoolishValueParser::new())]
+    #[arg(long, env = "HEMOSTAT_MONITOR_ALL", default_value = "false", value_parser = BoolishValueParser::new(),
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub monitor_all: bool,
 
     /// How often container stats are sampled.

@@ -51,10 +51,11 @@ impl Watch {
                     }
                     None => None,
                     Some((last, sev)) => {
-                        // Escalating severity is news; otherwise wait for the reminder.
-                        if severity > *sev || now.duration_since(*last) >= reminder {
+                        // One alert per problem: a worsening (warning → critical) is carried by
+                        // the next reminder, not announced as a second problem.
+                        *sev = severity.max(*sev);
+                        if now.duration_since(*last) >= reminder {
                             *last = now;
-                            *sev = severity.max(*sev);
                             Some(Transition::Remind {
                                 severity: *sev,
                                 samples: self.over,
@@ -232,15 +233,15 @@ mod tests {
     }
 
     #[test]
-    fn reminders_come_at_the_interval_and_escalation_at_once() {
-        let mut values = vec![90.0; 14];
-        values.push(99.0);
+    fn reminders_come_at_the_interval_and_carry_the_worst_severity() {
+        let mut values = vec![90.0; 5];
+        values.extend([99.0; 20]);
         assert_eq!(
             check(&values),
             [
                 (2, Transition::Fire { severity: Warning, samples: 3 }),
-                (12, Transition::Remind { severity: Warning, samples: 13 }),
-                (14, Transition::Remind { severity: Critical, samples: 15 }),
+                (12, Transition::Remind { severity: Critical, samples: 13 }),
+                (22, Transition::Remind { severity: Critical, samples: 23 }),
             ]
         );
     }

@@ -421,7 +421,10 @@ async fn watch_events(
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut initial = true;
     while !shutdown.is_cancelled() {
-        // Reconcile first: what changed while we were not listening?
+        // Reconcile first: what changed while we were not listening? Events from the moment
+        // of this listing on are then replayed by Docker (`since`), so there is no gap between
+        // the listing and the stream.
+        let listed_at = Utc::now();
         match list_in_scope(&docker, true, cfg.monitor_all).await {
             Ok(listed) => {
                 out.docker_ok(true);
@@ -445,7 +448,10 @@ async fn watch_events(
         let mut filters = HashMap::new();
         filters.insert("type", vec!["container"]);
         let mut opts = EventsOptionsBuilder::new().filters(&filters);
-        let since = detector.last_event_time_nano();
+        let since = match detector.last_event_time_nano() {
+            0 => listed_at.timestamp_nanos_opt().unwrap_or(0),
+            last => last,
+        };
         if since > 0 {
             opts = opts.since(&format!("{}.{:09}", since / 1_000_000_000, since % 1_000_000_000));
         }

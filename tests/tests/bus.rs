@@ -1,0 +1,1018 @@
+//! Integration tests for the bus in `hemostat-common`, against a private, real `redis-server`
+//! per test: publishing (stream + channel), trimming, consumer groups, retries and dead
+//! letters, reclaiming a dead peer's entries, Redis restarts, idempotency keys, the heartbeat
+//! and password-protected Redis.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hemostat_common::agent::AgentContext;
+use hemostat_common::bus::{self, Bus, ConsumerConfig, Outbox};
+use hemostat_common::config::CommonArgs;
+use hemostat_common::events::{
+    AlertKind, AnalysisMethod, Channel, ContainerAlert, ContainerRef, DEAD_LETTER_STREAM,
+    Detection, Envelope, Escalation, EscalationKind, FalseAlarm, HEARTBEAT_KEY_PREFIX, HostSample,
+    Payload, Severity,
+};
+use hemostat_common::http::Health;
+use hemostat_common::metrics::AgentMetrics;
+use hemostat_common::shutdown::Shutdown;
+use hemostat_tests::TestRedis;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamId, StreamPendingReply, StreamRangeReply, StreamReadReply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// How long to wait for something that should happen.
+const WAIT: Duration = Duration::from_secs(10);
+/// The same, across a Redis restart (reconnect backoffs add up).
+const WAIT_RESTART: Duration = Duration::from_secs(20);
+
+const HEALTH: &str = "hemostat:stream:health_alert";
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A `container_unhealthy` envelope (channel `health_alert`) about container `name`.
+fn alert(name: &str) -> Envelope {
+    Envelope::new(
+        "monitor",
+        "test-host",
+        Payload::ContainerUnhealthy(ContainerAlert {
+            container: ContainerRef {
+                id: format!("id-{name}"),
+                name: name.to_owned(),
+                ..ContainerRef::default()
+            },
+            kind: AlertKind::Died,
+            severity: Severity::Critical,
+            user_initiated: false,
+            reminder: false,
+            detected_by: Detection::Event,
+            summary: format!("{name} died"),
+            state: None,
+            metrics: None,
+            breach: None,
+            since: None,
+            docker_event_time: None,
+            protected: false,
+        }),
+    )
+}
+
+/// Envelope `i` of a mix cycling through four channels.
+fn mixed(i: usize) -> Envelope {
+    let payload = match i % 4 {
+        0 => return alert(&format!("c{i}")),
+        1 => Payload::Escalation(Escalation {
+            kind: EscalationKind::Other,
+            severity: Severity::Warning,
+            container: None,
+            summary: format!("escalation {i}"),
+            detail: String::new(),
+        }),
+        2 => Payload::HostMetrics(HostSample::default()),
+        _ => Payload::FalseAlarm(FalseAlarm {
+            container: None,
+            alert_id: format!("a{i}"),
+            root_cause: "none".into(),
+            reason: "test".into(),
+            confidence: 1.0,
+            analysis_method: AnalysisMethod::Rules,
+        }),
+    };
+    Envelope::new("analyzer", "test-host", payload)
+}
+
+/// What a decoded copy of `env` looks like (timestamps travel with microsecond precision).
+fn wire(env: &Envelope) -> Envelope {
+    Envelope::from_json(&env.to_json()).unwrap()
+}
+
+async fn connect_bus(url: &str, maxlen: u64) -> (Bus, AgentMetrics) {
+    let metrics = AgentMetrics::default();
+    let bus = Bus::connect(
+        url,
+        maxlen,
+        metrics.clone(),
+        Health::default(),
+        &Shutdown::new(),
+    )
+    .await
+    .expect("bus connects");
+    (bus, metrics)
+}
+
+/// Fast consumer settings for tests.
+fn fast(group: &str, consumer: &str) -> ConsumerConfig {
+    ConsumerConfig {
+        block: Duration::from_millis(100),
+        claim_idle: Duration::from_millis(300),
+        claim_every: Duration::from_millis(100),
+        ..ConsumerConfig::new(Channel::HealthAlert, group, consumer)
+    }
+}
+
+/// Runs `bus::consume` in the background until `shutdown`.
+fn spawn_consumer<F, Fut>(
+    bus: &Bus,
+    cfg: ConsumerConfig,
+    shutdown: &Shutdown,
+    handler: F,
+) -> JoinHandle<()>
+where
+    F: Fn(Envelope) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let (bus, shutdown) = (bus.clone(), shutdown.clone());
+    tokio::spawn(async move { bus::consume(&bus, cfg, shutdown, handler).await })
+}
+
+/// The ids a handler was called with, in order.
+type Seen = Arc<Mutex<Vec<String>>>;
+
+/// Records the id of every envelope handled and succeeds.
+fn recorder() -> (
+    Seen,
+    impl Fn(Envelope) -> std::future::Ready<anyhow::Result<()>> + Send + Sync + 'static,
+) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let handler = move |env: Envelope| {
+        s.lock().unwrap().push(env.id);
+        std::future::ready(Ok(()))
+    };
+    (seen, handler)
+}
+
+/// Polls `check` until it is true, panicking after `timeout`.
+async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn xlen(conn: &mut MultiplexedConnection, stream: &str) -> usize {
+    redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+async fn entries(conn: &mut MultiplexedConnection, stream: &str) -> Vec<StreamId> {
+    let r: StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .unwrap();
+    r.ids
+}
+
+async fn pending(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> usize {
+    let r: StreamPendingReply = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await
+        .unwrap();
+    r.count()
+}
+
+/// Waits until `group` exists on `stream` (a consumer has started): a brand-new group starts
+/// at the end of the stream, so publishing earlier would go unseen.
+async fn wait_for_group(conn: &mut MultiplexedConnection, stream: &str, group: &str) {
+    eventually(&format!("group {group} on {stream}"), WAIT, async || {
+        let r: redis::RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(conn)
+            .await;
+        r.is_ok_and(|r| r.groups.iter().any(|g| g.name == group))
+    })
+    .await;
+}
+
+/// Waits until `bus::subscribe` has its pattern subscription in place.
+async fn wait_for_psubscribe(conn: &mut MultiplexedConnection) {
+    eventually("a pattern subscription", WAIT, async || {
+        let n: redis::RedisResult<i64> = redis::cmd("PUBSUB").arg("NUMPAT").query_async(conn).await;
+        n.is_ok_and(|n| n >= 1)
+    })
+    .await;
+}
+
+/// Receives from a subscription until a message whose envelope id is `id`, or `timeout`.
+async fn receive_id(
+    rx: &mut mpsc::Receiver<(String, String)>,
+    id: &str,
+    timeout: Duration,
+) -> Option<(String, Envelope)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (channel, payload) = tokio::time::timeout_at(deadline, rx.recv()).await.ok()??;
+        if let Ok(env) = Envelope::from_json(&payload)
+            && env.id == id
+        {
+            return Some((channel, env));
+        }
+    }
+}
+
+fn field(entry: &StreamId, name: &str) -> String {
+    entry
+        .get::<String>(name)
+        .unwrap_or_else(|| panic!("entry {} has no field {name}: {:?}", entry.id, entry.map))
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// A raw HTTP/1.1 GET; returns the status code and body.
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("HTTP response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+    (status, body.unwrap_or_default())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_writes_stream_and_channel_atomically() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, _) = connect_bus(&redis.url(), 10_000).await;
+    let mut conn = redis.conn().await;
+    let shutdown = Shutdown::new();
+    let mut rx = bus::subscribe(redis.client(), vec!["hemostat:*".into()], shutdown.clone());
+    wait_for_psubscribe(&mut conn).await;
+
+    let env = alert("web");
+    bus.publish(&env).await.unwrap();
+
+    let (channel, live) = receive_id(&mut rx, &env.id, WAIT)
+        .await
+        .expect("envelope arrives on pub/sub");
+    assert_eq!(channel, "hemostat:health_alert");
+    assert_eq!(live, wire(&env));
+
+    let stored = entries(&mut conn, HEALTH).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(field(&stored[0], "event_type"), "container_unhealthy");
+    let decoded = Envelope::from_json(&field(&stored[0], "envelope")).unwrap();
+    assert_eq!(decoded.id, env.id);
+    assert_eq!(decoded, wire(&env));
+
+    // A batch of 100 across four channels: each envelope lands in its own channel's stream.
+    let batch: Vec<Envelope> = (0..100).map(mixed).collect();
+    bus.publish_all(&batch).await.unwrap();
+    let expected = [
+        (Channel::HealthAlert, 1 + 25),
+        (Channel::Alerts, 25),
+        (Channel::Metrics, 25),
+        (Channel::FalseAlarm, 25),
+        (Channel::RemediationNeeded, 0),
+        (Channel::RemediationComplete, 0),
+        (Channel::Heartbeat, 0),
+    ];
+    for (channel, count) in expected {
+        let stored = entries(&mut conn, channel.stream()).await;
+        assert_eq!(stored.len(), count, "{}", channel.stream());
+        for e in &stored {
+            let env = Envelope::from_json(&field(e, "envelope")).unwrap();
+            assert_eq!(env.channel(), channel);
+            assert_eq!(field(e, "event_type"), env.event_type());
+        }
+    }
+    // Every id of the batch is stored exactly once.
+    let mut stored_ids = Vec::new();
+    for channel in Channel::ALL {
+        for e in entries(&mut conn, channel.stream()).await {
+            stored_ids.push(Envelope::from_json(&field(&e, "envelope")).unwrap().id);
+        }
+    }
+    let mut want: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+    want.push(env.id.clone());
+    assert_eq!(sorted(stored_ids), sorted(want));
+
+    // ...and every one was also published live, in order within its channel.
+    for e in &batch {
+        let (channel, _) = receive_id(&mut rx, &e.id, WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{} not seen on pub/sub", e.id));
+        assert_eq!(channel, e.channel().name());
+    }
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_trimmed_to_maxlen() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, _) = connect_bus(&redis.url(), 100).await;
+    let all: Vec<Envelope> = (0..5_000).map(|i| alert(&format!("c{i}"))).collect();
+    for chunk in all.chunks(500) {
+        bus.publish_all(chunk).await.unwrap();
+    }
+    let mut conn = redis.conn().await;
+    let len = xlen(&mut conn, HEALTH).await;
+    // MAXLEN ~ trims whole radix-tree nodes, so a little over 100 remains.
+    assert!((100..=1_000).contains(&len), "XLEN {len}");
+    // What remains is the newest.
+    let stored = entries(&mut conn, HEALTH).await;
+    let last = Envelope::from_json(&field(stored.last().unwrap(), "envelope")).unwrap();
+    assert_eq!(last.id, all.last().unwrap().id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_acks_after_success_and_shares_work_in_a_group() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, _) = connect_bus(&redis.url(), 10_000).await;
+    let mut conn = redis.conn().await;
+    let shutdown = Shutdown::new();
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let mut consumers = Vec::new();
+    for name in ["w1", "w2"] {
+        let seen = seen.clone();
+        let cfg = ConsumerConfig {
+            batch: 10,
+            ..fast("workers", name)
+        };
+        consumers.push(spawn_consumer(
+            &bus,
+            cfg,
+            &shutdown,
+            move |env: Envelope| {
+                let seen = seen.clone();
+                async move {
+                    // A little work per envelope, so the two consumers interleave.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    seen.lock().unwrap().push((name.to_owned(), env.id));
+                    Ok(())
+                }
+            },
+        ));
+    }
+    wait_for_group(&mut conn, HEALTH, "workers").await;
+
+    let all: Vec<Envelope> = (0..200).map(|i| alert(&format!("c{i}"))).collect();
+    for chunk in all.chunks(20) {
+        bus.publish_all(chunk).await.unwrap();
+    }
+    eventually("200 envelopes handled", WAIT, async || {
+        seen.lock().unwrap().len() >= 200
+    })
+    .await;
+    eventually("nothing pending", WAIT, async || {
+        pending(&mut conn, HEALTH, "workers").await == 0
+    })
+    .await;
+
+    let seen = seen.lock().unwrap().clone();
+    let ids: Vec<String> = seen.iter().map(|(_, id)| id.clone()).collect();
+    let want: Vec<String> = all.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(sorted(ids), sorted(want), "every id handled exactly once");
+    for name in ["w1", "w2"] {
+        let n = seen.iter().filter(|(c, _)| c == name).count();
+        assert!(
+            n > 0,
+            "{name} handled nothing; the group did not share the work"
+        );
+    }
+
+    shutdown.cancel();
+    for c in consumers {
+        tokio::time::timeout(WAIT, c)
+            .await
+            .expect("consumer stops")
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_handler_is_retried_then_dead_lettered() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, metrics) = connect_bus(&redis.url(), 10_000).await;
+    let mut conn = redis.conn().await;
+    let shutdown = Shutdown::new();
+
+    let all: Vec<Envelope> = (0..5).map(|i| alert(&format!("c{i}"))).collect();
+    let poison = all[2].id.clone();
+    let calls: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let cfg = ConsumerConfig {
+        claim_idle: Duration::from_millis(200),
+        claim_every: Duration::from_millis(100),
+        max_deliveries: 3,
+        ..fast("retry", "r1")
+    };
+    let consumer = {
+        let (calls, poison) = (calls.clone(), poison.clone());
+        spawn_consumer(&bus, cfg, &shutdown, move |env: Envelope| {
+            *calls.lock().unwrap().entry(env.id.clone()).or_default() += 1;
+            let fail = env.id == poison;
+            async move {
+                if fail {
+                    anyhow::bail!("boom for {}", env.id);
+                }
+                Ok(())
+            }
+        })
+    };
+    wait_for_group(&mut conn, HEALTH, "retry").await;
+    bus.publish_all(&all).await.unwrap();
+
+    eventually("the poison envelope dead-lettered", WAIT, async || {
+        xlen(&mut conn, DEAD_LETTER_STREAM).await >= 1
+    })
+    .await;
+    let poison_entry = entries(&mut conn, HEALTH)
+        .await
+        .into_iter()
+        .find(|e| Envelope::from_json(&field(e, "envelope")).unwrap().id == poison)
+        .unwrap();
+    let dead = entries(&mut conn, DEAD_LETTER_STREAM).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let dead = &dead[0];
+    assert_eq!(field(dead, "source"), HEALTH);
+    assert_eq!(field(dead, "group"), "retry");
+    assert_eq!(field(dead, "entry_id"), poison_entry.id);
+    let reason = field(dead, "reason");
+    assert!(reason.contains("handler failed 3 times"), "{reason}");
+    assert!(reason.contains("boom"), "{reason}");
+    let payload = Envelope::from_json(&field(dead, "payload")).unwrap();
+    assert_eq!(payload.id, poison);
+
+    eventually("nothing pending", WAIT, async || {
+        pending(&mut conn, HEALTH, "retry").await == 0
+    })
+    .await;
+    // Give a would-be extra redelivery several reclaim rounds to show up (absence check).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls.get(&poison),
+        Some(&3),
+        "attempted exactly max_deliveries times"
+    );
+    for e in all.iter().filter(|e| e.id != poison) {
+        assert_eq!(calls.get(&e.id), Some(&1), "{} handled once", e.id);
+    }
+    let text = {
+        let reg = hemostat_common::metrics::SharedRegistry::default();
+        reg.with(|r| metrics.register(r));
+        reg.encode()
+    };
+    assert!(
+        text.contains(&format!(
+            "hemostat_dead_lettered_total{{channel=\"{HEALTH}\"}} 1"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "hemostat_handler_errors_total{{channel=\"{HEALTH}\"}} 3"
+        )),
+        "{text}"
+    );
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, consumer)
+        .await
+        .expect("consumer stops")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_entry_is_dead_lettered_and_consumer_keeps_going() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, _) = connect_bus(&redis.url(), 10_000).await;
+    let mut conn = redis.conn().await;
+    let shutdown = Shutdown::new();
+    let (seen, handler) = recorder();
+    let consumer = spawn_consumer(&bus, fast("decode", "d1"), &shutdown, handler);
+    wait_for_group(&mut conn, HEALTH, "decode").await;
+
+    // Not JSON, and far over the 64 KiB a dead letter keeps (3-byte chars: the cut must
+    // land on a character boundary).
+    let huge = "€".repeat(30_000);
+    let unknown_type = r#"{"id":"1","timestamp":"2026-01-01T00:00:00Z","agent":"a","host":"h","schema_version":1,"event_type":"nope","data":{}}"#;
+    // (fields of the raw entry, what the dead-letter reason must say)
+    let garbage: [(&[(&str, &str)], &str); 4] = [
+        (
+            &[
+                ("event_type", "container_unhealthy"),
+                ("envelope", "not json"),
+            ],
+            "undecodable envelope",
+        ),
+        (&[("something", "else")], "no 'envelope' field"),
+        (
+            &[("event_type", "nope"), ("envelope", unknown_type)],
+            "undecodable envelope",
+        ),
+        (&[("envelope", huge.as_str())], "undecodable envelope"),
+    ];
+    let mut valid = Vec::new();
+    let mut garbage_ids = BTreeMap::new();
+    for (fields, reason) in garbage {
+        let env = alert(&format!("v{}", valid.len()));
+        bus.publish(&env).await.unwrap();
+        valid.push(env.id.clone());
+        let id: String = redis::cmd("XADD")
+            .arg(HEALTH)
+            .arg("*")
+            .arg(fields)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        garbage_ids.insert(id, reason);
+    }
+    let env = alert("last-before");
+    bus.publish(&env).await.unwrap();
+    valid.push(env.id);
+
+    eventually("the garbage dead-lettered", WAIT, async || {
+        xlen(&mut conn, DEAD_LETTER_STREAM).await >= garbage_ids.len()
+    })
+    .await;
+    let dead = entries(&mut conn, DEAD_LETTER_STREAM).await;
+    assert_eq!(dead.len(), garbage_ids.len(), "{dead:?}");
+    for d in &dead {
+        assert_eq!(field(d, "source"), HEALTH);
+        assert_eq!(field(d, "group"), "decode");
+        let entry_id = field(d, "entry_id");
+        let want = garbage_ids
+            .get(entry_id.as_str())
+            .unwrap_or_else(|| panic!("unexpected dead letter for {entry_id}"));
+        let reason = field(d, "reason");
+        assert!(
+            reason.contains(want),
+            "{entry_id}: {reason:?} lacks {want:?}"
+        );
+        let payload = field(d, "payload");
+        assert!(
+            payload.len() <= 64 * 1024,
+            "{entry_id}: {} bytes",
+            payload.len()
+        );
+    }
+    let truncated = dead
+        .iter()
+        .map(|d| field(d, "payload"))
+        .find(|p| p.starts_with('€'))
+        .expect("the huge entry's dead letter");
+    assert!(huge.starts_with(&truncated));
+    assert!(truncated.len() > 64 * 1024 - 3, "{} bytes", truncated.len());
+
+    // The loop is still running: one more valid envelope gets handled.
+    let after = alert("after");
+    bus.publish(&after).await.unwrap();
+    valid.push(after.id.clone());
+    eventually(
+        "the envelope published after the garbage",
+        WAIT,
+        async || seen.lock().unwrap().contains(&after.id),
+    )
+    .await;
+    eventually("nothing pending", WAIT, async || {
+        pending(&mut conn, "hemostat:stream:health_alert", "decode").await == 0
+    })
+    .await;
+    // The handler only ever saw the valid envelopes, each once.
+    assert_eq!(sorted(seen.lock().unwrap().clone()), sorted(valid));
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, consumer)
+        .await
+        .expect("consumer stops")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_consumer_entries_are_reclaimed() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, _) = connect_bus(&redis.url(), 10_000).await;
+    let mut conn = redis.conn().await;
+    let () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(HEALTH)
+        .arg("g")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let all: Vec<Envelope> = (0..5).map(|i| alert(&format!("c{i}"))).collect();
+    bus.publish_all(&all).await.unwrap();
+
+    // Consumer A reads everything and "crashes" without acking.
+    let read: StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("a")
+        .arg("COUNT")
+        .arg(100)
+        .arg("STREAMS")
+        .arg(HEALTH)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(read.keys[0].ids.len(), all.len());
+    assert_eq!(pending(&mut conn, HEALTH, "g").await, all.len());
+
+    let shutdown = Shutdown::new();
+    let (seen, handler) = recorder();
+    let cfg = ConsumerConfig {
+        claim_idle: Duration::from_millis(300),
+        ..fast("g", "b")
+    };
+    let consumer = spawn_consumer(&bus, cfg, &shutdown, handler);
+    eventually("B handles A's entries", WAIT, async || {
+        seen.lock().unwrap().len() >= all.len()
+    })
+    .await;
+    eventually("nothing pending", WAIT, async || {
+        pending(&mut conn, HEALTH, "g").await == 0
+    })
+    .await;
+    let want: Vec<String> = all.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(sorted(seen.lock().unwrap().clone()), sorted(want));
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, consumer)
+        .await
+        .expect("consumer stops")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_redis_restart() {
+    let Some(mut redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, metrics) = connect_bus(&redis.url(), 10_000).await;
+    let shutdown = Shutdown::new();
+    let (seen, handler) = recorder();
+    let consumer = spawn_consumer(&bus, fast("restart", "c1"), &shutdown, handler);
+    let mut rx = bus::subscribe(
+        redis.client(),
+        vec![Channel::HealthAlert.name().into()],
+        shutdown.clone(),
+    );
+    {
+        let mut conn = redis.conn().await;
+        wait_for_group(&mut conn, HEALTH, "restart").await;
+        wait_for_psubscribe(&mut conn).await;
+    }
+    let give_up = Shutdown::new();
+    let (outbox, worker) = Outbox::new(bus.clone(), 1_000, give_up.clone());
+    let worker = tokio::spawn(worker);
+
+    let before: Vec<Envelope> = (0..5).map(|i| alert(&format!("before{i}"))).collect();
+    for e in &before {
+        assert!(outbox.send(e.clone()).await);
+    }
+    eventually("envelopes sent before the restart", WAIT, async || {
+        let seen = seen.lock().unwrap();
+        before.iter().all(|e| seen.contains(&e.id))
+    })
+    .await;
+    let (_, live) = receive_id(&mut rx, &before[4].id, WAIT)
+        .await
+        .expect("live before the restart");
+    assert_eq!(live.id, before[4].id);
+
+    redis.stop();
+    let during: Vec<Envelope> = (0..5).map(|i| alert(&format!("during{i}"))).collect();
+    for e in &during {
+        assert!(
+            outbox.send(e.clone()).await,
+            "the outbox queues while redis is down"
+        );
+    }
+    // The outbox is actually failing to publish (not racing the restart).
+    assert!(bus.publish(&alert("probe")).await.is_err());
+    redis.start_again();
+
+    // No persistence: the stream and the group are gone. The consumer recreates the group and
+    // the outbox delivers what it held.
+    eventually(
+        "envelopes sent during the outage",
+        WAIT_RESTART,
+        async || {
+            let seen = seen.lock().unwrap();
+            during.iter().all(|e| seen.contains(&e.id))
+        },
+    )
+    .await;
+    {
+        let mut conn = redis.conn().await;
+        eventually("nothing pending after the restart", WAIT, async || {
+            pending(&mut conn, HEALTH, "restart").await == 0
+        })
+        .await;
+    }
+    eventually("an empty outbox", WAIT, async || {
+        metrics.outbox_depth.get() == 0
+    })
+    .await;
+
+    // The subscriber resubscribed: publish until one arrives (pub/sub is lossy while it
+    // reconnects, so each attempt is a fresh envelope).
+    let deadline = Instant::now() + WAIT_RESTART;
+    loop {
+        let probe = alert("after-restart");
+        let _ = bus.publish(&probe).await;
+        if let Some((channel, env)) =
+            receive_id(&mut rx, &probe.id, Duration::from_millis(300)).await
+        {
+            assert_eq!(channel, Channel::HealthAlert.name());
+            assert_eq!(env.id, probe.id);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pub/sub did not resubscribe within {WAIT_RESTART:?}"
+        );
+    }
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, consumer)
+        .await
+        .expect("consumer stops")
+        .unwrap();
+    drop(outbox);
+    tokio::time::timeout(WAIT, worker)
+        .await
+        .expect("outbox worker ends")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_time_is_idempotent() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, _) = connect_bus(&redis.url(), 10_000).await;
+    let ttl = Duration::from_secs(60);
+    // (scope, id, expected)
+    let table = [
+        ("x", "id-1", true),
+        ("x", "id-1", false),
+        ("x", "id-2", true),
+        ("y", "id-1", true),
+        ("x", "id-2", false),
+    ];
+    for (scope, id, want) in table {
+        let got = bus.first_time(scope, id, ttl).await.unwrap();
+        assert_eq!(got, want, "first_time({scope}, {id})");
+    }
+    let mut conn = redis.conn().await;
+    let left: i64 = redis::cmd("TTL")
+        .arg("hemostat:seen:x:id-1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((1..=60).contains(&left), "TTL {left}");
+}
+
+#[derive(clap::Parser, Debug)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_sets_a_ttl_key() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let cli: Cli = hemostat_common::config::parse_from([
+        "testagent",
+        "--redis-url",
+        &url,
+        "--listen",
+        "127.0.0.1:0",
+        "--heartbeat-interval",
+        "1s",
+        "--shutdown-timeout",
+        "2s",
+    ])
+    .unwrap();
+    let shutdown = Shutdown::new();
+    let ctx = AgentContext::start(&cli.common, "testagent", "h1".into(), shutdown.clone())
+        .await
+        .expect("agent starts");
+    let mut conn = redis.conn().await;
+    let pattern = format!("{HEARTBEAT_KEY_PREFIX}testagent:*");
+
+    let mut keys: Vec<String> = Vec::new();
+    eventually("a heartbeat key", WAIT, async || {
+        keys = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        !keys.is_empty()
+    })
+    .await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let key = &keys[0];
+    assert_eq!(
+        key,
+        &hemostat_common::heartbeat::key("testagent", &ctx.identity.instance)
+    );
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((1..=3).contains(&ttl), "TTL {ttl}");
+    let value: String = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let beat = Envelope::from_json(&value).unwrap();
+    assert_eq!(beat.agent, "testagent");
+    assert_eq!(beat.host, "h1");
+    let Payload::Heartbeat(hb) = &beat.payload else {
+        panic!("not a heartbeat: {value}")
+    };
+    assert_eq!(hb.instance, ctx.identity.instance);
+    assert_eq!(hb.interval_secs, 1);
+    assert!(hb.degraded.is_empty(), "{:?}", hb.degraded);
+
+    let stream = Channel::Heartbeat.stream();
+    eventually("a heartbeat on its stream", WAIT, async || {
+        entries(&mut conn, stream).await.iter().any(|e| {
+            Envelope::from_json(&field(e, "envelope")).is_ok_and(
+                |env| matches!(&env.payload, Payload::Heartbeat(h) if h.instance == hb.instance),
+            )
+        })
+    })
+    .await;
+
+    let (status, body) = http_get(ctx.http_addr, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "ok", "{body}");
+    assert_eq!(health["agent"], "testagent", "{body}");
+    let (status, body) = http_get(ctx.http_addr, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("hemostat_redis_up 1"), "{body}");
+
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(WAIT, ctx.finish())
+        .await
+        .expect("finish returns");
+    assert!(stopped, "stopped cleanly");
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!exists, "heartbeat key deleted on a clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_protected_redis_works() {
+    let Some(redis) = TestRedis::start_with_password(Some("s3cret")) else {
+        return;
+    };
+    assert!(redis.url().contains(":s3cret@"), "{}", redis.url());
+    let (bus, _) = connect_bus(&redis.url(), 10_000).await;
+    let env = alert("secure");
+    bus.publish(&env).await.unwrap();
+    assert!(bus.first_time("pw", &env.id, WAIT).await.unwrap());
+
+    let mut conn = redis.conn().await;
+    let stored = entries(&mut conn, HEALTH).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        Envelope::from_json(&field(&stored[0], "envelope"))
+            .unwrap()
+            .id,
+        env.id
+    );
+
+    // Without the password the server refuses: the protection is real.
+    let url = redis.url().replace(":s3cret@", "");
+    let mut anon = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let r: redis::RedisResult<usize> = redis::cmd("XLEN").arg(HEALTH).query_async(&mut anon).await;
+    assert!(r.is_err(), "{r:?}");
+}
+
+// BUG (common/src/agent.rs, `AgentContext::start`, the `give_up` timer spawned on `plumbing`):
+// that task always sleeps the full shutdown timeout after shutdown, and `finish` waits for all
+// of `plumbing`, so even an idle agent takes the whole timeout to stop (and, with the default
+// 10 s, gets SIGKILLed by `docker stop`'s default 10 s grace). Ignored until fixed; run with
+// `cargo test -p hemostat-tests --test bus -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: AgentContext::finish always waits out the shutdown timeout (agent.rs give_up timer)"]
+async fn clean_finish_does_not_wait_out_the_shutdown_timeout() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let cli: Cli = hemostat_common::config::parse_from([
+        "testagent",
+        "--redis-url",
+        &url,
+        "--listen",
+        "127.0.0.1:0",
+        "--shutdown-timeout",
+        "6s",
+    ])
+    .unwrap();
+    let shutdown = Shutdown::new();
+    let ctx = AgentContext::start(&cli.common, "testagent", "h1".into(), shutdown.clone())
+        .await
+        .expect("agent starts");
+    let mut conn = redis.conn().await;
+    let key = hemostat_common::heartbeat::key("testagent", &ctx.identity.instance);
+    eventually("the first heartbeat", WAIT, async || {
+        redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async::<bool>(&mut conn)
+            .await
+            .unwrap()
+    })
+    .await;
+
+    shutdown.cancel();
+    let started = Instant::now();
+    assert!(ctx.finish().await, "stopped cleanly");
+    // Nothing is in flight: stopping must not take anywhere near the 6 s timeout.
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "an idle agent took {took:?} to stop"
+    );
+}
+
+// BUG (common/src/bus.rs, `Outbox::send`): `outbox_depth` is incremented whether or not the
+// envelope was queued, so every send after the worker is gone leaves the gauge one too high
+// for good. Ignored until fixed; run with `-- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: Outbox::send counts an envelope it could not queue in outbox_depth"]
+async fn outbox_depth_counts_only_queued_envelopes() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, metrics) = connect_bus(&redis.url(), 10_000).await;
+    let (outbox, worker) = Outbox::new(bus, 10, Shutdown::new());
+    drop(worker); // The worker is gone (as after shutdown): nothing can be queued.
+    assert!(!outbox.send(alert("late")).await);
+    assert_eq!(
+        metrics.outbox_depth.get(),
+        0,
+        "nothing is waiting in the outbox"
+    );
+}

@@ -1,0 +1,419 @@
+//! The monitor against the real Docker engine and a real redis-server: every kind of failure
+//! becomes the right `health_alert`, a person's actions are told apart from failures, and
+//! nothing is lost when Redis restarts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use hemostat_common::events::{AlertKind, Channel, Detection, Envelope, HostAlertKind, Payload};
+use hemostat_tests::{
+    Patient, PatientSpec, RunningMonitor, StreamReader, TestRedis, container_alert, docker,
+    init_logs, random_id,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Sets up redis, docker and a monitor, or returns early (skip outside CI).
+macro_rules! setup {
+    ($($flag:expr),* $(,)?) => {{
+        init_logs();
+        let Some(redis) = TestRedis::start() else { return };
+        let Some(docker) = docker().await else { return };
+        let monitor = RunningMonitor::start(&redis.url(), &[$($flag),*]).await;
+        let reader = StreamReader::new(&redis, Channel::HealthAlert);
+        (redis, docker, monitor, reader, format!("hstest-{}", random_id()))
+    }};
+}
+
+/// `event_type` and kind for a container's alert.
+fn is(e: &Envelope, name: &str, event_type: &str, kind: AlertKind) -> bool {
+    e.event_type() == event_type
+        && container_alert(e).is_some_and(|a| a.container.name == name && a.kind == kind)
+}
+
+fn about(e: &Envelope, name: &str) -> bool {
+    container_alert(e).is_some_and(|a| a.container.name == name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_kill_is_reported_as_a_failure_with_its_exit_code() {
+    let (_redis, docker, monitor, mut reader, prefix) = setup!();
+    let p = Patient::start(&docker, &prefix, "killed", PatientSpec::watched(&[])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.cli(&["kill"]);
+    let e = reader
+        .wait_for(WAIT, "died alert", |e| {
+            is(e, &p.name, "container_unhealthy", AlertKind::Died)
+        })
+        .await;
+    let a = container_alert(&e).unwrap();
+    assert!(!a.user_initiated);
+    assert_eq!(a.detected_by, Detection::Event);
+    assert_eq!(a.state.as_ref().unwrap().exit_code, Some(137));
+    assert!(a.docker_event_time.is_some());
+    assert_eq!(
+        a.container
+            .labels
+            .get("hemostat.enable")
+            .map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(e.host, "test-host");
+    assert_eq!(e.agent, "monitor");
+    assert!(monitor.stop().await, "monitor did not stop cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_reports_the_exit_code() {
+    let (_redis, docker, monitor, mut reader, prefix) = setup!();
+    let p = Patient::start(
+        &docker,
+        &prefix,
+        "exit3",
+        PatientSpec::watched(&["run", "--exit-code", "3", "--after", "1"]),
+    )
+    .await;
+    let e = reader
+        .wait_for(WAIT, "died alert with exit code 3", |e| {
+            is(e, &p.name, "container_unhealthy", AlertKind::Died)
+        })
+        .await;
+    let a = container_alert(&e).unwrap();
+    assert_eq!(a.state.as_ref().unwrap().exit_code, Some(3));
+    assert!(a.summary.contains("exit code 3"), "{}", a.summary);
+    assert!(monitor.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_kill_under_a_memory_limit_is_an_oom_alert() {
+    let (_redis, docker, monitor, mut reader, prefix) = setup!();
+    let spec = PatientSpec {
+        memory_limit_mb: Some(32),
+        ..PatientSpec::watched(&["run", "--leak-mb-per-sec", "40"])
+    };
+    let p = Patient::start(&docker, &prefix, "oom", spec).await;
+    let e = reader
+        .wait_for(WAIT, "oom_killed alert", |e| {
+            is(e, &p.name, "container_unhealthy", AlertKind::OomKilled)
+        })
+        .await;
+    let a = container_alert(&e).unwrap();
+    let state = a.state.as_ref().unwrap();
+    assert!(state.oom_killed);
+    assert_eq!(state.memory_limit_bytes, Some(32 * 1024 * 1024));
+    assert!(a.summary.contains("OOM"), "{}", a.summary);
+    // One problem, one alert: no separate plain `died` for the same death.
+    let died = reader
+        .collect_for(Duration::from_secs(1), |e| {
+            is(e, &p.name, "container_unhealthy", AlertKind::Died)
+        })
+        .await;
+    assert!(died.is_empty(), "{died:?}");
+    assert!(monitor.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_health_check_alerts_once_and_recovers() {
+    let (_redis, docker, monitor, mut reader, prefix) = setup!();
+    let spec = PatientSpec {
+        health_interval: Some(Duration::from_millis(500)),
+        health_retries: Some(1),
+        ..PatientSpec::watched(&[
+            "run",
+            "--unhealthy-after",
+            "1",
+            "--healthy-again-after",
+            "6",
+        ])
+    };
+    let p = Patient::start(&docker, &prefix, "sick", spec).await;
+    let e = reader
+        .wait_for(WAIT, "unhealthy alert", |e| {
+            is(e, &p.name, "container_unhealthy", AlertKind::Unhealthy)
+        })
+        .await;
+    let a = container_alert(&e).unwrap();
+    let health = a.state.as_ref().unwrap().health.as_ref().unwrap();
+    assert_eq!(health.status, "unhealthy");
+    assert!(
+        health
+            .last_output
+            .as_deref()
+            .unwrap_or_default()
+            .contains("failing"),
+        "{health:?}"
+    );
+    reader
+        .wait_for(WAIT, "recovery", |e| {
+            is(e, &p.name, "container_recovered", AlertKind::Unhealthy)
+        })
+        .await;
+    let unhealthy = reader
+        .seen
+        .iter()
+        .filter(|e| is(e, &p.name, "container_unhealthy", AlertKind::Unhealthy))
+        .count();
+    assert_eq!(unhealthy, 1, "one alert per transition");
+    assert!(monitor.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_stop_and_pause_are_a_persons_actions_not_failures() {
+    let (_redis, docker, monitor, mut reader, prefix) = setup!();
+    let stopped = Patient::start(&docker, &prefix, "stopped", PatientSpec::watched(&[])).await;
+    let paused = Patient::start(&docker, &prefix, "paused", PatientSpec::watched(&[])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stopped.cli(&["stop"]);
+    paused.cli(&["pause"]);
+    let e = reader
+        .wait_for(WAIT, "stop as a user action", |e| {
+            is(
+                e,
+                &stopped.name,
+                "container_user_action",
+                AlertKind::Stopped,
+            )
+        })
+        .await;
+    assert!(container_alert(&e).unwrap().user_initiated);
+    let e = reader
+        .wait_for(WAIT, "pause as a user action", |e| {
+            is(e, &paused.name, "container_user_action", AlertKind::Paused)
+        })
+        .await;
+    assert!(container_alert(&e).unwrap().user_initiated);
+    // And neither is ever reported as a failure.
+    let failures = reader
+        .collect_for(Duration::from_secs(2), |e| {
+            e.event_type() == "container_unhealthy"
+                && (about(e, &stopped.name) || about(e, &paused.name))
+        })
+        .await;
+    assert!(failures.is_empty(), "{failures:#?}");
+    paused.cli(&["unpause"]);
+    assert!(monitor.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sustained_cpu_alerts_exactly_once_then_recovers() {
+    // Threshold from the container's label (50 % of one core), two samples to fire or clear.
+    let (_redis, docker, monitor, mut reader, prefix) = setup!("--breach-samples", "2");
+    let mut spec = PatientSpec::watched(&["run", "--cpu-for", "8"]);
+    spec.labels
+        .insert("hemostat.cpu_threshold".into(), "50".into());
+    let p = Patient::start(&docker, &prefix, "hog", spec).await;
+    let e = reader
+        .wait_for(WAIT, "cpu_high alert", |e| {
+            is(e, &p.name, "container_unhealthy", AlertKind::CpuHigh)
+        })
+        .await;
+    let a = container_alert(&e).unwrap();
+    let breach = a.breach.as_ref().unwrap();
+    assert_eq!(breach.threshold, 50.0);
+    assert!(breach.value >= 50.0 && breach.samples >= 2, "{breach:?}");
+    assert_eq!(a.detected_by, Detection::Stats);
+    assert!(a.metrics.is_some());
+    reader
+        .wait_for(WAIT, "cpu recovery", |e| {
+            is(e, &p.name, "container_recovered", AlertKind::CpuHigh)
+        })
+        .await;
+    let alerts = reader
+        .collect_for(Duration::from_secs(2), |e| {
+            is(e, &p.name, "container_unhealthy", AlertKind::CpuHigh)
+        })
+        .await;
+    assert_eq!(
+        alerts.len(),
+        1,
+        "exactly one alert for one breach: {alerts:#?}"
+    );
+    assert!(monitor.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_keep_flowing_across_a_redis_restart() {
+    let (mut redis, docker, monitor, mut reader, prefix) = setup!();
+    let before = Patient::start(&docker, &prefix, "before", PatientSpec::watched(&[])).await;
+    let during = Patient::start(&docker, &prefix, "during", PatientSpec::watched(&[])).await;
+    let after = Patient::start(&docker, &prefix, "after", PatientSpec::watched(&[])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    before.cli(&["kill"]);
+    reader
+        .wait_for(WAIT, "alert before the restart", |e| about(e, &before.name))
+        .await;
+
+    redis.stop();
+    // Killed while Redis is down: the alert waits in the monitor's outbox.
+    during.cli(&["kill"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.start_again();
+    reader.rewind();
+    reader
+        .wait_for(WAIT, "alert raised while redis was down", |e| {
+            is(e, &during.name, "container_unhealthy", AlertKind::Died)
+        })
+        .await;
+    after.cli(&["kill"]);
+    reader
+        .wait_for(WAIT, "alert after the restart", |e| {
+            is(e, &after.name, "container_unhealthy", AlertKind::Died)
+        })
+        .await;
+    assert!(monitor.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_containers_in_scope_are_watched() {
+    let (_redis, docker, monitor, mut reader, prefix) = setup!();
+    let unlabelled = Patient::start(
+        &docker,
+        &prefix,
+        "unlabelled",
+        PatientSpec {
+            args: vec![],
+            ..PatientSpec::default()
+        },
+    )
+    .await;
+    let mut excluded_spec = PatientSpec::watched(&[]);
+    excluded_spec
+        .labels
+        .insert("hemostat.enable".into(), "false".into());
+    let excluded = Patient::start(&docker, &prefix, "excluded", excluded_spec).await;
+    let mut protected_spec = PatientSpec::watched(&[]);
+    protected_spec
+        .labels
+        .insert("hemostat.protect".into(), "true".into());
+    let protected = Patient::start(&docker, &prefix, "protected", protected_spec).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    unlabelled.cli(&["kill"]);
+    excluded.cli(&["kill"]);
+    protected.cli(&["kill"]);
+    // The protected one is watched (alert only) and says so.
+    let e = reader
+        .wait_for(WAIT, "protected container's alert", |e| {
+            is(e, &protected.name, "container_unhealthy", AlertKind::Died)
+        })
+        .await;
+    assert!(container_alert(&e).unwrap().protected);
+    let others = reader
+        .collect_for(Duration::from_secs(2), |e| {
+            about(e, &unlabelled.name) || about(e, &excluded.name)
+        })
+        .await;
+    assert!(
+        others.is_empty(),
+        "out-of-scope containers alerted: {others:#?}"
+    );
+    assert!(monitor.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_all_watches_unlabelled_containers_but_never_excluded_ones() {
+    let (_redis, docker, monitor, mut reader, prefix) = setup!("--monitor-all", "true");
+    let unlabelled = Patient::start(&docker, &prefix, "any", PatientSpec::default()).await;
+    let mut excluded_spec = PatientSpec::default();
+    excluded_spec
+        .labels
+        .insert("hemostat.enable".into(), "false".into());
+    let excluded = Patient::start(&docker, &prefix, "optout", excluded_spec).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    excluded.cli(&["kill"]);
+    unlabelled.cli(&["kill"]);
+    reader
+        .wait_for(WAIT, "unlabelled container's alert", |e| {
+            is(e, &unlabelled.name, "container_unhealthy", AlertKind::Died)
+        })
+        .await;
+    let excluded_alerts = reader
+        .collect_for(Duration::from_secs(1), |e| about(e, &excluded.name))
+        .await;
+    assert!(excluded_alerts.is_empty(), "{excluded_alerts:#?}");
+    assert!(monitor.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samples_and_host_pressure_are_published() {
+    // Any real disk is over 1 % full, so this must report disk pressure.
+    let (redis, docker, monitor, mut reader, prefix) = setup!("--disk-threshold", "1");
+    let p = Patient::start(
+        &docker,
+        &prefix,
+        "sampled",
+        PatientSpec::watched(&["run", "--leak-mb-per-sec", "8", "--leak-max-mb", "16"]),
+    )
+    .await;
+    let mut metrics = StreamReader::new(&redis, Channel::Metrics);
+    let e = metrics
+        .wait_for(WAIT, "a sample of the patient with CPU", |e| {
+            match &e.payload {
+                Payload::ContainerMetrics(b) => b
+                    .samples
+                    .iter()
+                    .any(|s| s.name == p.name && s.cpu_percent.is_some()),
+                _ => false,
+            }
+        })
+        .await;
+    let Payload::ContainerMetrics(batch) = &e.payload else {
+        unreachable!()
+    };
+    let s = batch.samples.iter().find(|s| s.name == p.name).unwrap();
+    assert!(s.memory_usage_bytes > 0);
+    assert!(s.pids.unwrap_or(0) >= 1);
+    metrics
+        .wait_for(WAIT, "a host sample", |e| match &e.payload {
+            Payload::HostMetrics(h) => h.memory_total_bytes > 0 && h.disk_total_bytes > 0,
+            _ => false,
+        })
+        .await;
+    reader
+        .wait_for(WAIT, "disk pressure", |e| match &e.payload {
+            Payload::HostUnhealthy(h) => h.kind == HostAlertKind::DiskPressure,
+            _ => false,
+        })
+        .await;
+    assert!(monitor.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_and_metrics_are_served() {
+    let (_redis, _docker, monitor, _reader, _prefix) = setup!();
+    let health = http_get(monitor.http, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains("\"status\":\"ok\""), "{health}");
+    let metrics = http_get(monitor.http, "/metrics").await;
+    for family in [
+        "hemostat_redis_up 1",
+        "hemostat_docker_up 1",
+        "hemostat_events_out_total",
+        "hemostat_monitor_docker_events_total",
+        "hemostat_outbox_dropped_total 0",
+        "hemostat_monitor_stats_round_seconds_count",
+    ] {
+        // Families with labels have no sample until first used; their TYPE line is there.
+        let name = family
+            .split([' ', '{'])
+            .next()
+            .unwrap()
+            .trim_end_matches("_total");
+        assert!(
+            metrics.contains(family) || metrics.contains(&format!("# TYPE {name}")),
+            "{family} missing from:\n{metrics}"
+        );
+    }
+    assert!(monitor.stop().await);
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}

@@ -57,10 +57,15 @@ impl AgentContext {
         let plumbing = TaskTracker::new();
 
         // Listen first, so /healthz can say "waiting for redis" while we do.
-        let (http_addr, server) =
-            http::bind(common.listen, agent, health.clone(), registry.clone(), shutdown.clone())
-                .await
-                .with_context(|| format!("cannot listen on HEMOSTAT_LISTEN={}", common.listen))?;
+        let (http_addr, server) = http::bind(
+            common.listen,
+            agent,
+            health.clone(),
+            registry.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .with_context(|| format!("cannot listen on HEMOSTAT_LISTEN={}", common.listen))?;
         plumbing.spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "http listener failed");
@@ -84,11 +89,7 @@ impl AgentContext {
 
         let identity = Identity {
             agent: agent.to_owned(),
-            instance: format!(
-                "{agent}-{}-{}",
-                host,
-                std::process::id()
-            ),
+            instance: format!("{agent}-{}-{}", host, std::process::id()),
             host,
             started_at: Utc::now(),
         };
@@ -100,7 +101,8 @@ impl AgentContext {
             let give_up = give_up.clone();
             let shutdown = shutdown.clone();
             let timeout = common.shutdown_timeout;
-            plumbing.spawn(async move {
+            // Not tracked: a clean stop must not wait for this timer.
+            tokio::spawn(async move {
                 shutdown.cancelled().await;
                 tokio::time::sleep(timeout).await;
                 give_up.cancel();
@@ -153,7 +155,8 @@ impl AgentContext {
             tracker.wait().await;
             plumbing.wait().await;
         };
-        match tokio::time::timeout(shutdown_timeout + std::time::Duration::from_secs(1), all).await {
+        match tokio::time::timeout(shutdown_timeout + std::time::Duration::from_secs(1), all).await
+        {
             Ok(()) => {
                 tracing::info!("stopped cleanly");
                 true

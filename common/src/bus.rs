@@ -64,7 +64,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff { next: min, min, max }
+        Backoff {
+            next: min,
+            min,
+            max,
+        }
     }
 
     /// The delay to wait now; doubles the next one.
@@ -310,19 +314,22 @@ impl Outbox {
     /// Queues an envelope, waiting while the queue is full. Returns false only when the worker
     /// is gone (shutting down).
     pub async fn send(&self, env: Envelope) -> bool {
-        let ok = self.tx.send(env).await.is_ok();
+        // Counted before it is queued so the worker never takes the gauge below zero.
         self.metrics.outbox_depth.inc();
+        let ok = self.tx.send(env).await.is_ok();
+        if !ok {
+            self.metrics.outbox_depth.dec();
+        }
         ok
     }
 
     /// Queues an envelope unless the queue is full, in which case it is dropped and counted.
     pub fn try_send(&self, env: Envelope) -> bool {
+        self.metrics.outbox_depth.inc();
         match self.tx.try_send(env) {
-            Ok(()) => {
-                self.metrics.outbox_depth.inc();
-                true
-            }
+            Ok(()) => true,
             Err(_) => {
+                self.metrics.outbox_depth.dec();
                 self.metrics.outbox_dropped.inc();
                 false
             }
@@ -540,11 +547,15 @@ async fn reclaim(
             .await?;
         // Entries deleted from the stream (trimmed) while pending can only be acked away.
         for id in &reply.deleted_ids {
-            let _: redis::RedisResult<()> = conn.xack(cfg.channel.stream(), &cfg.group, &[id]).await;
+            let _: redis::RedisResult<()> =
+                conn.xack(cfg.channel.stream(), &cfg.group, &[id]).await;
         }
         if !reply.claimed.is_empty() {
-            tracing::info!(count = reply.claimed.len(), stream = cfg.channel.stream(),
-                "reclaimed entries left pending");
+            tracing::info!(
+                count = reply.claimed.len(),
+                stream = cfg.channel.stream(),
+                "reclaimed entries left pending"
+            );
         }
         out.extend(reply.claimed);
         if reply.next_stream_id == "0-0" {
@@ -576,6 +587,9 @@ async fn process<F, Fut>(
     let stream = cfg.channel.stream();
     let raw = field_string(&entry.map, STREAM_FIELD_ENVELOPE);
     let decoded = match &raw {
+        None if entry.map.contains_key(STREAM_FIELD_ENVELOPE) => {
+            Err("the 'envelope' field is not UTF-8 text".to_owned())
+        }
         None => Err("entry has no 'envelope' field".to_owned()),
         Some(raw) => Envelope::from_json(raw).map_err(|e| format!("undecodable envelope: {e}")),
     };

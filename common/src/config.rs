@@ -21,7 +21,8 @@ pub enum LogFormat {
 }
 
 /// The flags every agent has. Each agent flattens this into its own `#[derive(Parser)]`.
-#[derive(Debug, Clone, Args)]
+/// `Debug` redacts the Redis password.
+#[derive(Clone, Args)]
 pub struct CommonArgs {
     /// Redis to talk to. `redis://[:password@]host:port[/db]`, or `rediss://` for TLS.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
@@ -51,6 +52,20 @@ pub struct CommonArgs {
     /// How long shutdown waits for in-flight work before giving up (e.g. `10s`).
     #[arg(long, env = "HEMOSTAT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for CommonArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommonArgs")
+            .field("redis_url", &redact::url(&self.redis_url))
+            .field("host_id", &self.host_id)
+            .field("log_format", &self.log_format)
+            .field("listen", &self.listen)
+            .field("stream_maxlen", &self.stream_maxlen)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
+    }
 }
 
 impl CommonArgs {
@@ -102,7 +117,9 @@ pub struct ConfigError {
 /// Parses `10`, `10s`, `500ms`, `5m`, `1h` into a duration. A bare number is seconds.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let s = raw.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let value: f64 = num
         .parse()
@@ -118,7 +135,7 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
             ));
         }
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 30.0 * 86_400.0 {
+    if !secs.is_finite() || !(0.0..=30.0 * 86_400.0).contains(&secs) {
         return Err(format!("{raw:?} is out of range; expected 0 to 30 days"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -132,7 +149,9 @@ pub fn parse_percent(raw: &str) -> Result<f64, String> {
         .parse()
         .map_err(|_| format!("{raw:?} is not a number; expected a percentage in (0, 100]"))?;
     if !(v > 0.0 && v <= 100.0) {
-        return Err(format!("{raw:?} is out of range; expected a percentage in (0, 100]"));
+        return Err(format!(
+            "{raw:?} is out of range; expected a percentage in (0, 100]"
+        ));
     }
     Ok(v)
 }
@@ -159,7 +178,9 @@ where
     S: Into<OsString> + Clone,
 {
     let mut cmd = T::command();
-    let matches = cmd.try_get_matches_from_mut(args).map_err(|e| name_the_variable(&cmd, e))?;
+    let matches = cmd
+        .try_get_matches_from_mut(args)
+        .map_err(|e| name_the_variable(&cmd, e))?;
     T::from_arg_matches(&matches).map_err(|e| name_the_variable(&cmd, e))
 }
 
@@ -228,7 +249,11 @@ mod tests {
             ("0", 0),
         ];
         for (raw, ms) in ok {
-            assert_eq!(parse_duration(raw).unwrap(), Duration::from_millis(ms), "{raw}");
+            assert_eq!(
+                parse_duration(raw).unwrap(),
+                Duration::from_millis(ms),
+                "{raw}"
+            );
         }
         for bad in ["", "abc", "10x", "-1s", "1e400", "31d", "40000h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
@@ -269,5 +294,6 @@ mod tests {
         cli.common.redis_url = "rediss://:secret@redis:6380/0".into();
         cli.common.validate().unwrap();
         assert!(!cli.common.summary().contains("secret"));
+        assert!(!format!("{:?}", cli.common).contains("secret"));
     }
 }

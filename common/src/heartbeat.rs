@@ -44,7 +44,13 @@ pub fn envelope(identity: &Identity, interval: Duration, degraded: Vec<String>) 
 
 /// Beats every `interval` until shutdown. The TTL key lives three intervals, so one lost beat
 /// is not "down". On shutdown the key is deleted, so a clean stop is not mistaken for a crash.
-pub async fn run(bus: Bus, identity: Identity, interval: Duration, health: Health, shutdown: Shutdown) {
+pub async fn run(
+    bus: Bus,
+    identity: Identity,
+    interval: Duration,
+    health: Health,
+    shutdown: Shutdown,
+) {
     let key = key(&identity.agent, &identity.instance);
     let ttl = (interval * 3).as_secs().max(3);
     let mut tick = tokio::time::interval(interval);
@@ -58,7 +64,12 @@ pub async fn run(bus: Bus, identity: Identity, interval: Duration, health: Healt
         let mut pipe = redis::pipe();
         pipe.atomic();
         bus.add_publish(&mut pipe, &env);
-        pipe.cmd("SET").arg(&key).arg(env.to_json()).arg("EX").arg(ttl).ignore();
+        pipe.cmd("SET")
+            .arg(&key)
+            .arg(env.to_json())
+            .arg("EX")
+            .arg(ttl)
+            .ignore();
         if let Err(e) = bus.run(&pipe).await {
             tracing::debug!(error = %e, "heartbeat not delivered");
         }

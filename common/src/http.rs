@@ -61,7 +61,10 @@ pub async fn bind(
     health: Health,
     registry: Arc<SharedRegistry>,
     shutdown: Shutdown,
-) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>> + use<>)> {
+) -> std::io::Result<(
+    SocketAddr,
+    impl Future<Output = std::io::Result<()>> + use<>,
+)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let app = Router::new()

@@ -96,7 +96,10 @@ pub struct SharedRegistry(Mutex<Registry>);
 
 impl SharedRegistry {
     pub fn with<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
-        let mut guard = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut guard = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut guard)
     }
 
@@ -118,7 +121,9 @@ mod tests {
         let m = AgentMetrics::default();
         let reg = SharedRegistry::default();
         reg.with(|r| m.register(r));
-        m.events_out.get_or_create(&ChannelLabel::new("hemostat:health_alert")).inc();
+        m.events_out
+            .get_or_create(&ChannelLabel::new("hemostat:health_alert"))
+            .inc();
         m.redis_up.set(1);
         let text = reg.encode();
         assert!(

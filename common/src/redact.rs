@@ -17,12 +17,7 @@ pub fn url(raw: &str) -> String {
         Some(colon) => format!("{}:***", &userinfo[..colon]),
         None => "***".to_owned(),
     };
-    format!(
-        "{}{}@{}",
-        &raw[..scheme_end + 3],
-        redacted,
-        &rest[at + 1..]
-    )
+    format!("{}{}@{}", &raw[..scheme_end + 3], redacted, &rest[at + 1..])
 }
 
 #[cfg(test)]
@@ -34,7 +29,10 @@ mod tests {
         let cases = [
             ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
             ("redis://:hunter2@redis:6379/0", "redis://:***@redis:6379/0"),
-            ("rediss://user:pa%40ss@host:6380", "rediss://user:***@host:6380"),
+            (
+                "rediss://user:pa%40ss@host:6380",
+                "rediss://user:***@host:6380",
+            ),
             ("redis://token@host/1", "redis://***@host/1"),
             ("not a url", "not a url"),
             ("http://host/path@x", "http://host/path@x"),

@@ -478,7 +478,7 @@ impl RunningMonitor {
         let cfg = a.validate().expect("monitor config");
         let shutdown = hemostat_common::shutdown::Shutdown::new();
         let health = hemostat_common::http::Health::default();
-        let docker = hemostat_monitor::connect_docker(&health, &shutdown)
+        let docker = hemostat_monitor::connect_docker(a.docker_host.as_deref(), &health, &shutdown)
             .await
             .expect("docker");
         let ctx = hemostat_common::agent::AgentContext::start(
@@ -505,5 +505,81 @@ impl RunningMonitor {
     pub async fn stop(self) -> bool {
         self.shutdown.cancel();
         self.done.await.unwrap_or(false)
+    }
+}
+
+/// A Unix-socket proxy in front of the Docker socket that a test can cut and restore, to play
+/// "Docker restarted" without touching the real engine (which other tests are using).
+pub struct DockerProxy {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+    cut: tokio_util::sync::CancellationToken,
+    accept: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl DockerProxy {
+    /// Listens on a fresh socket and forwards every connection to `/var/run/docker.sock`.
+    pub fn start() -> DockerProxy {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut p = DockerProxy {
+            path: dir.path().join("docker.sock"),
+            _dir: dir,
+            cut: tokio_util::sync::CancellationToken::new(),
+            accept: None,
+        };
+        p.listen();
+        p
+    }
+
+    /// The `DOCKER_HOST` value that goes through the proxy.
+    pub fn docker_host(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    fn listen(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let listener = tokio::net::UnixListener::bind(&self.path).expect("bind proxy socket");
+        let cut = tokio_util::sync::CancellationToken::new();
+        self.cut = cut.clone();
+        self.accept = Some(tokio::spawn(async move {
+            loop {
+                let (mut client, _) = tokio::select! {
+                    () = cut.cancelled() => return,
+                    r = listener.accept() => match r { Ok(c) => c, Err(_) => return },
+                };
+                let cut = cut.clone();
+                tokio::spawn(async move {
+                    let Ok(mut upstream) =
+                        tokio::net::UnixStream::connect("/var/run/docker.sock").await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        () = cut.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Drops every proxied connection and refuses new ones, like a Docker daemon going away.
+    pub async fn cut(&mut self) {
+        self.cut.cancel();
+        if let Some(a) = self.accept.take() {
+            let _ = a.await;
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// Accepts connections again, like the daemon coming back.
+    pub fn restore(&mut self) {
+        self.listen();
+    }
+}
+
+impl Drop for DockerProxy {
+    fn drop(&mut self) {
+        self.cut.cancel();
     }
 }

@@ -949,13 +949,9 @@ async fn password_protected_redis_works() {
     assert!(r.is_err(), "{r:?}");
 }
 
-// BUG (common/src/agent.rs, `AgentContext::start`, the `give_up` timer spawned on `plumbing`):
-// that task always sleeps the full shutdown timeout after shutdown, and `finish` waits for all
-// of `plumbing`, so even an idle agent takes the whole timeout to stop (and, with the default
-// 10 s, gets SIGKILLed by `docker stop`'s default 10 s grace). Ignored until fixed; run with
-// `cargo test -p hemostat-tests --test bus -- --ignored`.
+// Regression: the outbox's give-up timer used to be tracked with the agent's tasks, so every
+// clean stop waited out the whole shutdown timeout (and `docker stop` SIGKILLed the agent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: AgentContext::finish always waits out the shutdown timeout (agent.rs give_up timer)"]
 async fn clean_finish_does_not_wait_out_the_shutdown_timeout() {
     let Some(redis) = TestRedis::start() else {
         return;
@@ -997,11 +993,8 @@ async fn clean_finish_does_not_wait_out_the_shutdown_timeout() {
     );
 }
 
-// BUG (common/src/bus.rs, `Outbox::send`): `outbox_depth` is incremented whether or not the
-// envelope was queued, so every send after the worker is gone leaves the gauge one too high
-// for good. Ignored until fixed; run with `-- --ignored`.
+// Regression: `outbox_depth` used to count envelopes that were never queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: Outbox::send counts an envelope it could not queue in outbox_depth"]
 async fn outbox_depth_counts_only_queued_envelopes() {
     let Some(redis) = TestRedis::start() else {
         return;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use hemostat_common::events::{AlertKind, Channel, Detection, Envelope, HostAlertKind, Payload};
 use hemostat_tests::{
-    Patient, PatientSpec, RunningMonitor, StreamReader, TestRedis, container_alert, docker,
-    init_logs, random_id,
+    DockerProxy, Patient, PatientSpec, RunningMonitor, StreamReader, TestRedis, container_alert,
+    docker, init_logs, random_id,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -90,7 +90,7 @@ async fn an_oom_kill_under_a_memory_limit_is_an_oom_alert() {
     let (_redis, docker, monitor, mut reader, prefix) = setup!();
     let spec = PatientSpec {
         memory_limit_mb: Some(32),
-        ..PatientSpec::watched(&["run", "--leak-mb-per-sec", "40"])
+        ..PatientSpec::watched(&["run", "--leak-mb-per-sec", "10"])
     };
     let p = Patient::start(&docker, &prefix, "oom", spec).await;
     let e = reader
@@ -101,6 +101,8 @@ async fn an_oom_kill_under_a_memory_limit_is_an_oom_alert() {
     let a = container_alert(&e).unwrap();
     let state = a.state.as_ref().unwrap();
     assert!(state.oom_killed);
+    assert_eq!(state.exit_code, Some(137));
+    // Known from an inspect while it was alive (one stats round passes before it dies).
     assert_eq!(state.memory_limit_bytes, Some(32 * 1024 * 1024));
     assert!(a.summary.contains("OOM"), "{}", a.summary);
     // One problem, one alert: no separate plain `died` for the same death.
@@ -416,4 +418,101 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_event_stream_is_re_established_and_nothing_is_missed() {
+    init_logs();
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let Some(docker) = docker().await else { return };
+    let mut proxy = DockerProxy::start();
+    let host = proxy.docker_host();
+    let monitor = RunningMonitor::start(&redis.url(), &["--docker-host", &host]).await;
+    let mut reader = StreamReader::new(&redis, Channel::HealthAlert);
+    let prefix = format!("hstest-{}", random_id());
+    let before = Patient::start(&docker, &prefix, "before", PatientSpec::watched(&[])).await;
+    let blind = Patient::start(&docker, &prefix, "blind", PatientSpec::watched(&[])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    before.cli(&["kill"]);
+    reader
+        .wait_for(WAIT, "alert before the cut", |e| about(e, &before.name))
+        .await;
+
+    // "Docker restarts": the event stream drops, and a container dies while nobody listens.
+    proxy.cut().await;
+    blind.cli(&["kill"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.restore();
+    let e = reader
+        .wait_for(
+            WAIT,
+            "the death that happened while the stream was down",
+            |e| is(e, &blind.name, "container_unhealthy", AlertKind::Died),
+        )
+        .await;
+    // Docker replays it (`since`), or the re-listing finds it: either way it is reported once.
+    let a = container_alert(&e).unwrap();
+    assert!(
+        matches!(a.detected_by, Detection::Event | Detection::Resync),
+        "{a:?}"
+    );
+    let dupes = reader
+        .collect_for(Duration::from_secs(2), |e| {
+            is(e, &blind.name, "container_unhealthy", AlertKind::Died)
+        })
+        .await;
+    assert_eq!(dupes.len(), 1, "{dupes:#?}");
+    let metrics = http_get(monitor.http, "/metrics").await;
+    assert!(
+        !metrics.contains("hemostat_monitor_event_stream_reconnects_total 0"),
+        "no reconnect counted:\n{metrics}"
+    );
+    assert!(monitor.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_in_their_health_check_start_period_are_not_judged() {
+    let (_redis, docker, monitor, mut reader, prefix) = setup!("--breach-samples", "2");
+    // Both hold ~20 MiB of a 32 MiB limit (over a 50 % label threshold); one is still in a
+    // long health-check start period.
+    let mut spec = PatientSpec {
+        memory_limit_mb: Some(32),
+        ..PatientSpec::watched(&["run", "--leak-mb-per-sec", "20", "--leak-max-mb", "20"])
+    };
+    spec.labels
+        .insert("hemostat.memory_threshold".into(), "50".into());
+    let judged = Patient::start(&docker, &prefix, "judged", spec.clone()).await;
+    let starting = Patient::start(
+        &docker,
+        &prefix,
+        "starting",
+        PatientSpec {
+            health_interval: Some(Duration::from_secs(60)),
+            health_start_period: Some(Duration::from_secs(60)),
+            ..spec
+        },
+    )
+    .await;
+    reader
+        .wait_for(WAIT, "memory alert for the judged container", |e| {
+            is(
+                e,
+                &judged.name,
+                "container_unhealthy",
+                AlertKind::MemoryHigh,
+            )
+        })
+        .await;
+    let premature = reader
+        .collect_for(Duration::from_secs(3), |e| {
+            e.event_type() == "container_unhealthy" && about(e, &starting.name)
+        })
+        .await;
+    assert!(
+        premature.is_empty(),
+        "judged during its start period: {premature:#?}"
+    );
+    assert!(monitor.stop().await);
 }

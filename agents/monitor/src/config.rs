@@ -18,6 +18,11 @@ pub struct MonitorArgs {
     #[command(flatten)]
     pub common: CommonArgs,
 
+    /// The Docker API: `unix:///var/run/docker.sock`, `tcp://host:2375`. Default: the local
+    /// socket.
+    #[arg(long, env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
+
     /// Watch every container, not only those labelled `hemostat.enable=true`
     /// (`hemostat.enable=false` still excludes).
     #[arg(long, env = "HEMOSTAT_MONITOR_ALL", default_value = "false", value_parser = BoolishValueParser::new(),
@@ -198,7 +203,11 @@ impl MonitorArgs {
             disk_threshold: self.disk_threshold,
             host_memory_threshold: self.host_memory_threshold,
             host_cpu_threshold: self.host_cpu_threshold,
-            docker_df_interval: at_least("HEMOSTAT_DOCKER_DF_INTERVAL", self.docker_df_interval, ms(1000))?,
+            docker_df_interval: at_least(
+                "HEMOSTAT_DOCKER_DF_INTERVAL",
+                self.docker_df_interval,
+                ms(1000),
+            )?,
         })
     }
 }
@@ -231,7 +240,10 @@ mod tests {
             (&["--stats-interval", "often"], "HEMOSTAT_STATS_INTERVAL"),
             (&["--stats-interval", "10ms"], "HEMOSTAT_STATS_INTERVAL"),
             (&["--cpu-threshold", "150"], "HEMOSTAT_CPU_THRESHOLD"),
-            (&["--cpu-threshold", "90", "--cpu-critical", "80"], "HEMOSTAT_CPU_CRITICAL"),
+            (
+                &["--cpu-threshold", "90", "--cpu-critical", "80"],
+                "HEMOSTAT_CPU_CRITICAL",
+            ),
             (&["--breach-samples", "0"], "HEMOSTAT_BREACH_SAMPLES"),
             (&["--monitor-all", "perhaps"], "HEMOSTAT_MONITOR_ALL"),
             (&["--baseline-z", "0.1"], "HEMOSTAT_BASELINE_Z"),

@@ -152,7 +152,10 @@ pub struct Detector {
 }
 
 fn is_sigkill(signal: Option<&String>) -> bool {
-    matches!(signal.map(String::as_str), Some("9") | Some("SIGKILL") | Some("KILL"))
+    matches!(
+        signal.map(String::as_str),
+        Some("9") | Some("SIGKILL") | Some("KILL")
+    )
 }
 
 impl Detector {
@@ -205,10 +208,8 @@ impl Detector {
         t.attributes = ev.attributes.clone();
 
         match action {
-            "kill" => {
-                if !is_sigkill(ev.attributes.get("signal")) {
-                    t.term_kill_at = Some(now);
-                }
+            "kill" if !is_sigkill(ev.attributes.get("signal")) => {
+                t.term_kill_at = Some(now);
             }
             "oom" => {
                 t.pending_oom = Some((now + self.cfg.oom_settle, ev));
@@ -239,7 +240,14 @@ impl Detector {
                     Some((_, die)) => (exit_code(die), die.time_nano),
                     None => (None, ev.time_nano),
                 };
-                out.push(decision(t, &ev, AlertKind::Stopped, Class::UserAction, exit, time));
+                out.push(decision(
+                    t,
+                    &ev,
+                    AlertKind::Stopped,
+                    Class::UserAction,
+                    exit,
+                    time,
+                ));
             }
             "start" => {
                 t.running = true;
@@ -254,10 +262,24 @@ impl Detector {
                 }
             }
             "pause" => {
-                out.push(decision(t, &ev, AlertKind::Paused, Class::UserAction, None, ev.time_nano));
+                out.push(decision(
+                    t,
+                    &ev,
+                    AlertKind::Paused,
+                    Class::UserAction,
+                    None,
+                    ev.time_nano,
+                ));
             }
             "unpause" => {
-                out.push(decision(t, &ev, AlertKind::Unpaused, Class::UserAction, None, ev.time_nano));
+                out.push(decision(
+                    t,
+                    &ev,
+                    AlertKind::Unpaused,
+                    Class::UserAction,
+                    None,
+                    ev.time_nano,
+                ));
             }
             a if a.starts_with("health_status") => {
                 let status = a.split(':').nth(1).map(str::trim).unwrap_or_default();
@@ -265,7 +287,14 @@ impl Detector {
                     "unhealthy" => out.extend(problem(t, &ev, AlertKind::Unhealthy, now)),
                     "healthy" => {
                         if let Some(open) = t.open.remove(&AlertKind::Unhealthy) {
-                            let mut d = decision(t, &ev, AlertKind::Unhealthy, Class::Recovered, None, ev.time_nano);
+                            let mut d = decision(
+                                t,
+                                &ev,
+                                AlertKind::Unhealthy,
+                                Class::Recovered,
+                                None,
+                                ev.time_nano,
+                            );
                             d.since_nano = open.since_nano;
                             out.push(d);
                         }
@@ -314,7 +343,10 @@ impl Detector {
         let mut out = Vec::new();
         let reminder_interval = self.cfg.reminder_interval;
         for t in self.containers.values_mut() {
-            if t.pending_die.as_ref().is_some_and(|(deadline, _)| *deadline <= now) {
+            if t.pending_die
+                .as_ref()
+                .is_some_and(|(deadline, _)| *deadline <= now)
+            {
                 out.extend(settle_die(t, now));
             }
             if let Some((deadline, _)) = &t.pending_oom
@@ -373,7 +405,8 @@ impl Detector {
         let mut out = Vec::new();
         let now = Instant::now();
         let present: HashSet<&str> = listed.iter().map(|l| l.id.as_str()).collect();
-        self.containers.retain(|id, _| present.contains(id.as_str()));
+        self.containers
+            .retain(|id, _| present.contains(id.as_str()));
         for l in listed {
             let known = self.containers.contains_key(&l.id);
             let t = self.containers.entry(l.id.clone()).or_default();
@@ -407,7 +440,13 @@ impl Detector {
                 && l.state != "paused"
                 && !t.open.contains_key(&AlertKind::Died)
             {
-                t.open.insert(AlertKind::Died, Open { since_nano: None, last_notified: now });
+                t.open.insert(
+                    AlertKind::Died,
+                    Open {
+                        since_nano: None,
+                        last_notified: now,
+                    },
+                );
                 out.push(mk(t, AlertKind::Died, Class::Problem, l.exit_code));
             }
             if running {
@@ -419,7 +458,13 @@ impl Detector {
             }
             let unhealthy = running && l.health.as_deref() == Some("unhealthy");
             if unhealthy && !t.open.contains_key(&AlertKind::Unhealthy) {
-                t.open.insert(AlertKind::Unhealthy, Open { since_nano: None, last_notified: now });
+                t.open.insert(
+                    AlertKind::Unhealthy,
+                    Open {
+                        since_nano: None,
+                        last_notified: now,
+                    },
+                );
                 out.push(mk(t, AlertKind::Unhealthy, Class::Problem, None));
             } else if !unhealthy
                 && l.health.as_deref() == Some("healthy")
@@ -487,7 +532,14 @@ fn problem(t: &mut Tracked, ev: &DockerEvent, kind: AlertKind, now: Instant) -> 
             last_notified: now,
         },
     );
-    Some(decision(t, ev, kind, Class::Problem, exit_code(ev), ev.time_nano))
+    Some(decision(
+        t,
+        ev,
+        kind,
+        Class::Problem,
+        exit_code(ev),
+        ev.time_nano,
+    ))
 }
 
 #[cfg(test)]
@@ -513,7 +565,9 @@ mod tests {
 
     /// Feeds `(ms offset, action, attributes)` in order, ticking between events and after
     /// the last one long enough for every settle window, and returns `(kind, class, exit)`.
-    fn check(steps: &[(u64, &str, &[(&str, &str)])]) -> Vec<(AlertKind, Class, Option<i64>)> {
+    type Step<'a> = (u64, &'a str, &'a [(&'a str, &'a str)]);
+
+    fn check(steps: &[Step<'_>]) -> Vec<(AlertKind, Class, Option<i64>)> {
         let mut d = Detector::new(DetectConfig::default());
         let t0 = Instant::now();
         let mut out = Vec::new();
@@ -524,7 +578,9 @@ mod tests {
         }
         let end = t0 + Duration::from_secs(5);
         out.extend(d.on_tick(end));
-        out.into_iter().map(|d| (d.kind, d.class, d.exit_code)).collect()
+        out.into_iter()
+            .map(|d| (d.kind, d.class, d.exit_code))
+            .collect()
     }
 
     use AlertKind::*;
@@ -533,7 +589,10 @@ mod tests {
     #[test]
     fn docker_kill_is_a_failure_at_once() {
         assert_eq!(
-            check(&[(0, "kill", &[("signal", "9")]), (5, "die", &[("exitCode", "137")])]),
+            check(&[
+                (0, "kill", &[("signal", "9")]),
+                (5, "die", &[("exitCode", "137")])
+            ]),
             [(Died, Problem, Some(137))]
         );
     }
@@ -575,7 +634,10 @@ mod tests {
     #[test]
     fn sigterm_without_stop_is_a_failure_after_settling() {
         assert_eq!(
-            check(&[(0, "kill", &[("signal", "SIGTERM")]), (5, "die", &[("exitCode", "143")])]),
+            check(&[
+                (0, "kill", &[("signal", "SIGTERM")]),
+                (5, "die", &[("exitCode", "143")])
+            ]),
             [(Died, Problem, Some(143))]
         );
     }
@@ -666,7 +728,10 @@ mod tests {
         let die = ev("die", &[("exitCode", "1")], 10);
         assert_eq!(d.on_event(die.clone(), now).len(), 1);
         assert!(d.on_event(die, now).is_empty());
-        assert!(d.on_event(ev("start", &[], 5), now).is_empty(), "older than seen");
+        assert!(
+            d.on_event(ev("start", &[], 5), now).is_empty(),
+            "older than seen"
+        );
     }
 
     #[test]
@@ -677,7 +742,10 @@ mod tests {
         };
         let mut d = Detector::new(cfg);
         let t0 = Instant::now();
-        assert_eq!(d.on_event(ev("health_status: unhealthy", &[], 1), t0).len(), 1);
+        assert_eq!(
+            d.on_event(ev("health_status: unhealthy", &[], 1), t0).len(),
+            1
+        );
         assert!(d.on_tick(t0 + Duration::from_secs(30)).is_empty());
         assert_eq!(d.next_deadline(), Some(t0 + Duration::from_secs(60)));
         let r = d.on_tick(t0 + Duration::from_secs(61));
@@ -702,7 +770,9 @@ mod tests {
         assert!(d.resync(&[listed("running", None, None)], true).is_empty());
         let out = d.resync(&[listed("exited", None, Some(2))], false);
         assert_eq!(
-            out.iter().map(|d| (d.kind, d.class, d.exit_code, d.detected_by)).collect::<Vec<_>>(),
+            out.iter()
+                .map(|d| (d.kind, d.class, d.exit_code, d.detected_by))
+                .collect::<Vec<_>>(),
             [(Died, Problem, Some(2), Detection::Resync)]
         );
         let out = d.resync(&[listed("running", Some("unhealthy"), None)], false);
@@ -710,7 +780,10 @@ mod tests {
             out.iter().map(|d| (d.kind, d.class)).collect::<Vec<_>>(),
             [(Died, Recovered), (Unhealthy, Problem)]
         );
-        assert!(d.resync(&[listed("running", Some("unhealthy"), None)], false).is_empty());
+        assert!(
+            d.resync(&[listed("running", Some("unhealthy"), None)], false)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -85,8 +85,17 @@ mod tests {
     fn proc_stat() {
         let (t, cores) = parse_proc_stat(STAT).unwrap();
         assert_eq!(cores, 2);
-        assert_eq!(t, CpuTimes { busy: 150, total: 1000 });
-        let later = CpuTimes { busy: 250, total: 1200 };
+        assert_eq!(
+            t,
+            CpuTimes {
+                busy: 150,
+                total: 1000
+            }
+        );
+        let later = CpuTimes {
+            busy: 250,
+            total: 1200,
+        };
         assert_eq!(cpu_percent(t, later), Some(50.0));
         assert_eq!(cpu_percent(later, t), None, "counters went backwards");
         assert!(parse_proc_stat("garbage").is_none());
@@ -96,7 +105,10 @@ mod tests {
     #[test]
     fn meminfo() {
         let text = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   12000000 kB\n";
-        assert_eq!(parse_meminfo(text), Some((24_000_000 * 1024, 12_000_000 * 1024)));
+        assert_eq!(
+            parse_meminfo(text),
+            Some((24_000_000 * 1024, 12_000_000 * 1024))
+        );
         assert_eq!(parse_meminfo("MemTotal: 5 kB\n"), None);
     }
 

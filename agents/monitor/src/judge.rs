@@ -218,7 +218,13 @@ mod tests {
         assert_eq!(
             check(&[90.0, 90.0, 90.0, 90.0, 90.0, 10.0, 10.0, 10.0, 10.0]),
             [
-                (2, Transition::Fire { severity: Warning, samples: 3 }),
+                (
+                    2,
+                    Transition::Fire {
+                        severity: Warning,
+                        samples: 3
+                    }
+                ),
                 (7, Transition::Clear)
             ]
         );
@@ -228,7 +234,13 @@ mod tests {
     fn a_dip_does_not_clear() {
         assert_eq!(
             check(&[90.0, 90.0, 90.0, 10.0, 90.0, 10.0, 10.0]),
-            [(2, Transition::Fire { severity: Warning, samples: 3 })]
+            [(
+                2,
+                Transition::Fire {
+                    severity: Warning,
+                    samples: 3
+                }
+            )]
         );
     }
 
@@ -239,9 +251,27 @@ mod tests {
         assert_eq!(
             check(&values),
             [
-                (2, Transition::Fire { severity: Warning, samples: 3 }),
-                (12, Transition::Remind { severity: Critical, samples: 13 }),
-                (22, Transition::Remind { severity: Critical, samples: 23 }),
+                (
+                    2,
+                    Transition::Fire {
+                        severity: Warning,
+                        samples: 3
+                    }
+                ),
+                (
+                    12,
+                    Transition::Remind {
+                        severity: Critical,
+                        samples: 13
+                    }
+                ),
+                (
+                    22,
+                    Transition::Remind {
+                        severity: Critical,
+                        samples: 23
+                    }
+                ),
             ]
         );
     }
@@ -261,7 +291,10 @@ mod tests {
             assert_eq!(b.observe(x, &cfg), None, "sample {i}");
         }
         assert!((b.mean() - 6.0).abs() < 1.0, "mean {}", b.mean());
-        assert!(b.observe(40.0, &cfg).is_some(), "a jump to 40 % is an anomaly");
+        assert!(
+            b.observe(40.0, &cfg).is_some(),
+            "a jump to 40 % is an anomaly"
+        );
         assert_eq!(b.observe(8.0, &cfg), None, "within noise");
     }
 
@@ -275,7 +308,11 @@ mod tests {
         for _ in 0..20 {
             b.observe(0.1, &cfg);
         }
-        assert_eq!(b.observe(3.0, &cfg), None, "σ≈0 must not make 3 % an anomaly");
+        assert_eq!(
+            b.observe(3.0, &cfg),
+            None,
+            "σ≈0 must not make 3 % an anomaly"
+        );
         assert!(b.observe(20.0, &cfg).is_some());
     }
 }

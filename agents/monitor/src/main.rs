@@ -23,7 +23,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -60,7 +63,9 @@ async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<bool> {
     let docker_health = Health::default();
-    let docker = hemostat_monitor::connect_docker(&docker_health, &shutdown).await?;
+    let docker =
+        hemostat_monitor::connect_docker(args.docker_host.as_deref(), &docker_health, &shutdown)
+            .await?;
     let host = hemostat_monitor::host_id(&docker, args.common.host_id.as_deref()).await?;
     let ctx = AgentContext::start(&args.common, hemostat_monitor::AGENT, host, shutdown).await?;
     ctx.metrics.docker_up.set(1);

@@ -66,7 +66,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -103,12 +106,18 @@ mod tests {
             ("maintainer", "someone"),
         ]);
         let r = relevant_labels(&l);
-        assert_eq!(r.keys().collect::<Vec<_>>(), ["com.docker.compose.service", "hemostat.enable"]);
+        assert_eq!(
+            r.keys().collect::<Vec<_>>(),
+            ["com.docker.compose.service", "hemostat.enable"]
+        );
     }
 
     #[test]
     fn label_overrides() {
-        let l = labels(&[(LABEL_CPU_THRESHOLD, "50"), (LABEL_MEMORY_THRESHOLD, "lots")]);
+        let l = labels(&[
+            (LABEL_CPU_THRESHOLD, "50"),
+            (LABEL_MEMORY_THRESHOLD, "lots"),
+        ]);
         assert_eq!(percent_label(&l, LABEL_CPU_THRESHOLD), Some(50.0));
         assert_eq!(percent_label(&l, LABEL_MEMORY_THRESHOLD), None);
     }

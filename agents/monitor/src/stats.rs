@@ -67,9 +67,17 @@ pub fn sample(
     // v2 inactive_file. Docker's CLI subtracts it the same way.
     let inactive = mem
         .and_then(|m| m.stats.as_ref())
-        .and_then(|st| st.get("total_inactive_file").or_else(|| st.get("inactive_file")).copied())
+        .and_then(|st| {
+            st.get("total_inactive_file")
+                .or_else(|| st.get("inactive_file"))
+                .copied()
+        })
         .unwrap_or(0);
-    let used = if inactive < usage { usage - inactive } else { usage };
+    let used = if inactive < usage {
+        usage - inactive
+    } else {
+        usage
+    };
     let limit = mem.and_then(|m| m.limit).filter(|l| *l > 0);
     let memory_percent = limit.map(|l| round2(used as f64 / l as f64 * 100.0));
 
@@ -153,7 +161,10 @@ mod tests {
         assert_eq!(sample.memory_usage_bytes, 100_000_000);
         assert_eq!(sample.memory_percent, Some(47.68));
         assert_eq!((sample.net_rx_bytes, sample.net_tx_bytes), (101, 52));
-        assert_eq!((sample.block_read_bytes, sample.block_write_bytes), (4096, 8192));
+        assert_eq!(
+            (sample.block_read_bytes, sample.block_write_bytes),
+            (4096, 8192)
+        );
         assert_eq!(sample.pids, Some(3));
         assert_eq!(
             counters,
@@ -189,7 +200,8 @@ mod tests {
 
     #[test]
     fn cgroup_v2_inactive_file_and_empty_stats() {
-        let v2 = r#"{"memory_stats": {"usage": 1000, "limit": 4000, "stats": {"inactive_file": 200}}}"#;
+        let v2 =
+            r#"{"memory_stats": {"usage": 1000, "limit": 4000, "stats": {"inactive_file": 200}}}"#;
         let s: ContainerStatsResponse = serde_json::from_str(v2).unwrap();
         let (sample, counters) = sample("c", "n", &s, None);
         assert_eq!(sample.memory_usage_bytes, 800);

@@ -12,7 +12,9 @@ fn monitor(env: &[(&str, &str)]) -> (i32, String) {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run the monitor: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the monitor: {e}"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -35,8 +37,14 @@ fn bad_settings_exit_2_naming_the_variable() {
     for (var, value, hint) in cases {
         let (code, text) = monitor(&[(var, value)]);
         assert_eq!(code, 2, "{var}={value}: exit {code}\n{text}");
-        assert!(text.contains(var), "{var}={value}: message does not name it:\n{text}");
-        assert!(text.contains(hint), "{var}={value}: no hint {hint:?}:\n{text}");
+        assert!(
+            text.contains(var),
+            "{var}={value}: message does not name it:\n{text}"
+        );
+        assert!(
+            text.contains(hint),
+            "{var}={value}: no hint {hint:?}:\n{text}"
+        );
     }
 }
 

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bollard::query_parameters::KillContainerOptionsBuilder;
+use bollard::query_parameters::{InspectContainerOptions, KillContainerOptionsBuilder};
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use futures::StreamExt;
@@ -118,9 +118,16 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
         for p in &batch {
             let asked = Utc::now();
-            docker
-                .kill_container(&p.id, Some(KillContainerOptionsBuilder::new().signal("KILL").build()))
-                .await?;
+            // Docker's kill call returns only after the engine has torn the container down
+            // (tens of ms after the death): listen meanwhile, or that wait is counted too.
+            let kill = {
+                let docker = docker.clone();
+                let id = p.id.clone();
+                tokio::spawn(async move {
+                    let opts = KillContainerOptionsBuilder::new().signal("KILL").build();
+                    docker.kill_container(&id, Some(opts)).await
+                })
+            };
             let deadline = Instant::now() + Duration::from_secs(10);
             let (env, received): (Envelope, DateTime<Utc>) = loop {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -131,16 +138,21 @@ async fn main() -> anyhow::Result<()> {
                 let received = Utc::now();
                 let payload: String = msg.get_payload()?;
                 let env = Envelope::from_json(&payload)?;
-                if container_alert(&env).is_some_and(|a| a.container.name == p.name && a.kind == AlertKind::Died) {
+                if container_alert(&env)
+                    .is_some_and(|a| a.container.name == p.name && a.kind == AlertKind::Died)
+                {
                     break (env, received);
                 }
             };
+            kill.await??;
             let a = container_alert(&env).context("alert")?;
             let event = a.docker_event_time.context("docker_event_time")?;
-            let finished: DateTime<Utc> = a
+            // The engine's own record of when the process died.
+            let finished: DateTime<Utc> = docker
+                .inspect_container(&p.id, None::<InspectContainerOptions>)
+                .await?
                 .state
-                .as_ref()
-                .and_then(|s| s.finished_at.as_deref())
+                .and_then(|s| s.finished_at)
                 .context("finished_at")?
                 .parse()?;
             samples.push(Sample {
@@ -158,10 +170,22 @@ async fn main() -> anyhow::Result<()> {
     let _ = monitor.kill();
     let _ = monitor.wait();
 
-    println!("container death → health_alert received by a redis subscriber ({} kills)", samples.len());
-    report("from docker's die event", samples.iter().map(|s| s.from_event_ms).collect());
-    report("from FinishedAt (process death)", samples.iter().map(|s| s.from_finished_ms).collect());
-    report("from the kill request", samples.iter().map(|s| s.from_kill_request_ms).collect());
+    println!(
+        "container death → health_alert received by a redis subscriber ({} kills)",
+        samples.len()
+    );
+    report(
+        "from docker's die event",
+        samples.iter().map(|s| s.from_event_ms).collect(),
+    );
+    report(
+        "from FinishedAt (process death)",
+        samples.iter().map(|s| s.from_finished_ms).collect(),
+    );
+    report(
+        "from the kill request",
+        samples.iter().map(|s| s.from_kill_request_ms).collect(),
+    );
     // What a poller would give on the same deaths: the death lands uniformly within a poll
     // interval, so the expected wait is half the interval and the worst case a whole one.
     let polls: [(&str, f64); 2] = [

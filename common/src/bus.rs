@@ -239,6 +239,69 @@ impl Bus {
         Ok(self.note(r)?.is_some())
     }
 
+    /// Publishes `envs` only if `marker` was not set yet, setting it (with `ttl`) in the same
+    /// atomic step. This makes "handle an entry, publish the result" idempotent across
+    /// redeliveries and replicas: the second attempt finds the marker and publishes nothing.
+    /// Returns whether it published.
+    pub async fn publish_once(
+        &self,
+        marker: &str,
+        ttl: Duration,
+        envs: &[Envelope],
+    ) -> Result<bool, BusError> {
+        // A Lua script runs atomically: no other client sees the marker without the messages.
+        const SCRIPT: &str = r#"
+            if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+            for i = 3, #ARGV, 4 do
+                redis.call('XADD', ARGV[i], 'MAXLEN', '~', ARGV[2], '*',
+                    'event_type', ARGV[i + 1], 'envelope', ARGV[i + 2])
+                redis.call('PUBLISH', ARGV[i + 3], ARGV[i + 2])
+            end
+            return 1
+        "#;
+        let script = redis::Script::new(SCRIPT);
+        let mut inv = script.key(marker);
+        inv.arg(ttl.as_secs().max(1)).arg(self.maxlen);
+        for env in envs {
+            inv.arg(env.channel().stream())
+                .arg(env.event_type())
+                .arg(env.to_json())
+                .arg(env.channel().name());
+        }
+        let mut conn = self.conn.clone();
+        let r: redis::RedisResult<i64> = inv.invoke_async(&mut conn).await;
+        let published = self.note(r)? == 1;
+        if published {
+            for env in envs {
+                self.metrics
+                    .events_out
+                    .get_or_create(&ChannelLabel::new(env.channel().name()))
+                    .inc();
+            }
+        }
+        Ok(published)
+    }
+
+    /// The newest `count` envelopes of a stream, newest first (undecodable entries skipped).
+    pub async fn recent(&self, channel: Channel, count: usize) -> Result<Vec<Envelope>, BusError> {
+        let mut conn = self.conn.clone();
+        let r: redis::RedisResult<redis::streams::StreamRangeReply> = redis::cmd("XREVRANGE")
+            .arg(channel.stream())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await;
+        Ok(self
+            .note(r)?
+            .ids
+            .iter()
+            .filter_map(|e| field_string(&e.map, STREAM_FIELD_ENVELOPE))
+            .filter_map(|raw| Envelope::from_json(&raw).ok())
+            .collect())
+    }
+
     /// Parks a message in the dead-letter stream with the reason, and acks it in `group` (if
     /// it came from a stream), in one transaction.
     pub async fn dead_letter(
@@ -390,6 +453,9 @@ pub struct ConsumerConfig {
     pub claim_every: Duration,
     /// After this many failed deliveries an entry is dead-lettered.
     pub max_deliveries: u64,
+    /// Entries of one read handled at once. 1 keeps stream order; more keeps one slow
+    /// entry (an LLM call) from holding up the rest.
+    pub concurrency: usize,
 }
 
 impl ConsumerConfig {
@@ -403,6 +469,7 @@ impl ConsumerConfig {
             claim_idle: Duration::from_secs(30),
             claim_every: Duration::from_secs(5),
             max_deliveries: 5,
+            concurrency: 1,
         }
     }
 }
@@ -455,11 +522,7 @@ where
         if tokio::time::Instant::now() >= next_claim {
             next_claim = tokio::time::Instant::now() + cfg.claim_every;
             match reclaim(&mut conn, &cfg).await {
-                Ok(entries) => {
-                    for entry in entries {
-                        process(bus, &cfg, &mut conn, entry, &handler).await;
-                    }
-                }
+                Ok(entries) => process_all(bus, &cfg, &conn, entries, &handler).await,
                 Err(e) => tracing::debug!(error = %e, stream, "reclaim failed"),
             }
         }
@@ -484,11 +547,13 @@ where
         match bus.note(reply) {
             Ok(reply) => {
                 backoff.reset();
-                for key in reply.map(|r| r.keys).unwrap_or_default() {
-                    for entry in key.ids {
-                        process(bus, &cfg, &mut conn, entry, &handler).await;
-                    }
-                }
+                let entries = reply
+                    .map(|r| r.keys)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flat_map(|k| k.ids)
+                    .collect();
+                process_all(bus, &cfg, &conn, entries, &handler).await;
             }
             Err(BusError::Redis(e)) if e.code() == Some("NOGROUP") => {
                 tracing::warn!(stream, group = %cfg.group, "consumer group vanished; recreating");
@@ -572,6 +637,26 @@ fn field_string(map: &HashMap<String, Value>, key: &str) -> Option<String> {
         Value::SimpleString(s) => Some(s.clone()),
         _ => None,
     }
+}
+
+/// Handles a batch of entries, `cfg.concurrency` at a time.
+async fn process_all<F, Fut>(
+    bus: &Bus,
+    cfg: &ConsumerConfig,
+    conn: &ConnectionManager,
+    entries: Vec<StreamId>,
+    handler: &F,
+) where
+    F: Fn(Envelope) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    use futures::StreamExt as _;
+    futures::stream::iter(entries)
+        .for_each_concurrent(cfg.concurrency.max(1), |entry| {
+            let mut conn = conn.clone();
+            async move { process(bus, cfg, &mut conn, entry, handler).await }
+        })
+        .await;
 }
 
 async fn process<F, Fut>(

@@ -532,7 +532,9 @@ pub enum AnalysisMethod {
 /// The analyzer's verdict that something must be done.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RemediationRequest {
-    pub container: ContainerRef,
+    /// The container to act on; absent for host-wide actions (`cleanup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerRef>,
     /// The Docker host the action must happen on; only that host's responder acts.
     pub target_host: String,
     pub action: Action,
@@ -604,6 +606,8 @@ pub struct RemediationResult {
 #[serde(rename_all = "snake_case")]
 pub enum EscalationKind {
     CircuitBreakerOpen,
+    /// The analyzer saw a container die again and again: restarting will not fix it.
+    CrashLoop,
     RemediationFailed,
     HostWide,
     RemediationPaused,
@@ -742,7 +746,7 @@ mod tests {
                 sample: host_sample(),
             }),
             Payload::RemediationNeeded(RemediationRequest {
-                container: container(),
+                container: Some(container()),
                 target_host: "vm".into(),
                 action: Action::Restart,
                 root_cause: "crash".into(),

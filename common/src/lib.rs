@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod bus;
 pub mod config;
+pub mod docker;
 pub mod events;
 pub mod heartbeat;
 pub mod http;

@@ -30,10 +30,12 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures::StreamExt;
 use hemostat_common::agent::AgentContext;
 use hemostat_common::bus::Backoff;
+pub use hemostat_common::docker::connect_docker;
+use hemostat_common::docker::container_state;
 use hemostat_common::events::{
     AlertKind, Breach, ContainerAlert, ContainerRef, ContainerSample, ContainerState, Detection,
-    DockerDiskUsage, Envelope, HealthState, HostAlert, HostAlertKind, HostSample, MetricsBatch,
-    Payload, Severity,
+    DockerDiskUsage, Envelope, HostAlert, HostAlertKind, HostSample, MetricsBatch, Payload,
+    Severity,
 };
 use hemostat_common::http::Health;
 use hemostat_common::shutdown::Shutdown;
@@ -47,9 +49,6 @@ use crate::judge::{Baseline, Threshold, Transition, Watch};
 
 /// The agent's name on the bus.
 pub const AGENT: &str = "monitor";
-
-/// Longest health-check output carried in an alert.
-const HEALTH_OUTPUT_LIMIT: usize = 1024;
 
 /// Monitor-specific metrics.
 #[derive(Debug, Clone)]
@@ -112,45 +111,6 @@ impl MonitorMetrics {
             );
         });
         m
-    }
-}
-
-/// Connects to Docker (unix socket or `DOCKER_HOST`) and negotiates the API version, waiting
-/// with backoff while Docker is unreachable.
-pub async fn connect_docker(
-    docker_host: Option<&str>,
-    health: &Health,
-    shutdown: &Shutdown,
-) -> anyhow::Result<Docker> {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        let attempt = async {
-            let docker = match docker_host {
-                Some(host) => Docker::connect_with_host(host),
-                None => Docker::connect_with_local_defaults(),
-            }
-            .context("docker client")?;
-            docker
-                .negotiate_version()
-                .await
-                .context("docker version negotiation")
-        };
-        match attempt.await {
-            Ok(docker) => {
-                health.ok("docker");
-                tracing::info!(api = %docker.client_version(), "connected to docker");
-                return Ok(docker);
-            }
-            Err(e) => {
-                health.degraded("docker", format!("{e:#}"));
-                let delay = backoff.next_delay();
-                tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "docker not reachable");
-                tokio::select! {
-                    () = shutdown.cancelled() => anyhow::bail!("shut down while waiting for docker"),
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
     }
 }
 
@@ -254,49 +214,6 @@ fn nano_to_utc(ns: i64) -> Option<DateTime<Utc>> {
         ns.rem_euclid(1_000_000_000) as u32,
     )
     .single()
-}
-
-fn trim_output(s: &str) -> String {
-    let s = s.trim();
-    if s.len() <= HEALTH_OUTPUT_LIMIT {
-        return s.to_owned();
-    }
-    let mut cut = HEALTH_OUTPUT_LIMIT;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}…", &s[..cut])
-}
-
-/// The alert-relevant part of an inspect response.
-fn container_state(i: &ContainerInspectResponse) -> Option<ContainerState> {
-    let st = i.state.as_ref()?;
-    let health = st.health.as_ref().map(|h| {
-        let last = h.log.as_ref().and_then(|l| l.last());
-        HealthState {
-            status: h.status.map(|s| s.to_string()).unwrap_or_default(),
-            failing_streak: h.failing_streak.unwrap_or(0),
-            last_output: last.and_then(|r| r.output.as_deref()).map(trim_output),
-            last_exit_code: last.and_then(|r| r.exit_code),
-        }
-    });
-    Some(ContainerState {
-        status: st.status.map(|s| s.to_string()).unwrap_or_default(),
-        running: st.running.unwrap_or(false),
-        exit_code: st.exit_code,
-        oom_killed: st.oom_killed.unwrap_or(false),
-        restart_count: i.restart_count.unwrap_or(0),
-        started_at: st.started_at.clone(),
-        finished_at: st.finished_at.clone(),
-        error: st.error.clone().filter(|e| !e.is_empty()),
-        health,
-        memory_limit_bytes: i
-            .host_config
-            .as_ref()
-            .and_then(|h| h.memory)
-            .filter(|m| *m > 0)
-            .map(|m| m as u64),
-    })
 }
 
 fn summary(
@@ -1160,12 +1077,5 @@ mod tests {
             t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)),
             Some("2023-11-14T22:13:20.123456789Z".to_owned())
         );
-    }
-
-    #[test]
-    fn long_health_output_is_trimmed_on_a_char_boundary() {
-        let s = "é".repeat(2000);
-        let t = trim_output(&s);
-        assert!(t.len() <= HEALTH_OUTPUT_LIMIT + "…".len());
     }
 }

@@ -1,0 +1,725 @@
+//! hemostat-analyzer: turns each health alert into a verdict: `remediation_needed` (what to do,
+//! why, how sure) or `false_alarm` (why not), both with the root cause.
+//!
+//! Per alert: skip it if already answered (idempotent on the envelope id), fold it if the same
+//! container already has an analysis or remediation in flight, gather context (inspect, the
+//! scrubbed log tail, metric trends, recent remediations and alerts), decide by the rules,
+//! ask the LLM when configured and the rules allow it, validate, publish.
+//!
+//! Architecture invariant: the target of a verdict is always the alert's container on the
+//! alert's host; nothing the LLM or a log line says can change it.
+
+pub mod config;
+pub mod llm;
+pub mod rules;
+pub mod scrub;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::query_parameters::{InspectContainerOptions, LogsOptionsBuilder};
+use chrono::Utc;
+use futures::StreamExt;
+use hemostat_common::agent::AgentContext;
+use hemostat_common::bus::{Bus, ConsumerConfig, consume};
+use hemostat_common::docker::container_state;
+use hemostat_common::events::{
+    Action, AnalysisMethod, Channel, ContainerAlert, ContainerRef, Envelope, Escalation,
+    EscalationKind, FalseAlarm, HostAlert, HostAlertKind, Payload, RemediationRequest, Severity,
+};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use crate::config::AnalyzerConfig;
+use crate::llm::Llm;
+use crate::rules::{Facts, Trend, Verdict};
+
+/// The agent's name on the bus and its consumer group.
+pub const AGENT: &str = "analyzer";
+
+/// How long "already answered" markers live.
+const ANSWERED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Label set for verdict counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabel {
+    pub verdict: String,
+    pub method: String,
+}
+
+/// Analyzer-specific metrics.
+#[derive(Clone, Debug, Default)]
+pub struct AnalyzerMetrics {
+    pub verdicts: Family<VerdictLabel, Counter>,
+    pub folded: Counter,
+    pub duplicates: Counter,
+    pub llm_fallbacks: Counter,
+}
+
+/// The analyzer's state shared by its concurrent handlers.
+pub struct Analyzer {
+    cfg: AnalyzerConfig,
+    docker: Docker,
+    bus: Bus,
+    llm: Option<Llm>,
+    agent: String,
+    /// Containers being analysed right now (`host/container id`).
+    in_flight: Mutex<HashSet<String>>,
+    pub metrics: AnalyzerMetrics,
+}
+
+impl std::fmt::Debug for Analyzer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Analyzer")
+            .field("llm", &self.llm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes a container from the in-flight set when its analysis ends, however it ends.
+struct InFlight<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    key: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        set.remove(&self.key);
+    }
+}
+
+/// Redis key that says a remediation for this container is in flight.
+fn inflight_key(host: &str, container_id: &str) -> String {
+    format!("hemostat:inflight:{host}:{container_id}")
+}
+
+impl Analyzer {
+    pub fn new(
+        cfg: AnalyzerConfig,
+        docker: Docker,
+        bus: Bus,
+        agent: &str,
+    ) -> anyhow::Result<Analyzer> {
+        let llm = cfg.llm.clone().map(Llm::new).transpose()?;
+        Ok(Analyzer {
+            cfg,
+            docker,
+            bus,
+            llm,
+            agent: agent.to_owned(),
+            in_flight: Mutex::default(),
+            metrics: AnalyzerMetrics::default(),
+        })
+    }
+
+    fn register(&self, ctx: &AgentContext) {
+        ctx.registry.with(|r| {
+            r.register(
+                "hemostat_analyzer_verdicts",
+                "Verdicts published",
+                self.metrics.verdicts.clone(),
+            );
+            r.register(
+                "hemostat_analyzer_folded",
+                "Alerts folded into an analysis or remediation already in flight",
+                self.metrics.folded.clone(),
+            );
+            r.register(
+                "hemostat_analyzer_duplicates",
+                "Redelivered alerts that were already answered",
+                self.metrics.duplicates.clone(),
+            );
+            r.register(
+                "hemostat_analyzer_llm_fallbacks",
+                "LLM answers that were unusable, so rules decided",
+                self.metrics.llm_fallbacks.clone(),
+            );
+        });
+    }
+
+    /// Handles one `health_alert` envelope. Errors leave the entry pending for a retry.
+    pub async fn handle(&self, env: Envelope) -> anyhow::Result<()> {
+        let marker = format!("hemostat:seen:{}:{}", self.agent, env.id);
+        let mut conn = self.bus.connection();
+        let answered: bool = redis::cmd("EXISTS")
+            .arg(&marker)
+            .query_async(&mut conn)
+            .await?;
+        if answered {
+            self.metrics.duplicates.inc();
+            tracing::debug!(event_id = %env.id, "already answered");
+            return Ok(());
+        }
+        match &env.payload {
+            Payload::ContainerUnhealthy(a) | Payload::ContainerUserAction(a) => {
+                self.container(&env, a, &marker).await
+            }
+            Payload::HostUnhealthy(h) => self.host(&env, h, &marker).await,
+            // Recoveries need no verdict; other types do not belong on this stream.
+            _ => Ok(()),
+        }
+    }
+
+    /// Clears the in-flight mark when the responder reports on a container.
+    pub async fn remediation_done(&self, env: Envelope) -> anyhow::Result<()> {
+        if let Payload::RemediationComplete(r) = &env.payload
+            && let Some(c) = &r.container
+        {
+            let mut conn = self.bus.connection();
+            let _: () = redis::cmd("DEL")
+                .arg(inflight_key(&env.host, &c.id))
+                .query_async(&mut conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(event_id = %env.id, container = %a.container.name, kind = a.kind.as_str()))]
+    async fn container(
+        &self,
+        env: &Envelope,
+        a: &ContainerAlert,
+        marker: &str,
+    ) -> anyhow::Result<()> {
+        let key = format!("{}/{}", env.host, a.container.id);
+        // Fold: one analysis per container at a time, and none while a remediation is running.
+        let _guard = {
+            let mut set = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            if !set.insert(key.clone()) {
+                self.metrics.folded.inc();
+                tracing::info!("folded into the analysis in flight");
+                return Ok(());
+            }
+            InFlight {
+                set: &self.in_flight,
+                key,
+            }
+        };
+        let mut conn = self.bus.connection();
+        let remediating: bool = redis::cmd("EXISTS")
+            .arg(inflight_key(&env.host, &a.container.id))
+            .query_async(&mut conn)
+            .await?;
+        if remediating && !a.user_initiated {
+            self.metrics.folded.inc();
+            tracing::info!("folded into the remediation in flight");
+            return Ok(());
+        }
+
+        let (facts, document) = self.gather(env, a).await;
+        let rules = rules::decide(&facts);
+        let decided = self.consult(rules, &document).await;
+        let mut out = Vec::new();
+        let request = verdict_payload(&self.cfg, env, Some(&a.container), &decided);
+        let remediation = matches!(request, Payload::RemediationNeeded(_));
+        out.push(request);
+        if decided.rules.escalate {
+            out.push(Payload::Escalation(Escalation {
+                kind: EscalationKind::CrashLoop,
+                severity: Severity::Critical,
+                container: Some(a.container.clone()),
+                summary: format!("{}: {}", a.container.name, decided.rules.root_cause),
+                detail: format!(
+                    "{}; not restarting: a person must look",
+                    decided.rules.reason
+                ),
+            }));
+        }
+        self.publish(env, marker, out, &decided).await?;
+        if remediation {
+            let _: () = redis::cmd("SET")
+                .arg(inflight_key(&env.host, &a.container.id))
+                .arg(&env.id)
+                .arg("EX")
+                .arg(self.cfg.coalesce_window.as_secs().max(1))
+                .query_async(&mut conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn host(&self, env: &Envelope, h: &HostAlert, marker: &str) -> anyhow::Result<()> {
+        let facts = Facts {
+            host_kind: Some(h.kind),
+            crash_loop_budget: self.cfg.crash_loop_budget,
+            ..Facts::default()
+        };
+        let rules = rules::decide(&facts);
+        // Host problems are decided by the rules alone: there is no container log to read.
+        let decided = Decided::from_rules(rules);
+        let mut out = vec![verdict_payload(&self.cfg, env, None, &decided)];
+        if decided.rules.escalate {
+            out.push(Payload::Escalation(Escalation {
+                kind: EscalationKind::HostWide,
+                severity: Severity::Critical,
+                container: None,
+                summary: format!("host {}: {}", env.host, h.summary),
+                detail: decided.rules.root_cause.clone(),
+            }));
+        }
+        self.publish(env, marker, out, &decided).await
+    }
+
+    /// Publishes the verdict (and any escalation) exactly once per alert.
+    async fn publish(
+        &self,
+        env: &Envelope,
+        marker: &str,
+        payloads: Vec<Payload>,
+        d: &Decided,
+    ) -> anyhow::Result<()> {
+        let envs: Vec<Envelope> = payloads
+            .into_iter()
+            .map(|p| Envelope::new(&self.agent, &env.host, p))
+            .collect();
+        let published = self.bus.publish_once(marker, ANSWERED_TTL, &envs).await?;
+        if !published {
+            self.metrics.duplicates.inc();
+            return Ok(());
+        }
+        let verdict = envs.first().map(|e| e.event_type()).unwrap_or_default();
+        self.metrics
+            .verdicts
+            .get_or_create(&VerdictLabel {
+                verdict: verdict.to_owned(),
+                method: method_name(d.method).to_owned(),
+            })
+            .inc();
+        tracing::info!(verdict, action = ?d.action, confidence = d.confidence, method = method_name(d.method),
+            rule = d.rules.rule, fallback = d.fallback_reason.as_deref(), "verdict");
+        Ok(())
+    }
+
+    /// Asks the LLM when one is configured and the rules leave room for judgement.
+    async fn consult(&self, rules: Verdict, document: &str) -> Decided {
+        // A person's action and a crash loop are safety verdicts: no LLM can overrule them.
+        let binding = matches!(rules.rule, "user_initiated" | "crash_loop");
+        let Some(llm) = self.llm.as_ref().filter(|_| !binding) else {
+            return Decided::from_rules(rules);
+        };
+        match llm.verdict(document).await {
+            Ok(v) => Decided {
+                action: v.action,
+                confidence: v.confidence,
+                root_cause: v.root_cause,
+                reason: format!("{} (model {})", v.reasoning, llm.model()),
+                false_alarm: v.false_alarm,
+                method: AnalysisMethod::Llm,
+                fallback_reason: None,
+                rules,
+            },
+            Err(failure) => {
+                self.metrics.llm_fallbacks.inc();
+                tracing::warn!(reason = %failure.0, "llm verdict unusable; rules decide");
+                let mut d = Decided::from_rules(rules);
+                d.method = AnalysisMethod::RulesFallback;
+                d.fallback_reason = Some(failure.0);
+                d
+            }
+        }
+    }
+
+    /// Collects the facts for the rules and the scrubbed JSON document for the LLM.
+    async fn gather(&self, env: &Envelope, a: &ContainerAlert) -> (Facts, String) {
+        let id = &a.container.id;
+        let timeout = Duration::from_secs(3);
+        let inspect = tokio::time::timeout(
+            timeout,
+            self.docker
+                .inspect_container(id, None::<InspectContainerOptions>),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok);
+        let fresh = inspect.as_ref().and_then(container_state);
+        // The alert's state is what the monitor saw; a fresh inspect adds what it could not.
+        let state = fresh.or_else(|| a.state.clone()).unwrap_or_default();
+        let exit_code = a
+            .state
+            .as_ref()
+            .and_then(|s| s.exit_code)
+            .or(state.exit_code);
+        let oom_killed = a.state.as_ref().is_some_and(|s| s.oom_killed) || state.oom_killed;
+        let health_output = a
+            .state
+            .as_ref()
+            .and_then(|s| s.health.as_ref())
+            .or(state.health.as_ref())
+            .and_then(|h| h.last_output.clone());
+
+        let (logs, dropped) = self.logs(id, timeout).await;
+        let (cpu, memory) = self.series(id).await;
+        let (remediations, alerts) = self.history(env, id).await;
+        let facts = Facts {
+            kind: Some(a.kind),
+            host_kind: None,
+            user_initiated: a.user_initiated,
+            exit_code,
+            oom_killed,
+            restart_count: state
+                .restart_count
+                .max(a.state.as_ref().map(|s| s.restart_count).unwrap_or(0)),
+            memory_limit_bytes: state.memory_limit_bytes,
+            health_output: health_output.clone(),
+            cpu_trend: Trend::of(&cpu, 5.0),
+            memory_trend: Trend::of(&memory, 3.0),
+            recent_remediations: remediations,
+            recent_alerts: alerts,
+            crash_loop_budget: self.cfg.crash_loop_budget,
+        };
+        let labels: BTreeMap<String, String> = a
+            .container
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), scrub::scrub(v)))
+            .collect();
+        // Everything from the container is data: quoted JSON strings, scrubbed.
+        let document = serde_json::json!({
+            "container": {"name": a.container.name, "image": a.container.image, "labels": labels},
+            "alert": {
+                "kind": a.kind.as_str(),
+                "summary": scrub::scrub(&a.summary),
+                "severity": a.severity,
+                "exit_code": exit_code,
+                "oom_killed": oom_killed,
+                "restart_count": facts.restart_count,
+                "memory_limit_bytes": facts.memory_limit_bytes,
+                "health_check_output": health_output.as_deref().map(scrub::scrub),
+                "breach": a.breach,
+            },
+            "trends": {"cpu": facts.cpu_trend.as_str(), "memory": facts.memory_trend.as_str()},
+            "history": {
+                "remediations_in_window": remediations,
+                "alerts_in_window": alerts,
+                "window_minutes": self.cfg.crash_loop_window.as_secs() / 60,
+            },
+            "logs_note": format!("last {} lines of the container's output, {} older lines dropped, secrets redacted; untrusted data", logs.len(), dropped),
+            "logs": logs,
+        })
+        .to_string();
+        (facts, document)
+    }
+
+    /// The scrubbed, trimmed log tail.
+    async fn logs(&self, id: &str, timeout: Duration) -> (Vec<String>, usize) {
+        if self.cfg.log_lines == 0 {
+            return (Vec::new(), 0);
+        }
+        let opts = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail(&self.cfg.log_lines.to_string())
+            .build();
+        let read = self
+            .docker
+            .logs(id, Some(opts))
+            .take(self.cfg.log_lines * 4)
+            .filter_map(|r| async move { r.ok() })
+            .map(|chunk| chunk.to_string())
+            .collect::<Vec<String>>();
+        let chunks = tokio::time::timeout(timeout, read)
+            .await
+            .unwrap_or_default();
+        let lines: Vec<String> = chunks
+            .iter()
+            .flat_map(|c| c.lines().map(str::to_owned).collect::<Vec<_>>())
+            .collect();
+        let start = lines.len().saturating_sub(self.cfg.log_lines);
+        scrub::scrub_and_trim(&lines[start..], self.cfg.log_bytes)
+    }
+
+    /// The container's recent CPU and memory percentages, oldest first.
+    async fn series(&self, id: &str) -> (Vec<f64>, Vec<f64>) {
+        let recent = self
+            .bus
+            .recent(Channel::Metrics, 60)
+            .await
+            .unwrap_or_default();
+        let mut cpu = Vec::new();
+        let mut memory = Vec::new();
+        for env in recent.iter().rev() {
+            if let Payload::ContainerMetrics(batch) = &env.payload
+                && let Some(s) = batch.samples.iter().find(|s| &s.id == id)
+            {
+                cpu.extend(s.cpu_percent);
+                memory.extend(s.memory_percent);
+            }
+        }
+        (tail(cpu, 12), tail(memory, 12))
+    }
+
+    /// Remediations and health alerts of this container within the crash-loop window.
+    async fn history(&self, env: &Envelope, id: &str) -> (u32, u32) {
+        let since = Utc::now()
+            - chrono::Duration::from_std(self.cfg.crash_loop_window)
+                .unwrap_or(chrono::Duration::MAX);
+        let remediations = self
+            .bus
+            .recent(Channel::RemediationComplete, 500)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e.timestamp >= since && e.host == env.host)
+            .filter(|e| match &e.payload {
+                Payload::RemediationComplete(r) => {
+                    r.container.as_ref().is_some_and(|c| c.id == id) && r.action != Action::None
+                }
+                _ => false,
+            })
+            .count() as u32;
+        let alerts = self
+            .bus
+            .recent(Channel::HealthAlert, 500)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e.timestamp >= since && e.host == env.host)
+            .filter(|e| match &e.payload {
+                Payload::ContainerUnhealthy(a) => a.container.id == id,
+                _ => false,
+            })
+            .count() as u32;
+        (remediations, alerts)
+    }
+}
+
+fn tail(mut v: Vec<f64>, n: usize) -> Vec<f64> {
+    let start = v.len().saturating_sub(n);
+    v.drain(..start);
+    v
+}
+
+fn method_name(m: AnalysisMethod) -> &'static str {
+    match m {
+        AnalysisMethod::Rules => "rules",
+        AnalysisMethod::Llm => "llm",
+        AnalysisMethod::RulesFallback => "rules_fallback",
+    }
+}
+
+/// The final decision, whoever made it, with the rules verdict kept alongside.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub action: Action,
+    pub confidence: f64,
+    pub root_cause: String,
+    pub reason: String,
+    pub false_alarm: bool,
+    pub method: AnalysisMethod,
+    pub fallback_reason: Option<String>,
+    pub rules: Verdict,
+}
+
+impl Decided {
+    fn from_rules(v: Verdict) -> Decided {
+        Decided {
+            action: v.action,
+            confidence: v.confidence,
+            root_cause: v.root_cause.clone(),
+            reason: v.reason.clone(),
+            false_alarm: v.false_alarm,
+            method: AnalysisMethod::Rules,
+            fallback_reason: None,
+            rules: v,
+        }
+    }
+}
+
+/// `remediation_needed` when there is an action, it is not a false alarm, and the confidence
+/// reaches the threshold; `false_alarm` otherwise. The target is the alert's container on the
+/// alert's host, always.
+pub fn verdict_payload(
+    cfg: &AnalyzerConfig,
+    alert: &Envelope,
+    container: Option<&ContainerRef>,
+    d: &Decided,
+) -> Payload {
+    let act =
+        d.action != Action::None && !d.false_alarm && d.confidence >= cfg.confidence_threshold;
+    if act {
+        Payload::RemediationNeeded(RemediationRequest {
+            container: container.cloned(),
+            target_host: alert.host.clone(),
+            action: d.action,
+            root_cause: d.root_cause.clone(),
+            reason: d.reason.clone(),
+            confidence: d.confidence,
+            analysis_method: d.method,
+            fallback_reason: d.fallback_reason.clone(),
+            alert_id: alert.id.clone(),
+        })
+    } else {
+        let why = if d.action == Action::None || d.false_alarm {
+            d.reason.clone()
+        } else {
+            format!(
+                "{}; confidence {:.2} is below the threshold {:.2}",
+                d.reason, d.confidence, cfg.confidence_threshold
+            )
+        };
+        Payload::FalseAlarm(FalseAlarm {
+            container: container.cloned(),
+            alert_id: alert.id.clone(),
+            root_cause: d.root_cause.clone(),
+            reason: match &d.fallback_reason {
+                Some(f) => format!("{why} (llm not used: {f})"),
+                None => why,
+            },
+            confidence: d.confidence,
+            analysis_method: d.method,
+        })
+    }
+}
+
+/// Starts the analyzer's consumers on `ctx.tracker`.
+pub fn spawn(analyzer: Arc<Analyzer>, ctx: &AgentContext) {
+    analyzer.register(ctx);
+    let consumer = ctx.identity.instance.clone();
+    let concurrency = analyzer
+        .cfg
+        .llm
+        .as_ref()
+        .map(|l| l.concurrency)
+        .unwrap_or(4)
+        .max(1);
+
+    let mut alerts = ConsumerConfig::new(Channel::HealthAlert, AGENT, &consumer);
+    alerts.concurrency = concurrency;
+    {
+        let a = analyzer.clone();
+        let bus = ctx.bus.clone();
+        let shutdown = ctx.shutdown.clone();
+        ctx.tracker.spawn(async move {
+            consume(&bus, alerts, shutdown, |env| {
+                let a = a.clone();
+                async move { a.handle(env).await }
+            })
+            .await;
+        });
+    }
+    let done = ConsumerConfig::new(Channel::RemediationComplete, AGENT, &consumer);
+    let bus = ctx.bus.clone();
+    let shutdown = ctx.shutdown.clone();
+    ctx.tracker.spawn(async move {
+        consume(&bus, done, shutdown, |env| {
+            let a = analyzer.clone();
+            async move { a.remediation_done(env).await }
+        })
+        .await;
+    });
+}
+
+/// Exposed for tests: host problems map to host kinds.
+pub fn is_host_kind(k: HostAlertKind) -> bool {
+    matches!(
+        k,
+        HostAlertKind::DiskPressure | HostAlertKind::MemoryPressure | HostAlertKind::CpuPressure
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hemostat_common::events::{AlertKind, Detection};
+
+    fn cfg() -> AnalyzerConfig {
+        AnalyzerConfig {
+            confidence_threshold: 0.7,
+            llm: None,
+            log_lines: 100,
+            log_bytes: 8192,
+            crash_loop_window: Duration::from_secs(1800),
+            crash_loop_budget: 5,
+            coalesce_window: Duration::from_secs(120),
+        }
+    }
+
+    fn alert_env() -> Envelope {
+        Envelope::new(
+            "monitor",
+            "host-a",
+            Payload::ContainerUnhealthy(ContainerAlert {
+                container: ContainerRef {
+                    id: "c1".into(),
+                    name: "web".into(),
+                    ..ContainerRef::default()
+                },
+                kind: AlertKind::Died,
+                severity: Severity::Critical,
+                user_initiated: false,
+                reminder: false,
+                detected_by: Detection::Event,
+                summary: "died".into(),
+                state: None,
+                metrics: None,
+                breach: None,
+                since: None,
+                docker_event_time: None,
+                protected: false,
+            }),
+        )
+    }
+
+    fn decided(action: Action, confidence: f64, false_alarm: bool) -> Decided {
+        let mut d = Decided::from_rules(rules::decide(&Facts::default()));
+        d.action = action;
+        d.confidence = confidence;
+        d.false_alarm = false_alarm;
+        d
+    }
+
+    #[test]
+    fn threshold_and_action_decide_the_channel() {
+        let env = alert_env();
+        let c = ContainerRef {
+            id: "c1".into(),
+            name: "web".into(),
+            ..ContainerRef::default()
+        };
+        let cases = [
+            (Action::Restart, 0.9, false, "remediation_needed"),
+            (Action::Restart, 0.7, false, "remediation_needed"),
+            (Action::Restart, 0.69, false, "false_alarm"),
+            (Action::None, 1.0, false, "false_alarm"),
+            (Action::Restart, 0.9, true, "false_alarm"),
+        ];
+        for (action, confidence, fa, want) in cases {
+            let p = verdict_payload(&cfg(), &env, Some(&c), &decided(action, confidence, fa));
+            assert_eq!(p.event_type(), want, "{action:?} {confidence} {fa}");
+            match p {
+                Payload::RemediationNeeded(r) => {
+                    assert_eq!(r.container.as_ref().map(|c| c.id.as_str()), Some("c1"));
+                    assert_eq!(r.target_host, "host-a");
+                    assert_eq!(r.alert_id, env.id);
+                }
+                Payload::FalseAlarm(f) => assert!(!f.root_cause.is_empty(), "root cause kept"),
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    #[test]
+    fn below_threshold_says_so() {
+        let env = alert_env();
+        let p = verdict_payload(&cfg(), &env, None, &decided(Action::Restart, 0.5, false));
+        let Payload::FalseAlarm(f) = p else {
+            unreachable!()
+        };
+        assert!(
+            f.reason.contains("below the threshold 0.70"),
+            "{}",
+            f.reason
+        );
+    }
+
+    #[test]
+    fn series_tail() {
+        assert_eq!(tail(vec![1.0, 2.0, 3.0], 2), [2.0, 3.0]);
+        assert_eq!(tail(vec![1.0], 5), [1.0]);
+        assert!(is_host_kind(HostAlertKind::DiskPressure));
+    }
+}

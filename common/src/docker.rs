@@ -1,0 +1,111 @@
+//! Docker helpers every agent that talks to Docker shares: connecting (with API version
+//! negotiation and backoff) and turning an inspect response into the wire's state.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bollard::Docker;
+use bollard::models::ContainerInspectResponse;
+
+use crate::bus::Backoff;
+use crate::events::{ContainerState, HealthState};
+use crate::http::Health;
+use crate::shutdown::Shutdown;
+
+/// Longest health-check output carried in an alert.
+pub const HEALTH_OUTPUT_LIMIT: usize = 1024;
+
+/// Connects to Docker (unix socket or `DOCKER_HOST`) and negotiates the API version, waiting
+/// with backoff while Docker is unreachable.
+pub async fn connect_docker(
+    docker_host: Option<&str>,
+    health: &Health,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Docker> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let attempt = async {
+            let docker = match docker_host {
+                Some(host) => Docker::connect_with_host(host),
+                None => Docker::connect_with_local_defaults(),
+            }
+            .context("docker client")?;
+            docker
+                .negotiate_version()
+                .await
+                .context("docker version negotiation")
+        };
+        match attempt.await {
+            Ok(docker) => {
+                health.ok("docker");
+                tracing::info!(api = %docker.client_version(), "connected to docker");
+                return Ok(docker);
+            }
+            Err(e) => {
+                health.degraded("docker", format!("{e:#}"));
+                let delay = backoff.next_delay();
+                tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "docker not reachable");
+                tokio::select! {
+                    () = shutdown.cancelled() => anyhow::bail!("shut down while waiting for docker"),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+pub fn trim_output(s: &str) -> String {
+    let s = s.trim();
+    if s.len() <= HEALTH_OUTPUT_LIMIT {
+        return s.to_owned();
+    }
+    let mut cut = HEALTH_OUTPUT_LIMIT;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &s[..cut])
+}
+
+/// The alert-relevant part of an inspect response.
+pub fn container_state(i: &ContainerInspectResponse) -> Option<ContainerState> {
+    let st = i.state.as_ref()?;
+    let health = st.health.as_ref().map(|h| {
+        let last = h.log.as_ref().and_then(|l| l.last());
+        HealthState {
+            status: h.status.map(|s| s.to_string()).unwrap_or_default(),
+            failing_streak: h.failing_streak.unwrap_or(0),
+            last_output: last.and_then(|r| r.output.as_deref()).map(trim_output),
+            last_exit_code: last.and_then(|r| r.exit_code),
+        }
+    });
+    Some(ContainerState {
+        status: st.status.map(|s| s.to_string()).unwrap_or_default(),
+        running: st.running.unwrap_or(false),
+        exit_code: st.exit_code,
+        oom_killed: st.oom_killed.unwrap_or(false),
+        restart_count: i.restart_count.unwrap_or(0),
+        started_at: st.started_at.clone(),
+        finished_at: st.finished_at.clone(),
+        error: st.error.clone().filter(|e| !e.is_empty()),
+        health,
+        memory_limit_bytes: i
+            .host_config
+            .as_ref()
+            .and_then(|h| h.memory)
+            .filter(|m| *m > 0)
+            .map(|m| m as u64),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_health_output_is_trimmed_on_a_char_boundary() {
+        let s = "é".repeat(2000);
+        let t = trim_output(&s);
+        assert!(t.len() <= HEALTH_OUTPUT_LIMIT + "…".len());
+        assert_eq!(trim_output("  ok\n"), "ok");
+    }
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs hemostat on this machine against the local Docker engine: starts a local Redis if none
-# answers at $REDIS_URL, builds the agents in release mode, and runs the monitor in the
-# foreground (Ctrl-C stops it). Settings come from the environment or ./.env
+# answers at $REDIS_URL, builds the agents in release mode, and runs the monitor, the
+# analyzer, the responder and the alert service in the foreground (Ctrl-C stops them). Settings come from the environment or ./.env
 # (see .env.example). Watch it with: redis-cli subscribe 'hemostat:*'
 set -euo pipefail
 
@@ -36,8 +36,26 @@ if ! redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
 fi
 
 echo "==> building hemostat (release)"
-cargo build --release --quiet -p hemostat-monitor
+cargo build --release --quiet -p hemostat-monitor -p hemostat-analyzer -p hemostat-responder -p hemostat-alert
 
-echo "==> hemostat-monitor: /healthz and /metrics on http://$HEMOSTAT_LISTEN"
-echo "    watch it:  redis-cli subscribe 'hemostat:*'"
-exec target/release/hemostat-monitor
+# Each agent serves /healthz and /metrics on its own port.
+listen_host="${HEMOSTAT_LISTEN%:*}"
+base_port="${HEMOSTAT_LISTEN##*:}"
+pids=()
+trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
+HEMOSTAT_LISTEN="$listen_host:$((base_port + 1))" target/release/hemostat-analyzer &
+pids+=($!)
+llm="off (rules only)"
+if [ -n "${OPENAI_BASE_URL:-}" ]; then llm="$OPENAI_BASE_URL"; elif [ -n "${OPENAI_API_KEY:-}" ]; then llm="OpenAI"; fi
+echo "==> hemostat-analyzer on http://$listen_host:$((base_port + 1)) (LLM: $llm)"
+HEMOSTAT_LISTEN="$listen_host:$((base_port + 2))" target/release/hemostat-responder &
+pids+=($!)
+echo "==> hemostat-responder on http://$listen_host:$((base_port + 2)) (dry run: ${HEMOSTAT_DRY_RUN:-false})"
+HEMOSTAT_LISTEN="$listen_host:$((base_port + 3))" target/release/hemostat-alert &
+pids+=($!)
+echo "==> hemostat-alert     on http://$listen_host:$((base_port + 3))"
+HEMOSTAT_LISTEN="$listen_host:$base_port" target/release/hemostat-monitor &
+pids+=($!)
+echo "==> hemostat-monitor  on http://$listen_host:$base_port"
+echo "    watch it:  redis-cli subscribe 'hemostat:*'      stop: Ctrl-C"
+wait -n "${pids[@]}"

@@ -249,19 +249,43 @@ impl Bus {
         ttl: Duration,
         envs: &[Envelope],
     ) -> Result<bool, BusError> {
+        self.publish_once_to(marker, ttl, envs, &[]).await
+    }
+
+    /// [`Bus::publish_once`], also appending every envelope to each of `extra_streams` (the
+    /// audit stream) in the same atomic step.
+    pub async fn publish_once_to(
+        &self,
+        marker: &str,
+        ttl: Duration,
+        envs: &[Envelope],
+        extra_streams: &[&str],
+    ) -> Result<bool, BusError> {
         // A Lua script runs atomically: no other client sees the marker without the messages.
+        // ARGV: ttl, maxlen, number of extra streams, the extra streams, then per envelope:
+        // stream, event_type, json, channel.
         const SCRIPT: &str = r#"
             if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-            for i = 3, #ARGV, 4 do
+            local extra = tonumber(ARGV[3])
+            for i = 4 + extra, #ARGV, 4 do
                 redis.call('XADD', ARGV[i], 'MAXLEN', '~', ARGV[2], '*',
                     'event_type', ARGV[i + 1], 'envelope', ARGV[i + 2])
+                for j = 4, 3 + extra do
+                    redis.call('XADD', ARGV[j], 'MAXLEN', '~', ARGV[2], '*',
+                        'event_type', ARGV[i + 1], 'envelope', ARGV[i + 2])
+                end
                 redis.call('PUBLISH', ARGV[i + 3], ARGV[i + 2])
             end
             return 1
         "#;
         let script = redis::Script::new(SCRIPT);
         let mut inv = script.key(marker);
-        inv.arg(ttl.as_secs().max(1)).arg(self.maxlen);
+        inv.arg(ttl.as_secs().max(1))
+            .arg(self.maxlen)
+            .arg(extra_streams.len());
+        for s in extra_streams {
+            inv.arg(*s);
+        }
         for env in envs {
             inv.arg(env.channel().stream())
                 .arg(env.event_type())

@@ -16,5 +16,6 @@ pub mod heartbeat;
 pub mod http;
 pub mod metrics;
 pub mod redact;
+pub mod scope;
 pub mod shutdown;
 pub mod telemetry;

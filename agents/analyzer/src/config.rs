@@ -66,7 +66,7 @@ pub struct AnalyzerArgs {
     #[arg(long, env = "HEMOSTAT_CRASH_LOOP_WINDOW", default_value = "30m", value_parser = parse_duration)]
     pub crash_loop_window: Duration,
 
-    /// More remediations (or restarts) than this in the window is a crash loop: escalate,
+    /// This many remediations (or restarts) or more in the window is a crash loop: escalate,
     /// do not restart.
     #[arg(long, env = "HEMOSTAT_CRASH_LOOP_BUDGET", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=1000))]

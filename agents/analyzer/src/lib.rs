@@ -443,7 +443,7 @@ impl Analyzer {
         let mut memory = Vec::new();
         for env in recent.iter().rev() {
             if let Payload::ContainerMetrics(batch) = &env.payload
-                && let Some(s) = batch.samples.iter().find(|s| &s.id == id)
+                && let Some(s) = batch.samples.iter().find(|s| s.id == id)
             {
                 cpu.extend(s.cpu_percent);
                 memory.extend(s.memory_percent);
@@ -623,6 +623,7 @@ pub fn is_host_kind(k: HostAlertKind) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use hemostat_common::events::{AlertKind, Detection};
 

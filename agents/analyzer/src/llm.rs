@@ -75,6 +75,11 @@ static COMMAND_LIKE: LazyLock<Option<Regex>> = LazyLock::new(|| {
     .ok()
 });
 
+/// Actions an LLM may pick for a container alert. `stop` and `cleanup` are on the bus's
+/// allow-list but are never taken on an LLM's word: a stop takes a service down, and cleanup is
+/// host-wide; log text must not be able to talk the model into either.
+pub const LLM_CONTAINER_ACTIONS: [Action; 3] = [Action::Restart, Action::Start, Action::None];
+
 /// Why an answer was refused.
 pub fn validate(content: &str) -> Result<LlmVerdict, String> {
     let answer: Answer = serde_json::from_str(content.trim())
@@ -86,6 +91,12 @@ pub fn validate(content: &str) -> Result<LlmVerdict, String> {
             answer.action
         )
     })?;
+    if !LLM_CONTAINER_ACTIONS.contains(&action) {
+        return Err(format!(
+            "llm chose {:?}, which hemostat never takes on an llm's word (only restart, start or none)",
+            answer.action
+        ));
+    }
     if !(answer.confidence.is_finite() && (0.0..=1.0).contains(&answer.confidence)) {
         return Err(format!(
             "llm confidence {} is outside [0, 1]",
@@ -175,12 +186,16 @@ impl Llm {
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
             .build()?;
+        // The plain reqwest service, without the library's own retry layer: retries (and their
+        // waits) are ours, inside one time budget, so a 429 storm cannot multiply requests or
+        // sleep past the budget.
         let client = Client::with_config(
             OpenAIConfig::new()
                 .with_api_base(cfg.base_url.trim_end_matches('/'))
                 .with_api_key(&cfg.api_key),
         )
-        .with_http_client(http);
+        .with_http_client(http.clone())
+        .with_http_service(async_openai::middleware::ReqwestService::new(http));
         let per_minute = NonZeroU32::new(cfg.requests_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
         Ok(Llm {
             client,
@@ -320,6 +335,7 @@ fn classify(e: &OpenAIError) -> (bool, String) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn answer(action: &str, confidence: f64, extra: &str) -> String {
@@ -350,6 +366,8 @@ mod tests {
                 "outside the allow-list",
             ),
             (&answer("restart", 1.5, ""), "outside [0, 1]"),
+            (&answer("stop", 0.9, ""), "never takes on an llm's word"),
+            (&answer("cleanup", 0.9, ""), "never takes on an llm's word"),
             (&answer("restart", -0.1, ""), "outside [0, 1]"),
             (
                 &answer("restart", 0.9, r#","target":"redis""#),

@@ -354,6 +354,7 @@ pub fn decide(f: &Facts) -> Verdict {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn facts(kind: AlertKind) -> Facts {

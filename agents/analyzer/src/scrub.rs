@@ -91,6 +91,7 @@ pub fn scrub_and_trim(lines: &[String], budget: usize) -> (Vec<String>, usize) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     /// `(input, must not survive, must survive)`.

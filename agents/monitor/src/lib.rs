@@ -12,7 +12,7 @@ pub mod config;
 pub mod detect;
 pub mod host;
 pub mod judge;
-pub mod scope;
+pub use hemostat_common::scope;
 pub mod stats;
 
 use std::collections::{HashMap, HashSet};

@@ -12,6 +12,10 @@ pub const LABEL_ROLE: &str = "hemostat.role";
 /// Per-container overrides.
 pub const LABEL_CPU_THRESHOLD: &str = "hemostat.cpu_threshold";
 pub const LABEL_MEMORY_THRESHOLD: &str = "hemostat.memory_threshold";
+/// Seconds Docker waits between SIGTERM and SIGKILL when the responder stops or restarts it.
+pub const LABEL_STOP_TIMEOUT: &str = "hemostat.stop_timeout";
+/// Name of a container this one depends on: restarted after that one is.
+pub const LABEL_DEPENDS_ON: &str = "hemostat.depends_on";
 
 fn truthy(v: &str) -> Option<bool> {
     match v.trim().to_ascii_lowercase().as_str() {
@@ -52,7 +56,7 @@ pub fn relevant_labels(labels: &HashMap<String, String>) -> BTreeMap<String, Str
 /// (a typo on one container must not stop the monitor).
 pub fn percent_label(labels: &HashMap<String, String>, key: &str) -> Option<f64> {
     let raw = labels.get(key)?;
-    match hemostat_common::config::parse_percent(raw) {
+    match crate::config::parse_percent(raw) {
         Ok(v) => Some(v),
         Err(e) => {
             tracing::warn!(label = key, error = %e, "ignoring invalid label");

@@ -1,0 +1,355 @@
+//! The alert service's settings: flags and environment, validated once into [`AlertConfig`].
+//! Webhook URLs and keys are secrets: errors about them never repeat them.
+
+use std::time::Duration;
+
+use clap::Parser;
+use clap::builder::BoolishValueParser;
+use hemostat_common::config::{CommonArgs, ConfigError, parse_duration};
+use hemostat_common::events::Severity;
+
+use crate::engine::EngineConfig;
+use crate::notify::Sources;
+use crate::sink::{Delivery, Kind, Preset};
+
+fn parse_severity(raw: &str) -> Result<Severity, String> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "info" => Ok(Severity::Info),
+        "warning" | "warn" => Ok(Severity::Warning),
+        "critical" | "crit" => Ok(Severity::Critical),
+        _ => Err(format!(
+            "{raw:?} is not a severity; expected info, warning or critical"
+        )),
+    }
+}
+
+/// hemostat alert: tells people (Slack, webhooks, PagerDuty) once and clearly.
+#[derive(Clone, Parser)]
+#[command(name = "hemostat-alert", version, about)]
+pub struct AlertArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Slack incoming-webhook URL (a secret: never logged).
+    #[arg(long, env = "SLACK_WEBHOOK_URL", hide_env_values = true)]
+    pub slack_webhook_url: Option<String>,
+
+    /// Least severity sent to Slack: info, warning or critical.
+    #[arg(long, env = "SLACK_MIN_SEVERITY", default_value = "info", value_parser = parse_severity)]
+    pub slack_min_severity: Severity,
+
+    /// A generic webhook URL (a secret: never logged).
+    #[arg(long, env = "WEBHOOK_URL", hide_env_values = true)]
+    pub webhook_url: Option<String>,
+
+    /// The generic webhook's format.
+    #[arg(long, env = "WEBHOOK_PRESET", value_enum, default_value_t = Preset::Json)]
+    pub webhook_preset: Preset,
+
+    /// Least severity sent to the generic webhook.
+    #[arg(long, env = "WEBHOOK_MIN_SEVERITY", default_value = "info", value_parser = parse_severity)]
+    pub webhook_min_severity: Severity,
+
+    /// PagerDuty Events API v2 routing key (a secret): pages on escalations and failed
+    /// remediations, resolves when the container recovers.
+    #[arg(long, env = "PAGERDUTY_ROUTING_KEY", hide_env_values = true)]
+    pub pagerduty_routing_key: Option<String>,
+
+    /// PagerDuty Events API endpoint.
+    #[arg(
+        long,
+        env = "PAGERDUTY_URL",
+        default_value = "https://events.pagerduty.com/v2/enqueue"
+    )]
+    pub pagerduty_url: String,
+
+    /// Least severity paged.
+    #[arg(long, env = "PAGERDUTY_MIN_SEVERITY", default_value = "warning", value_parser = parse_severity)]
+    pub pagerduty_min_severity: Severity,
+
+    /// Linked from every message when set.
+    #[arg(long, env = "HEMOSTAT_DASHBOARD_URL")]
+    pub dashboard_url: Option<String>,
+
+    /// Tell people about every crash, OOM kill and failing health check (and their recovery),
+    /// not only about what hemostat did.
+    #[arg(long, env = "HEMOSTAT_NOTIFY_CRASHES", default_value = "true", value_parser = BoolishValueParser::new(),
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub notify_crashes: bool,
+
+    /// Tell people about false alarms too.
+    #[arg(long, env = "HEMOSTAT_NOTIFY_FALSE_ALARMS", default_value = "false", value_parser = BoolishValueParser::new(),
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub notify_false_alarms: bool,
+
+    /// How long the first notification of a burst waits for others to join one message.
+    #[arg(long, env = "HEMOSTAT_GROUP_WAIT", default_value = "10s", value_parser = parse_duration)]
+    pub group_wait: Duration,
+
+    /// How soon a problem that is still firing is told again.
+    #[arg(long, env = "HEMOSTAT_REPEAT_INTERVAL", default_value = "4h", value_parser = parse_duration)]
+    pub repeat_interval: Duration,
+
+    /// Timeout of one request to a sink.
+    #[arg(long, env = "HEMOSTAT_SINK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub sink_timeout: Duration,
+
+    /// Attempts per message and sink before it is dead-lettered.
+    #[arg(long, env = "HEMOSTAT_SINK_ATTEMPTS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub sink_attempts: u32,
+
+    /// First retry delay (doubles; a 429's Retry-After wins).
+    #[arg(long, env = "HEMOSTAT_SINK_BACKOFF", default_value = "1s", value_parser = parse_duration)]
+    pub sink_backoff: Duration,
+
+    /// Longest retry delay.
+    #[arg(long, env = "HEMOSTAT_SINK_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
+    pub sink_backoff_max: Duration,
+
+    /// Most requests per minute to each sink.
+    #[arg(long, env = "HEMOSTAT_SINK_RATE", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub sink_rate: u32,
+
+    /// How long notification decisions are kept in `hemostat:stream:notifications`.
+    #[arg(long, env = "HEMOSTAT_HISTORY_RETENTION", default_value = "7d", value_parser = parse_days)]
+    pub history_retention: Duration,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+fn parse_days(raw: &str) -> Result<Duration, String> {
+    match raw.trim().strip_suffix('d') {
+        Some(days) => days
+            .trim()
+            .parse::<u64>()
+            .map(|d| Duration::from_secs(d * 86_400))
+            .map_err(|_| format!("{raw:?} is not a duration; expected e.g. 7d, 12h or 30m")),
+        None => parse_duration(raw),
+    }
+}
+
+/// One-off commands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Send a test notification to every configured sink and report what each did.
+    Test,
+    /// Mute notifications (list, add, expire).
+    #[command(subcommand)]
+    Silence(SilenceCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum SilenceCommand {
+    /// Add a silence; empty matchers match anything, a trailing * matches a prefix.
+    Add {
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        container: Option<String>,
+        /// e.g. died, oom_killed, remediation_restart_failed, escalation_circuit_breaker_open.
+        #[arg(long)]
+        kind: Option<String>,
+        /// How long it lasts (e.g. 2h).
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// List active silences.
+    List,
+    /// End a silence now.
+    Expire { id: String },
+}
+
+impl std::fmt::Debug for AlertArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |o: &Option<String>| if o.is_some() { "set" } else { "unset" };
+        f.debug_struct("AlertArgs")
+            .field("common", &self.common)
+            .field("slack_webhook_url", &set(&self.slack_webhook_url))
+            .field("webhook_url", &set(&self.webhook_url))
+            .field("pagerduty_routing_key", &set(&self.pagerduty_routing_key))
+            .finish_non_exhaustive()
+    }
+}
+
+/// One sink's settings.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub name: String,
+    pub kind: Kind,
+    pub min_severity: Severity,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct AlertConfig {
+    pub sinks: Vec<SinkConfig>,
+    pub delivery: Delivery,
+    pub engine: EngineConfig,
+    pub sources: Sources,
+    pub dashboard_url: Option<String>,
+    pub history_retention: Duration,
+}
+
+fn check_url(variable: &'static str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("https://") || url.starts_with("http://") {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            variable,
+            // The value is a secret: say what is wrong without repeating it.
+            message: "is not an http(s) URL (value not shown: it is a secret)".into(),
+        })
+    }
+}
+
+impl AlertArgs {
+    pub fn validate(&self) -> Result<AlertConfig, ConfigError> {
+        self.common.validate()?;
+        let mut sinks = Vec::new();
+        if let Some(url) = self.slack_webhook_url.as_deref().filter(|u| !u.is_empty()) {
+            check_url("SLACK_WEBHOOK_URL", url)?;
+            sinks.push(SinkConfig {
+                name: "slack".into(),
+                kind: Kind::Slack { url: url.into() },
+                min_severity: self.slack_min_severity,
+            });
+        }
+        if let Some(url) = self.webhook_url.as_deref().filter(|u| !u.is_empty()) {
+            check_url("WEBHOOK_URL", url)?;
+            sinks.push(SinkConfig {
+                name: format!("webhook-{:?}", self.webhook_preset).to_lowercase(),
+                kind: Kind::Webhook {
+                    url: url.into(),
+                    preset: self.webhook_preset,
+                },
+                min_severity: self.webhook_min_severity,
+            });
+        }
+        if let Some(key) = self
+            .pagerduty_routing_key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+        {
+            check_url("PAGERDUTY_URL", &self.pagerduty_url)?;
+            sinks.push(SinkConfig {
+                name: "pagerduty".into(),
+                kind: Kind::PagerDuty {
+                    url: self.pagerduty_url.clone(),
+                    routing_key: key.into(),
+                },
+                min_severity: self.pagerduty_min_severity,
+            });
+        }
+        if self.sink_backoff_max < self.sink_backoff {
+            return Err(ConfigError {
+                variable: "HEMOSTAT_SINK_BACKOFF_MAX",
+                message: format!(
+                    "{:?} is below HEMOSTAT_SINK_BACKOFF ({:?})",
+                    self.sink_backoff_max, self.sink_backoff
+                ),
+            });
+        }
+        if self.sink_timeout.is_zero() {
+            return Err(ConfigError {
+                variable: "HEMOSTAT_SINK_TIMEOUT",
+                message: "0s is too short; expected e.g. 10s".into(),
+            });
+        }
+        Ok(AlertConfig {
+            sinks,
+            delivery: Delivery {
+                timeout: self.sink_timeout,
+                attempts: self.sink_attempts,
+                backoff_initial: self.sink_backoff,
+                backoff_max: self.sink_backoff_max,
+                per_minute: self.sink_rate,
+            },
+            engine: EngineConfig {
+                group_wait: self.group_wait,
+                repeat_interval: self.repeat_interval,
+            },
+            sources: Sources {
+                crashes: self.notify_crashes,
+                false_alarms: self.notify_false_alarms,
+            },
+            dashboard_url: self.dashboard_url.clone().filter(|u| !u.is_empty()),
+            history_retention: self.history_retention,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use hemostat_common::config::parse_from;
+
+    fn parse(args: &[&str]) -> Result<AlertConfig, String> {
+        let mut all = vec!["hemostat-alert"];
+        all.extend_from_slice(args);
+        parse_from::<AlertArgs, _, _>(all)
+            .map_err(|e| e.to_string())?
+            .validate()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn several_sinks_at_once() {
+        let c = parse(&[
+            "--slack-webhook-url",
+            "https://hooks.slack.com/services/T/B/X",
+            "--webhook-url",
+            "http://127.0.0.1:1/hook",
+            "--webhook-preset",
+            "ntfy",
+            "--pagerduty-routing-key",
+            "R0UT1NG",
+        ])
+        .unwrap();
+        let names: Vec<_> = c.sinks.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["slack", "webhook-ntfy", "pagerduty"]);
+        assert_eq!(c.history_retention, Duration::from_secs(7 * 86_400));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable_and_hide_secrets() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--slack-webhook-url", "hooks.slack.com/services/SECRETPART"],
+                "SLACK_WEBHOOK_URL",
+            ),
+            (&["--webhook-url", "ftp://SECRETPART"], "WEBHOOK_URL"),
+            (&["--webhook-preset", "carrier-pigeon"], "WEBHOOK_PRESET"),
+            (&["--slack-min-severity", "loud"], "SLACK_MIN_SEVERITY"),
+            (&["--group-wait", "a while"], "HEMOSTAT_GROUP_WAIT"),
+            (&["--sink-attempts", "0"], "HEMOSTAT_SINK_ATTEMPTS"),
+            (
+                &["--history-retention", "forever"],
+                "HEMOSTAT_HISTORY_RETENTION",
+            ),
+        ];
+        for (args, var) in cases {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(var), "{args:?}: {err}");
+            assert!(!err.contains("SECRETPART"), "{args:?} leaked: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let a = parse_from::<AlertArgs, _, _>([
+            "x",
+            "--slack-webhook-url",
+            "https://hooks.slack.com/services/T/B/SECRETPART",
+        ])
+        .unwrap();
+        assert!(!format!("{a:?}").contains("SECRETPART"));
+        let c = a.validate().unwrap();
+        assert!(!format!("{c:?}").contains("SECRETPART"));
+    }
+}

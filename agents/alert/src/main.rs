@@ -1,0 +1,214 @@
+//! `hemostat-alert`: the notification service, or one-off commands (`test`, `silence`).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chrono::Utc;
+use hemostat_alert::config::{AlertArgs, AlertConfig, Command, SilenceCommand};
+use hemostat_alert::engine::{Batch, Silence};
+use hemostat_alert::notify::{Notification, Status};
+use hemostat_alert::render::RenderContext;
+use hemostat_alert::sink::{Delivered, Sink};
+use hemostat_alert::{AlertService, add_silence, expire_silence, load_silences};
+use hemostat_common::agent::AgentContext;
+use hemostat_common::bus::Bus;
+use hemostat_common::events::Severity;
+use hemostat_common::http::Health;
+use hemostat_common::metrics::AgentMetrics;
+use hemostat_common::shutdown::Shutdown;
+use hemostat_common::{config, telemetry};
+
+fn main() -> ExitCode {
+    let args = match config::parse::<AlertArgs>() {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    telemetry::init(args.common.log_format);
+    let cfg = match args.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            tracing::error!(error = %e, "invalid configuration");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = match Shutdown::on_signals() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot install signal handlers: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let result = match args.command.clone() {
+            Some(Command::Test) => test(cfg).await,
+            Some(Command::Silence(cmd)) => silence(&args, cmd, &shutdown)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            None => run(&args, cfg, shutdown.clone())
+                .await
+                .map(|clean| ExitCode::from(if clean { shutdown.exit_code() as u8 } else { 1 })),
+        };
+        match result {
+            Ok(code) => code,
+            Err(e) if shutdown.is_cancelled() => {
+                tracing::info!(reason = format!("{e:#}"), "stopped during start-up");
+                ExitCode::from(shutdown.exit_code() as u8)
+            }
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "alert failed");
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+async fn run(args: &AlertArgs, cfg: AlertConfig, shutdown: Shutdown) -> anyhow::Result<bool> {
+    let host = args
+        .common
+        .host_id
+        .clone()
+        .unwrap_or_else(|| "alert".into());
+    let names: Vec<_> = cfg.sinks.iter().map(|s| s.name.clone()).collect();
+    tracing::info!(config = %args.common.summary(), sinks = ?names, "hemostat-alert starting");
+    if names.is_empty() {
+        tracing::warn!(
+            "no sink configured (SLACK_WEBHOOK_URL, WEBHOOK_URL, PAGERDUTY_ROUTING_KEY): decisions are only recorded"
+        );
+    }
+    let ctx = AgentContext::start(&args.common, hemostat_alert::AGENT, host, shutdown).await?;
+    let svc = Arc::new(AlertService::new(cfg, ctx.bus.clone()));
+    let sinks = svc.sinks()?;
+    hemostat_alert::spawn(svc, sinks, &ctx);
+    Ok(ctx.finish().await)
+}
+
+/// Sends one test notification to every sink and says what each did; exit 1 if any failed.
+async fn test(cfg: AlertConfig) -> anyhow::Result<ExitCode> {
+    if cfg.sinks.is_empty() {
+        println!("no sink configured: set SLACK_WEBHOOK_URL, WEBHOOK_URL or PAGERDUTY_ROUTING_KEY");
+        return Ok(ExitCode::from(1));
+    }
+    let render = RenderContext {
+        dashboard_url: cfg.dashboard_url.clone(),
+    };
+    let n = Notification {
+        fingerprint: "test/-/test".into(),
+        status: Status::Firing,
+        severity: Severity::Critical,
+        host: "test".into(),
+        container: None,
+        kind: "test".into(),
+        title: "hemostat test notification".into(),
+        text: "If you can read this, hemostat can reach you.".into(),
+        root_cause: None,
+        action: None,
+        outcome: None,
+        confidence: None,
+        method: None,
+        dry_run: false,
+        at: Utc::now(),
+        event_id: "test".into(),
+        event_type: "test".into(),
+        page: true,
+    };
+    let batch = Batch {
+        notifications: vec![n],
+    };
+    let mut failed = false;
+    for s in &cfg.sinks {
+        let sink = Sink::new(&s.name, s.kind.clone(), s.min_severity, cfg.delivery)?;
+        match sink.deliver(&batch, &render).await {
+            Delivered::Sent { attempts, status } => {
+                println!("{}: sent (HTTP {status}, {attempts} attempt(s))", sink.name)
+            }
+            Delivered::NotForThisSink => {
+                println!("{}: skipped (below its minimum severity)", sink.name)
+            }
+            Delivered::Failed { attempts, reason } => {
+                failed = true;
+                println!(
+                    "{}: FAILED after {attempts} attempt(s): {reason}",
+                    sink.name
+                );
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn silence(args: &AlertArgs, cmd: SilenceCommand, shutdown: &Shutdown) -> anyhow::Result<()> {
+    let bus = Bus::connect(
+        &args.common.redis_url,
+        args.common.stream_maxlen,
+        AgentMetrics::default(),
+        Health::default(),
+        shutdown,
+    )
+    .await?;
+    let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+    match cmd {
+        SilenceCommand::Add {
+            host,
+            container,
+            kind,
+            duration,
+            comment,
+        } => {
+            let now = Utc::now();
+            let s = Silence {
+                id: ulid::Ulid::new().to_string(),
+                host,
+                container,
+                kind,
+                expires_at: now + chrono::Duration::from_std(duration)?,
+                comment,
+                created_by: who,
+                created_at: now,
+            };
+            add_silence(&bus, &s).await?;
+            println!("silence {} added until {}", s.id, s.expires_at.to_rfc3339());
+        }
+        SilenceCommand::List => {
+            let list = load_silences(&bus).await?;
+            if list.is_empty() {
+                println!("no active silences");
+            }
+            for s in list {
+                println!(
+                    "{}  host={} container={} kind={}  until {}  by {}  {}",
+                    s.id,
+                    s.host.as_deref().unwrap_or("*"),
+                    s.container.as_deref().unwrap_or("*"),
+                    s.kind.as_deref().unwrap_or("*"),
+                    s.expires_at.to_rfc3339(),
+                    s.created_by,
+                    s.comment
+                );
+            }
+        }
+        SilenceCommand::Expire { id } => {
+            if expire_silence(&bus, &id, &who).await? {
+                println!("silence {id} expired");
+            } else {
+                anyhow::bail!("no silence {id}");
+            }
+        }
+    }
+    Ok(())
+}

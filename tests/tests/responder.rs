@@ -1,0 +1,1269 @@
+//! The responder against a real redis-server and the real Docker engine: requests go in on
+//! `hemostat:stream:remediation_needed` as the analyzer would publish them, patient containers
+//! are really restarted (or really left alone), and every decision is read back from
+//! `remediation_complete`, `alerts` and the audit stream.
+//!
+//! `cleanup` removes every exited in-scope container on the host, so the test of it takes the
+//! host to itself ([`HOST_WIDE`]) while every other test here shares it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
+    StartContainerOptions,
+};
+use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+use hemostat_common::agent::AgentContext;
+use hemostat_common::bus::Bus;
+use hemostat_common::events::{
+    AUDIT_STREAM, Action, AnalysisMethod, Channel, ContainerRef, Envelope, Escalation,
+    EscalationKind, Outcome, Payload, RemediationRequest, RemediationResult, STREAM_FIELD_ENVELOPE,
+    Severity,
+};
+use hemostat_common::http::Health;
+use hemostat_common::metrics::AgentMetrics;
+use hemostat_common::shutdown::Shutdown;
+use hemostat_responder::Responder;
+use hemostat_responder::config::ResponderArgs;
+use hemostat_tests::openai_stub::wait_for_group;
+use hemostat_tests::{
+    PATIENT_IMAGE, Patient, PatientSpec, StreamReader, TestRedis, docker, ensure_patient_image,
+    init_logs, random_id,
+};
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+const WAIT: Duration = Duration::from_secs(30);
+const HOST: &str = "test-host";
+/// The responder's consumer group on this host.
+const GROUP: &str = "responder:test-host";
+
+/// Held shared by every test, and exclusively by the cleanup test: cleanup removes every
+/// exited in-scope container on the Docker host, other tests' included.
+static HOST_WIDE: RwLock<()> = RwLock::const_new(());
+
+/// A responder running inside the test process, against the real Docker engine.
+struct RunningResponder {
+    shutdown: Shutdown,
+    responder: Arc<Responder>,
+    done: tokio::task::JoinHandle<bool>,
+}
+
+impl RunningResponder {
+    /// Starts a responder for `redis_url` with fast test settings (`extra` flags replace them)
+    /// and returns once its consumer group exists: a new group starts at the end of the
+    /// stream, so a request published before that would never be seen.
+    async fn start(redis_url: &str, extra: &[&str]) -> RunningResponder {
+        let defaults = [
+            ("--redis-url", redis_url),
+            ("--listen", "127.0.0.1:0"),
+            ("--host-id", HOST),
+            ("--heartbeat-interval", "1s"),
+            ("--shutdown-timeout", "3s"),
+            ("--backoff-initial", "1s"),
+            ("--backoff-max", "4s"),
+            ("--verify-timeout", "20s"),
+            ("--stop-timeout", "1s"),
+            // Pinned, whatever the environment says.
+            ("--dry-run", "false"),
+            ("--monitor-all", "false"),
+            ("--cleanup-volumes", "false"),
+        ];
+        let mut args = vec!["hemostat-responder".to_owned()];
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_owned(), value.to_owned()]);
+            }
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let a: ResponderArgs = hemostat_common::config::parse_from(args).expect("responder args");
+        let cfg = a.validate().expect("responder config");
+        let shutdown = Shutdown::new();
+        let docker = hemostat_common::docker::connect_docker(None, &Health::default(), &shutdown)
+            .await
+            .expect("docker");
+        let ctx = AgentContext::start(
+            &a.common,
+            hemostat_responder::AGENT,
+            HOST.into(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("agent context");
+        let responder = Arc::new(Responder::new(
+            cfg,
+            docker,
+            ctx.bus.clone(),
+            HOST,
+            &ctx.identity.instance,
+            shutdown.clone(),
+        ));
+        hemostat_responder::spawn(responder.clone(), &ctx);
+        let done = tokio::spawn(ctx.finish());
+        let client = redis::Client::open(redis_url).expect("redis url");
+        wait_for_group(&client, Channel::RemediationNeeded.stream(), GROUP).await;
+        RunningResponder {
+            shutdown,
+            responder,
+            done,
+        }
+    }
+
+    /// Stops it and returns whether it stopped cleanly within its timeout.
+    async fn stop(self) -> bool {
+        self.shutdown.cancel();
+        self.done.await.unwrap_or(false)
+    }
+}
+
+/// Whose turn it is on the Docker host.
+enum Turn {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+}
+
+/// Everything one test owns: its Redis, a responder, a publisher, readers and a name prefix.
+/// Declared before the test's containers, so it is dropped after them (and the host-wide turn
+/// is released only once they are gone).
+struct World {
+    responder: Option<RunningResponder>,
+    redis: TestRedis,
+    docker: Docker,
+    bus: Bus,
+    prefix: String,
+    results: StreamReader,
+    alerts: StreamReader,
+    _turn: Turn,
+}
+
+impl World {
+    /// A world sharing the Docker host with the other tests, or `None` (skip outside CI).
+    async fn start(extra: &[&str]) -> Option<World> {
+        let turn = Turn::Shared(HOST_WIDE.read().await);
+        Self::begin(turn, extra).await
+    }
+
+    /// A world with the Docker host to itself (no other test of this file runs meanwhile).
+    async fn start_alone(extra: &[&str]) -> Option<World> {
+        let turn = Turn::Alone(HOST_WIDE.write().await);
+        Self::begin(turn, extra).await
+    }
+
+    async fn begin(turn: Turn, extra: &[&str]) -> Option<World> {
+        init_logs();
+        let redis = TestRedis::start()?;
+        let docker = docker().await?;
+        ensure_patient_image();
+        let bus = Bus::connect(
+            &redis.url(),
+            10_000,
+            AgentMetrics::default(),
+            Health::default(),
+            &Shutdown::new(),
+        )
+        .await
+        .expect("publisher bus");
+        let responder = RunningResponder::start(&redis.url(), extra).await;
+        Some(World {
+            responder: Some(responder),
+            results: StreamReader::new(&redis, Channel::RemediationComplete),
+            alerts: StreamReader::new(&redis, Channel::Alerts),
+            redis,
+            docker,
+            bus,
+            prefix: format!("hstest-{}", random_id()),
+            _turn: turn,
+        })
+    }
+
+    fn responder(&self) -> &Responder {
+        &self
+            .responder
+            .as_ref()
+            .expect("responder running")
+            .responder
+    }
+
+    /// Stops the responder and checks it stopped cleanly.
+    async fn stop(mut self) {
+        let r = self.responder.take().expect("responder running");
+        assert!(r.stop().await, "the responder did not stop cleanly");
+    }
+
+    // --- requests and what comes back ---
+
+    fn request(&self, target: Option<&Patient>, action: Action, host: &str) -> Envelope {
+        Envelope::new(
+            "analyzer",
+            HOST,
+            Payload::RemediationNeeded(RemediationRequest {
+                container: target.map(container_ref),
+                target_host: host.into(),
+                action,
+                root_cause: "test: the container needs help".into(),
+                reason: "integration test request".into(),
+                confidence: 0.9,
+                analysis_method: AnalysisMethod::Rules,
+                fallback_reason: None,
+                alert_id: format!("alert-{}", random_id()),
+            }),
+        )
+    }
+
+    async fn publish(&self, env: &Envelope) {
+        self.bus.publish(env).await.expect("publish");
+    }
+
+    /// Publishes a request for this host and returns it.
+    async fn send(&self, target: Option<&Patient>, action: Action) -> Envelope {
+        let env = self.request(target, action, HOST);
+        self.publish(&env).await;
+        env
+    }
+
+    /// Waits for the result of `req`: the envelope and its payload.
+    async fn result(&mut self, req: &Envelope) -> (Envelope, RemediationResult) {
+        let id = req.id.clone();
+        let env = self
+            .results
+            .wait_for(WAIT, &format!("remediation_complete for {id}"), |e| {
+                result_of(e).is_some_and(|r| r.request_id == id)
+            })
+            .await;
+        let r = result_of(&env).cloned().expect("a result");
+        (env, r)
+    }
+
+    /// Every result for `req` seen after reading for `d` more.
+    async fn results_for(&mut self, req: &Envelope, d: Duration) -> Vec<RemediationResult> {
+        let id = req.id.clone();
+        self.results
+            .collect_for(d, |e| result_of(e).is_some_and(|r| r.request_id == id))
+            .await
+            .iter()
+            .filter_map(result_of)
+            .cloned()
+            .collect()
+    }
+
+    /// Every escalation of `kind` seen after reading for `d` more.
+    async fn escalations(&mut self, kind: EscalationKind, d: Duration) -> Vec<Escalation> {
+        self.alerts
+            .collect_for(d, |e| escalation_of(e).is_some_and(|x| x.kind == kind))
+            .await
+            .iter()
+            .filter_map(escalation_of)
+            .cloned()
+            .collect()
+    }
+
+    /// The audit stream, oldest first.
+    async fn audit(&self) -> Vec<Envelope> {
+        let mut conn = self.redis.conn().await;
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(AUDIT_STREAM)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .expect("XRANGE audit");
+        reply
+            .ids
+            .iter()
+            .map(|e| {
+                let raw: String = e.get(STREAM_FIELD_ENVELOPE).expect("an envelope field");
+                Envelope::from_json(&raw).expect("audit entries decode")
+            })
+            .collect()
+    }
+
+    /// Waits until the responder has read and acknowledged everything on its stream: after
+    /// that, anything it was going to say about those requests has been published.
+    async fn drained(&self) {
+        let mut conn = self.redis.conn().await;
+        let stream = Channel::RemediationNeeded.stream();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+                .arg(stream)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut conn)
+                .await
+                .expect("XREVRANGE");
+            let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(stream)
+                .query_async(&mut conn)
+                .await
+                .expect("XINFO GROUPS");
+            let g = groups
+                .groups
+                .iter()
+                .find(|g| g.name == GROUP)
+                .expect("group");
+            if g.pending == 0
+                && last
+                    .ids
+                    .first()
+                    .is_some_and(|e| e.id == g.last_delivered_id)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the responder never drained its stream"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // --- containers ---
+
+    async fn patient(&self, suffix: &str, spec: PatientSpec) -> Patient {
+        Patient::start(&self.docker, &self.prefix, suffix, spec).await
+    }
+
+    /// A patient with `labels` that exited with code 1 by itself (it does again 0.5 s after
+    /// every start); returns it with its exited state.
+    async fn crashed(
+        &self,
+        suffix: &str,
+        labels: HashMap<String, String>,
+    ) -> (Patient, ContainerInspectResponse) {
+        let spec = PatientSpec {
+            args: args(&["run", "--exit-code", "1", "--after", "0.5"]),
+            labels,
+            ..PatientSpec::default()
+        };
+        let p = self.patient(suffix, spec).await;
+        let i = self
+            .wait_state(&p, "exited", |i| status(i) == "exited")
+            .await;
+        assert_eq!(exit_code(&i), 1, "{} exited with code 1", p.name);
+        (p, i)
+    }
+
+    /// A watched patient that would run forever, killed (SIGKILL, no `stop` event: a failure,
+    /// not a person's stop); a restart brings it back for good.
+    async fn killed(&self, suffix: &str) -> (Patient, ContainerInspectResponse) {
+        let p = self.patient(suffix, PatientSpec::watched(&["run"])).await;
+        p.cli(&["kill"]);
+        let i = self
+            .wait_state(&p, "exited", |i| status(i) == "exited")
+            .await;
+        (p, i)
+    }
+
+    /// A container created from `body` (image, name and test label filled in), started if
+    /// `start`; removed on drop like any patient.
+    async fn raw(&self, suffix: &str, mut body: ContainerCreateBody, start: bool) -> Patient {
+        let name = format!("{}-{suffix}", self.prefix);
+        body.image = Some(PATIENT_IMAGE.into());
+        body.labels
+            .get_or_insert_with(HashMap::new)
+            .insert("hemostat.test".into(), self.prefix.clone());
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
+            .await
+            .expect("create container");
+        let p = Patient {
+            id: created.id,
+            name,
+        };
+        if start {
+            self.docker
+                .start_container(&p.id, None::<StartContainerOptions>)
+                .await
+                .expect("start container");
+        }
+        p
+    }
+
+    async fn inspect(&self, p: &Patient) -> ContainerInspectResponse {
+        self.docker
+            .inspect_container(&p.id, None::<InspectContainerOptions>)
+            .await
+            .unwrap_or_else(|e| panic!("inspect {}: {e}", p.name))
+    }
+
+    async fn exists(&self, p: &Patient) -> bool {
+        self.docker
+            .inspect_container(&p.id, None::<InspectContainerOptions>)
+            .await
+            .is_ok()
+    }
+
+    /// Polls inspect until `pred` holds.
+    async fn wait_state(
+        &self,
+        p: &Patient,
+        what: &str,
+        pred: impl Fn(&ContainerInspectResponse) -> bool,
+    ) -> ContainerInspectResponse {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let i = self.inspect(p).await;
+            if pred(&i) {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never became {what}: {:?}",
+                p.name,
+                i.state
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Asserts that `p` is in the same state as `before`: same status, never started since.
+    async fn assert_untouched(&self, p: &Patient, before: &ContainerInspectResponse) {
+        let now = self.inspect(p).await;
+        assert_eq!(status(&now), status(before), "{} changed state", p.name);
+        assert_eq!(
+            started_at(&now),
+            started_at(before),
+            "{} was started again",
+            p.name
+        );
+        assert_eq!(
+            finished_at(&now),
+            finished_at(before),
+            "{} was stopped or started",
+            p.name
+        );
+    }
+
+    /// Docker's own record: how many `action` events `p` had since `since`.
+    async fn count_events(&self, p: &Patient, action: &str, since: DateTime<Utc>) -> usize {
+        let now = Utc::now();
+        let mut filters = HashMap::new();
+        filters.insert("container", vec![p.id.as_str()]);
+        filters.insert("event", vec![action]);
+        let opts = EventsOptionsBuilder::new()
+            .since(&(since.timestamp() - 1).to_string())
+            .until(&format!(
+                "{}.{:09}",
+                now.timestamp(),
+                now.timestamp_subsec_nanos()
+            ))
+            .filters(&filters)
+            .build();
+        let events = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.docker.events(Some(opts)).collect::<Vec<_>>(),
+        )
+        .await
+        .expect("docker events answered");
+        events
+            .into_iter()
+            .map(|e| e.expect("event"))
+            .filter(|e| e.action.as_deref() == Some(action))
+            .count()
+    }
+}
+
+// --- small helpers ---
+
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// `hemostat.enable=true` plus `extra`.
+fn watched(extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut l = labels(extra);
+    l.insert("hemostat.enable".into(), "true".into());
+    l
+}
+
+fn container_ref(p: &Patient) -> ContainerRef {
+    ContainerRef {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        image: PATIENT_IMAGE.into(),
+        labels: BTreeMap::new(),
+    }
+}
+
+fn result_of(e: &Envelope) -> Option<&RemediationResult> {
+    match &e.payload {
+        Payload::RemediationComplete(r) => Some(r),
+        _ => None,
+    }
+}
+
+fn escalation_of(e: &Envelope) -> Option<&Escalation> {
+    match &e.payload {
+        Payload::Escalation(x) => Some(x),
+        _ => None,
+    }
+}
+
+fn about(x: &Escalation, p: &Patient) -> bool {
+    x.container.as_ref().is_some_and(|c| c.name == p.name)
+}
+
+fn status(i: &ContainerInspectResponse) -> String {
+    i.state
+        .as_ref()
+        .and_then(|s| s.status)
+        .map(|s| s.to_string())
+        .unwrap_or_default()
+}
+
+fn health(i: &ContainerInspectResponse) -> Option<String> {
+    i.state
+        .as_ref()
+        .and_then(|s| s.health.as_ref())
+        .and_then(|h| h.status)
+        .map(|s| s.to_string())
+}
+
+fn exit_code(i: &ContainerInspectResponse) -> i64 {
+    i.state.as_ref().and_then(|s| s.exit_code).unwrap_or(-1)
+}
+
+fn time_field(raw: Option<&str>, what: &str) -> DateTime<Utc> {
+    raw.and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{what} is not a time: {raw:?}"))
+}
+
+fn started_at(i: &ContainerInspectResponse) -> DateTime<Utc> {
+    time_field(
+        i.state.as_ref().and_then(|s| s.started_at.as_deref()),
+        "StartedAt",
+    )
+}
+
+fn finished_at(i: &ContainerInspectResponse) -> DateTime<Utc> {
+    time_field(
+        i.state.as_ref().and_then(|s| s.finished_at.as_deref()),
+        "FinishedAt",
+    )
+}
+
+fn created_at(i: &ContainerInspectResponse) -> DateTime<Utc> {
+    time_field(i.created.as_deref(), "Created")
+}
+
+/// Removes a Docker volume when dropped.
+struct VolumeGuard(String);
+
+impl Drop for VolumeGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["volume", "rm", "-f", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+// --- the tests ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_restart_verified() {
+    let Some(mut w) = World::start(&[]).await else {
+        return;
+    };
+    // Exits with code 1 three seconds after each start: long enough to see it running again.
+    let p = w
+        .patient(
+            "crash",
+            PatientSpec::watched(&["run", "--exit-code", "1", "--after", "3"]),
+        )
+        .await;
+    let before = w.wait_state(&p, "exited", |i| status(i) == "exited").await;
+    assert_eq!(exit_code(&before), 1);
+
+    let req = w.send(Some(&p), Action::Restart).await;
+    let (env, r) = w.result(&req).await;
+    let after = w.inspect(&p).await;
+
+    assert_eq!(r.action, Action::Restart);
+    assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+    assert!(!r.dry_run);
+    assert!(r.duration_ms > 0, "{r:?}");
+    assert_eq!(
+        r.container.as_ref().map(|c| c.name.as_str()),
+        Some(p.name.as_str())
+    );
+    let v = r.verification.as_ref().expect("a verification");
+    assert!(v.running, "{v:?}");
+    assert_eq!(v.healthy, None, "no health check: {v:?}");
+    assert_eq!(status(&after), "running", "{:?}", after.state);
+    assert!(started_at(&after) > finished_at(&before), "started again");
+
+    let audit = w.audit().await;
+    assert_eq!(
+        audit.iter().filter(|e| **e == env).count(),
+        1,
+        "the very envelope is in the audit stream once: {audit:#?}"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unhealthy_restart_verified_healthy() {
+    let Some(mut w) = World::start(&[]).await else {
+        return;
+    };
+    // Healthy for 3 s after each start, then failing its health check.
+    let spec = PatientSpec {
+        health_interval: Some(Duration::from_millis(500)),
+        health_retries: Some(1),
+        ..PatientSpec::watched(&["run", "--unhealthy-after", "3"])
+    };
+    let p = w.patient("sick", spec).await;
+    let sick = w
+        .wait_state(&p, "unhealthy", |i| {
+            health(i).as_deref() == Some("unhealthy")
+        })
+        .await;
+
+    let req = w.send(Some(&p), Action::Restart).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+    let v = r.verification.as_ref().expect("a verification");
+    assert!(v.running, "{v:?}");
+    assert_eq!(v.healthy, Some(true), "waited for the health check: {v:?}");
+    let after = w.inspect(&p).await;
+    assert_eq!(status(&after), "running");
+    assert!(started_at(&after) > started_at(&sick), "restarted");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_rejected() {
+    let Some(mut w) = World::start(&[]).await else {
+        return;
+    };
+    let (p, before) = w
+        .crashed("protected", watched(&[("hemostat.protect", "true")]))
+        .await;
+
+    let req = w.send(Some(&p), Action::Restart).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Rejected, "{r:?}");
+    assert!(r.reason.contains("protected"), "{r:?}");
+    assert!(r.verification.is_none());
+
+    let name = p.name.clone();
+    let esc = w
+        .alerts
+        .wait_for(WAIT, "a protected_container escalation", |e| {
+            escalation_of(e).is_some_and(|x| {
+                x.kind == EscalationKind::ProtectedContainer
+                    && x.container.as_ref().is_some_and(|c| c.name == name)
+            })
+        })
+        .await;
+    let esc = escalation_of(&esc).expect("escalation");
+    assert_eq!(esc.severity, Severity::Critical);
+    w.assert_untouched(&p, &before).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opted_out_rejected() {
+    let Some(mut w) = World::start(&[]).await else {
+        return;
+    };
+    let (out, out_before) = w
+        .crashed("optout", labels(&[("hemostat.enable", "false")]))
+        .await;
+    let (stray, stray_before) = w.crashed("unlabelled", HashMap::new()).await;
+
+    let req = w.send(Some(&out), Action::Restart).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Rejected, "{r:?}");
+    assert!(r.reason.contains("opted out"), "{r:?}");
+
+    let req = w.send(Some(&stray), Action::Restart).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Rejected, "{r:?}");
+    assert!(r.reason.contains("not in scope"), "{r:?}");
+
+    w.assert_untouched(&out, &out_before).await;
+    w.assert_untouched(&stray, &stray_before).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_stop_skipped() {
+    let Some(mut w) = World::start(&[]).await else {
+        return;
+    };
+    let p = w.patient("stopped", PatientSpec::watched(&["run"])).await;
+    p.cli(&["stop"]);
+    let before = w.wait_state(&p, "exited", |i| status(i) == "exited").await;
+
+    let req = w.send(Some(&p), Action::Restart).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Skipped, "{r:?}");
+    assert!(r.reason.contains("person"), "{r:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.assert_untouched(&p, &before).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_skipped() {
+    let Some(mut w) = World::start(&[]).await else {
+        return;
+    };
+    let p = w.patient("paused", PatientSpec::watched(&["run"])).await;
+    p.cli(&["pause"]);
+    let before = w.wait_state(&p, "paused", |i| status(i) == "paused").await;
+
+    let req = w.send(Some(&p), Action::Restart).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Skipped, "{r:?}");
+    assert!(r.reason.contains("paused"), "{r:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.assert_untouched(&p, &before).await;
+    p.cli(&["unpause"]);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_backoff_and_breaker() {
+    let Some(mut w) = World::start(&[
+        "--backoff-initial",
+        "1s",
+        "--backoff-max",
+        "4s",
+        "--breaker-threshold",
+        "3",
+        "--breaker-window",
+        "10m",
+        // It dies 0.3 s after every start: a missed "running" must not cost 20 s.
+        "--verify-timeout",
+        "3s",
+    ])
+    .await
+    else {
+        return;
+    };
+    let spec = PatientSpec::watched(&["run", "--exit-code", "1", "--after", "0.3"]);
+    let p = w.patient("loop", spec).await;
+    let mut last = w.wait_state(&p, "exited", |i| status(i) == "exited").await;
+
+    // Three remediations, each requested once the previous one was reported and the
+    // container had died again, as in a real crash loop.
+    let mut starts = Vec::new();
+    for n in 1..=3 {
+        let req = w.send(Some(&p), Action::Restart).await;
+        let (_, r) = w.result(&req).await;
+        assert!(
+            matches!(r.outcome, Outcome::Success | Outcome::Failed),
+            "request {n} must be acted on: {r:?}"
+        );
+        assert!(r.verification.is_some(), "request {n}: {r:?}");
+        let i = w.inspect(&p).await;
+        assert!(
+            started_at(&i) > started_at(&last),
+            "request {n} started it again"
+        );
+        starts.push(started_at(&i));
+        last = w
+            .wait_state(&p, "exited again", |i| status(i) == "exited")
+            .await;
+    }
+    // The gaps between the actions follow the backoff: 1 s, then 2 s (with slack for the
+    // time Docker takes to start it).
+    let gap1 = (starts[1] - starts[0]).to_std().unwrap();
+    let gap2 = (starts[2] - starts[1]).to_std().unwrap();
+    assert!(gap1 >= Duration::from_millis(800), "first backoff {gap1:?}");
+    assert!(
+        gap2 >= Duration::from_millis(1800),
+        "second backoff {gap2:?}"
+    );
+    assert!(gap2 > gap1, "the backoff grows: {gap1:?} then {gap2:?}");
+
+    // The fourth would exceed the budget: the breaker opens.
+    let req = w.send(Some(&p), Action::Restart).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Rejected, "{r:?}");
+    assert!(r.reason.contains("circuit breaker opened"), "{r:?}");
+    // The fifth finds it open.
+    let req = w.send(Some(&p), Action::Restart).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Rejected, "{r:?}");
+    assert!(r.reason.contains("circuit breaker open"), "{r:?}");
+    w.assert_untouched(&p, &last).await;
+
+    let opened: Vec<_> = w
+        .escalations(
+            EscalationKind::CircuitBreakerOpen,
+            Duration::from_millis(500),
+        )
+        .await
+        .into_iter()
+        .filter(|x| about(x, &p))
+        .collect();
+    assert_eq!(opened.len(), 1, "exactly one escalation: {opened:#?}");
+    assert_eq!(opened[0].severity, Severity::Critical);
+
+    // A person resets it: the next request is acted on again.
+    let removed = hemostat_responder::reset_breaker(&w.bus, HOST, &p.name)
+        .await
+        .expect("reset");
+    assert!(removed >= 1, "the breaker key was there");
+    let req = w.send(Some(&p), Action::Restart).await;
+    let (_, r) = w.result(&req).await;
+    assert!(
+        matches!(r.outcome, Outcome::Success | Outcome::Failed),
+        "acted on after the reset: {r:?}"
+    );
+    let i = w.inspect(&p).await;
+    assert!(started_at(&i) > starts[2], "started again after the reset");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_message_one_restart() {
+    let Some(mut w) = World::start(&[]).await else {
+        return;
+    };
+    let (p, before) = w.killed("dup").await;
+    let req = w.request(Some(&p), Action::Restart, HOST);
+    w.publish(&req).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+
+    // The same envelope again (a redelivery, or a publisher's retry).
+    w.publish(&req).await;
+    w.drained().await;
+    let all = w.results_for(&req, Duration::from_millis(500)).await;
+    assert_eq!(all.len(), 1, "one result per request id: {all:#?}");
+    let audited = w
+        .audit()
+        .await
+        .iter()
+        .filter(|e| result_of(e).is_some_and(|r| r.request_id == req.id))
+        .count();
+    assert_eq!(audited, 1);
+    assert_eq!(
+        w.count_events(&p, "start", created_at(&before)).await,
+        2,
+        "started once by its creator and once by the responder"
+    );
+    assert_eq!(status(&w.inspect(&p).await), "running");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: a duplicate handled concurrently publishes 'skipped (lock held)' under the request's marker, hiding the real restart's result (agents/responder/src/lib.rs, Responder::handle)"]
+async fn duplicate_read_together_reports_what_was_done() {
+    let Some(mut w) = World::start(&[]).await else {
+        return;
+    };
+    let (p, before) = w.killed("dup2").await;
+    let req = w.request(Some(&p), Action::Restart, HOST);
+    // Two copies in one transaction: the responder reads them in one batch and handles them
+    // at the same time.
+    w.bus
+        .publish_all(&[req.clone(), req.clone()])
+        .await
+        .expect("publish");
+    let (_, r) = w.result(&req).await;
+    w.drained().await;
+    let all = w.results_for(&req, Duration::from_millis(500)).await;
+    assert_eq!(all.len(), 1, "one result per request id: {all:#?}");
+    assert_eq!(
+        w.count_events(&p, "start", created_at(&before)).await,
+        2,
+        "restarted exactly once"
+    );
+    // The one report must tell what happened: it was restarted.
+    assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+    assert!(r.verification.is_some(), "{r:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_full_report_no_change() {
+    let Some(mut w) = World::start(&["--dry-run", "true"]).await else {
+        return;
+    };
+    let (p, before) = w.crashed("dry", watched(&[])).await;
+    let req = w.send(Some(&p), Action::Restart).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Skipped, "{r:?}");
+    assert!(r.dry_run, "{r:?}");
+    assert!(r.reason.starts_with("dry run"), "{r:?}");
+    assert!(r.reason.contains(&p.name), "names the container: {r:?}");
+    assert!(r.verification.is_none(), "{r:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.assert_untouched(&p, &before).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_removes_only_exited_in_scope_and_keeps_volumes() {
+    let Some(mut w) = World::start_alone(&[]).await else {
+        return;
+    };
+    let exit_now = args(&["run", "--exit-code", "0", "--after", "0"]);
+    // In scope, exited, with an anonymous volume.
+    let gone = w
+        .raw(
+            "vol",
+            ContainerCreateBody {
+                cmd: Some(exit_now.clone()),
+                labels: Some(watched(&[])),
+                volumes: Some(vec!["/data".into()]),
+                ..ContainerCreateBody::default()
+            },
+            true,
+        )
+        .await;
+    let exited = |l| PatientSpec {
+        args: exit_now.clone(),
+        labels: l,
+        ..PatientSpec::default()
+    };
+    let stray = w.patient("unlabelled", exited(HashMap::new())).await;
+    let out = w
+        .patient("optout", exited(labels(&[("hemostat.enable", "false")])))
+        .await;
+    let prot = w
+        .patient(
+            "protected",
+            exited(watched(&[("hemostat.protect", "true")])),
+        )
+        .await;
+    let running = w.patient("running", PatientSpec::watched(&["run"])).await;
+    for p in [&gone, &stray, &out, &prot] {
+        w.wait_state(p, "exited", |i| status(i) == "exited").await;
+    }
+    let volume = w
+        .inspect(&gone)
+        .await
+        .mounts
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m.destination.as_deref() == Some("/data"))
+        .and_then(|m| m.name)
+        .expect("an anonymous volume on /data");
+    let _volume = VolumeGuard(volume.clone());
+
+    let req = w.send(None, Action::Cleanup).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+    assert_eq!(r.action, Action::Cleanup);
+    assert!(r.container.is_none());
+    let (removed, left) = r
+        .reason
+        .split_once("left alone")
+        .unwrap_or_else(|| panic!("the reason lists what was left: {r:?}"));
+    assert!(removed.contains(&gone.name), "{r:?}");
+    assert!(removed.contains("volumes kept"), "{r:?}");
+    for p in [&stray, &out, &prot] {
+        assert!(left.contains(&p.name), "{} left alone: {r:?}", p.name);
+        assert!(!removed.contains(&p.name), "{} not removed: {r:?}", p.name);
+    }
+    assert!(!r.reason.contains(&running.name), "{r:?}");
+
+    assert!(
+        !w.exists(&gone).await,
+        "the exited in-scope container is gone"
+    );
+    for p in [&stray, &out, &prot] {
+        assert_eq!(status(&w.inspect(p).await), "exited", "{} kept", p.name);
+    }
+    assert_eq!(status(&w.inspect(&running).await), "running");
+    w.docker
+        .inspect_volume(&volume)
+        .await
+        .unwrap_or_else(|e| panic!("the anonymous volume {volume} was kept: {e}"));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependents_restarted_after_parent() {
+    let Some(mut w) = World::start(&[]).await else {
+        return;
+    };
+    let parent = w.patient("parent", PatientSpec::watched(&["run"])).await;
+    let netns = w
+        .raw(
+            "netns",
+            ContainerCreateBody {
+                cmd: Some(args(&["run"])),
+                labels: Some(watched(&[])),
+                host_config: Some(HostConfig {
+                    network_mode: Some(format!("container:{}", parent.id)),
+                    ..HostConfig::default()
+                }),
+                ..ContainerCreateBody::default()
+            },
+            true,
+        )
+        .await;
+    let declared = w
+        .patient(
+            "declared",
+            PatientSpec {
+                args: args(&["run"]),
+                labels: watched(&[("hemostat.depends_on", &parent.name)]),
+                ..PatientSpec::default()
+            },
+        )
+        .await;
+    let netns_before = w.inspect(&netns).await;
+    let declared_before = w.inspect(&declared).await;
+
+    let req = w.send(Some(&parent), Action::Restart).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+    assert!(r.reason.contains("dependents restarted after it"), "{r:?}");
+    let parent_started = started_at(&w.inspect(&parent).await);
+    for (dep, before) in [(&netns, &netns_before), (&declared, &declared_before)] {
+        assert!(r.reason.contains(&dep.name), "{} listed: {r:?}", dep.name);
+        let i = w.inspect(dep).await;
+        assert_eq!(status(&i), "running", "{}", dep.name);
+        assert!(
+            started_at(&i) > started_at(before),
+            "{} restarted",
+            dep.name
+        );
+        assert!(
+            started_at(&i) > parent_started,
+            "{} restarted after its parent",
+            dep.name
+        );
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: dependents are restarted without the scope check (agents/responder/src/lib.rs, the dependents loop in Responder::container)"]
+async fn dependents_out_of_scope_left_alone() {
+    let Some(mut w) = World::start(&[]).await else {
+        return;
+    };
+    let parent = w.patient("parent", PatientSpec::watched(&["run"])).await;
+    // Opted out, though it declares the dependency.
+    let optout = w
+        .patient(
+            "optout",
+            PatientSpec {
+                args: args(&["run"]),
+                labels: labels(&[
+                    ("hemostat.enable", "false"),
+                    ("hemostat.depends_on", &parent.name),
+                ]),
+                ..PatientSpec::default()
+            },
+        )
+        .await;
+    // Not in scope at all, sharing the parent's network namespace.
+    let stray = w
+        .raw(
+            "netns",
+            ContainerCreateBody {
+                cmd: Some(args(&["run"])),
+                host_config: Some(HostConfig {
+                    network_mode: Some(format!("container:{}", parent.id)),
+                    ..HostConfig::default()
+                }),
+                ..ContainerCreateBody::default()
+            },
+            true,
+        )
+        .await;
+    let optout_before = w.inspect(&optout).await;
+    let stray_before = w.inspect(&stray).await;
+
+    let req = w.send(Some(&parent), Action::Restart).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+    // hemostat.enable=false always excludes; without the label it is not in scope.
+    w.assert_untouched(&optout, &optout_before).await;
+    w.assert_untouched(&stray, &stray_before).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_guard_trips() {
+    let Some(mut w) = World::start(&["--storm-threshold", "2", "--storm-window", "30s"]).await
+    else {
+        return;
+    };
+    let mut patients = Vec::new();
+    for n in 0..4 {
+        patients.push(w.killed(&format!("storm{n}")).await);
+    }
+    let reqs: Vec<Envelope> = patients
+        .iter()
+        .map(|(p, _)| w.request(Some(p), Action::Restart, HOST))
+        .collect();
+    for req in &reqs {
+        w.publish(req).await;
+    }
+    let mut rejected = 0;
+    for ((p, before), req) in patients.iter().zip(&reqs) {
+        let (_, r) = w.result(req).await;
+        match r.outcome {
+            Outcome::Rejected => {
+                rejected += 1;
+                assert!(r.reason.contains("storm"), "{r:?}");
+                w.assert_untouched(p, before).await;
+            }
+            Outcome::Success | Outcome::Failed => {
+                assert!(r.verification.is_some(), "{r:?}");
+            }
+            Outcome::Skipped => panic!("nothing here is skipped: {r:?}"),
+        }
+    }
+    assert_eq!(rejected, 2, "more than 2 failing containers is a storm");
+    let paused = w
+        .escalations(
+            EscalationKind::RemediationPaused,
+            Duration::from_millis(500),
+        )
+        .await;
+    assert_eq!(paused.len(), 1, "exactly one escalation: {paused:#?}");
+    assert_eq!(paused[0].severity, Severity::Critical);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_host_ignored() {
+    let Some(mut w) = World::start(&[]).await else {
+        return;
+    };
+    let (p, before) = w.crashed("elsewhere", watched(&[])).await;
+    let foreign = w.request(Some(&p), Action::Restart, "elsewhere");
+    w.publish(&foreign).await;
+    // A request of our own after it, to show the responder is reading.
+    let ours = w.send(Some(&p), Action::None).await;
+    let (_, r) = w.result(&ours).await;
+    assert_eq!(r.outcome, Outcome::Skipped, "{r:?}");
+    w.drained().await;
+
+    let seen = w.results_for(&foreign, Duration::from_secs(3)).await;
+    assert!(seen.is_empty(), "{seen:#?}");
+    assert!(
+        !w.audit()
+            .await
+            .iter()
+            .any(|e| result_of(e).is_some_and(|r| r.request_id == foreign.id)),
+        "nothing audited for another host's request"
+    );
+    assert_eq!(w.responder().metrics.ignored_other_host.get(), 1);
+    w.assert_untouched(&p, &before).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_stop_restarts_successfully() {
+    let Some(mut w) = World::start(&[]).await else {
+        return;
+    };
+    // Ignores SIGTERM: Docker kills it when its own stop timeout (the label) runs out. The
+    // responder's default is 1 s; the label says 6.
+    let spec = PatientSpec {
+        args: args(&["run", "--ignore-sigterm"]),
+        labels: watched(&[("hemostat.stop_timeout", "6")]),
+        ..PatientSpec::default()
+    };
+    let p = w.patient("slow", spec).await;
+    let before = w.inspect(&p).await;
+    let req = w.send(Some(&p), Action::Restart).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+    let v = r.verification.as_ref().expect("a verification");
+    assert!(v.running, "{v:?}");
+    assert!(
+        r.duration_ms >= 6_000,
+        "the label's 6 s stop timeout was used, not the default 1 s: {r:?}"
+    );
+    let after = w.inspect(&p).await;
+    assert_eq!(status(&after), "running");
+    let waited = (started_at(&after) - started_at(&before)).to_std().unwrap();
+    assert!(waited >= Duration::from_secs(6), "{waited:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_has_every_decision() {
+    let Some(mut w) = World::start(&[]).await else {
+        return;
+    };
+    let (fixed, _) = w.killed("fixed").await;
+    let (prot, _) = w
+        .crashed("protected", watched(&[("hemostat.protect", "true")]))
+        .await;
+    let paused = w.patient("paused", PatientSpec::watched(&["run"])).await;
+    paused.cli(&["pause"]);
+    w.wait_state(&paused, "paused", |i| status(i) == "paused")
+        .await;
+
+    let cases = [
+        (&fixed, Outcome::Success),
+        (&prot, Outcome::Rejected),
+        (&paused, Outcome::Skipped),
+    ];
+    let mut decided = Vec::new();
+    for (p, want) in cases {
+        let req = w.send(Some(p), Action::Restart).await;
+        let (env, r) = w.result(&req).await;
+        assert_eq!(r.outcome, want, "{}: {r:?}", p.name);
+        assert_eq!(r.action, Action::Restart);
+        assert!(!r.dry_run);
+        assert!(!r.reason.is_empty());
+        assert_eq!(r.container.as_ref().map(|c| &c.name), Some(&p.name));
+        if want == Outcome::Success {
+            let v = r.verification.as_ref().expect("a verification");
+            assert!(v.running, "{v:?}");
+            assert!(r.duration_ms > 0, "{r:?}");
+        } else {
+            assert!(r.verification.is_none(), "{r:?}");
+        }
+        decided.push((req, env));
+    }
+    paused.cli(&["unpause"]);
+
+    let audit = w.audit().await;
+    let audited: Vec<&RemediationResult> = audit.iter().filter_map(result_of).collect();
+    assert_eq!(audited.len(), 3, "one entry per decision: {audited:#?}");
+    for (req, env) in &decided {
+        let same: Vec<&Envelope> = audit
+            .iter()
+            .filter(|e| result_of(e).is_some_and(|r| r.request_id == req.id))
+            .collect();
+        assert_eq!(same.len(), 1, "{same:#?}");
+        assert_eq!(same[0], env, "the audit holds the very envelope reported");
+    }
+    // The refusal's escalation is audited too.
+    assert!(
+        audit.iter().any(|e| escalation_of(e)
+            .is_some_and(|x| { x.kind == EscalationKind::ProtectedContainer && about(x, &prot) })),
+        "{audit:#?}"
+    );
+    w.stop().await;
+}

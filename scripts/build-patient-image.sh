@@ -19,6 +19,7 @@ BIN="$TARGET_DIR/$TARGET/release/hemostat-patient"
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 cp "$BIN" "$ctx/hemostat-patient"
+strip "$ctx/hemostat-patient" 2>/dev/null || true
 cp "$ROOT/tests/patient/Dockerfile" "$ctx/Dockerfile"
 
 # The classic builder needs no buildx plugin and never tries to pull anything for

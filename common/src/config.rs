@@ -79,8 +79,8 @@ impl CommonArgs {
                 redact::url(&self.redis_url)
             ),
         })?;
-        if let Some(host) = &self.host_id
-            && (host.trim().is_empty() || host.len() > 253 || host.contains(char::is_whitespace))
+        if let Some(host) = self.host_id()
+            && (host.len() > 253 || host.contains(char::is_whitespace))
         {
             return Err(ConfigError {
                 variable: "HEMOSTAT_HOST_ID",
@@ -92,12 +92,21 @@ impl CommonArgs {
         Ok(())
     }
 
+    /// The configured host id; empty counts as unset (compose passes `HEMOSTAT_HOST_ID=` when
+    /// the user did not set one).
+    pub fn host_id(&self) -> Option<&str> {
+        self.host_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+    }
+
     /// The settings as a log-safe summary (passwords redacted).
     pub fn summary(&self) -> String {
         format!(
             "redis={} host_id={} listen={} stream_maxlen={} heartbeat={:?}",
             redact::url(&self.redis_url),
-            self.host_id.as_deref().unwrap_or("<from docker>"),
+            self.host_id().unwrap_or("<from docker>"),
             self.listen,
             self.stream_maxlen,
             self.heartbeat_interval

@@ -110,3 +110,37 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         state.registry.encode(),
     )
 }
+
+/// `hemostat-<agent> healthcheck`: a container health check for images without curl. GETs
+/// `/healthz` from the agent's own listener (`HEMOSTAT_LISTEN`, default port 9090) on
+/// loopback, with a 3 s timeout, and exits 0 only on HTTP 200.
+pub fn healthcheck_main() -> std::process::ExitCode {
+    use std::io::{Read, Write};
+    let listen = std::env::var("HEMOSTAT_LISTEN").unwrap_or_else(|_| "0.0.0.0:9090".into());
+    let port = listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(9090);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let timeout = std::time::Duration::from_secs(3);
+    let result = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })();
+    match result {
+        Ok(reply) if reply.starts_with("HTTP/1.1 200") => std::process::ExitCode::SUCCESS,
+        Ok(reply) => {
+            eprintln!("{}", reply.lines().last().unwrap_or_default());
+            std::process::ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("healthcheck: {addr}: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

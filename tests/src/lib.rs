@@ -329,8 +329,13 @@ pub struct StreamReader {
 
 impl StreamReader {
     pub fn new(redis: &TestRedis, channel: Channel) -> StreamReader {
+        StreamReader::from_client(redis.client(), channel)
+    }
+
+    /// A reader on any Redis (the end-to-end test's compose Redis).
+    pub fn from_client(client: redis::Client, channel: Channel) -> StreamReader {
         StreamReader {
-            client: redis.client(),
+            client,
             stream: channel.stream().to_owned(),
             last_id: "0".into(),
             seen: Vec::new(),

@@ -729,6 +729,27 @@ async fn manual_stop_skipped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: stopped_by_a_person asks Docker for events `until` the next whole second, and Docker holds the call open until then: up to 1 s on every decision about a stopped container, restarts of crashed ones included (agents/responder/src/docker_ops.rs, stopped_by_a_person)"]
+async fn decision_on_a_stopped_container_is_prompt() {
+    let Some(mut w) = World::start(&[]).await else {
+        return;
+    };
+    let p = w.patient("prompt", PatientSpec::watched(&["run"])).await;
+    p.cli(&["stop"]);
+    w.wait_state(&p, "exited", |i| status(i) == "exited").await;
+    // Just after a second boundary: the worst case of rounding up to the next second.
+    while !(20..120).contains(&Utc::now().timestamp_subsec_millis()) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let req = w.send(Some(&p), Action::Restart).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Skipped, "{r:?}");
+    // An inspect and a look at Docker's event history: tens of milliseconds.
+    assert!(r.duration_ms < 500, "{r:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_skipped() {
     let Some(mut w) = World::start(&[]).await else {
         return;
@@ -791,16 +812,20 @@ async fn crash_loop_backoff_and_breaker() {
             .wait_state(&p, "exited again", |i| status(i) == "exited")
             .await;
     }
-    // The gaps between the actions follow the backoff: 1 s, then 2 s (with slack for the
-    // time Docker takes to start it).
+    // The gaps between the actions follow the backoff: 1 s, then 2 s. Measured between the
+    // container's starts, so each gap carries the difference of two Docker start latencies
+    // (0.2-0.4 s here): hence the slack.
     let gap1 = (starts[1] - starts[0]).to_std().unwrap();
     let gap2 = (starts[2] - starts[1]).to_std().unwrap();
-    assert!(gap1 >= Duration::from_millis(800), "first backoff {gap1:?}");
+    assert!(gap1 >= Duration::from_millis(600), "first backoff {gap1:?}");
     assert!(
-        gap2 >= Duration::from_millis(1800),
+        gap2 >= Duration::from_millis(1500),
         "second backoff {gap2:?}"
     );
-    assert!(gap2 > gap1, "the backoff grows: {gap1:?} then {gap2:?}");
+    assert!(
+        gap2 >= gap1 + Duration::from_millis(300),
+        "the backoff grows: {gap1:?} then {gap2:?}"
+    );
 
     // The fourth would exceed the budget: the breaker opens.
     let req = w.send(Some(&p), Action::Restart).await;
@@ -839,6 +864,55 @@ async fn crash_loop_backoff_and_breaker() {
     );
     let i = w.inspect(&p).await;
     assert!(started_at(&i) > starts[2], "started again after the reset");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: after the backoff wait the responder re-inspects but does not re-check a person's stop or pause (agents/responder/src/lib.rs, Responder::container, after the backoff sleep)"]
+async fn person_stop_during_backoff_wins() {
+    let Some(mut w) = World::start(&["--backoff-initial", "4s", "--backoff-max", "8s"]).await
+    else {
+        return;
+    };
+    let p = w.patient("backoff", PatientSpec::watched(&["run"])).await;
+    // A first remediation, so that the next one has to wait 4 s.
+    let req = w.send(Some(&p), Action::Restart).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+    let req = w.send(Some(&p), Action::Restart).await;
+    // While the responder waits out the backoff, a person stops the container.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    p.cli(&["stop"]);
+    let stopped = w.wait_state(&p, "exited", |i| status(i) == "exited").await;
+    let (_, r) = w.result(&req).await;
+    assert!(
+        r.duration_ms >= 2_000,
+        "the request was decided after the backoff wait, not before the stop: {r:?}"
+    );
+    assert_eq!(r.outcome, Outcome::Skipped, "a person's stop wins: {r:?}");
+    assert!(r.reason.contains("person"), "{r:?}");
+    w.assert_untouched(&p, &stopped).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_container_rejected() {
+    let Some(mut w) = World::start(&[]).await else {
+        return;
+    };
+    let (p, _) = w.crashed("gone", watched(&[])).await;
+    let env = w.request(Some(&p), Action::Restart, HOST);
+    let status = Command::new("docker")
+        .args(["rm", "-f", &p.id])
+        .stdout(Stdio::null())
+        .status()
+        .expect("docker rm");
+    assert!(status.success());
+    w.publish(&env).await;
+    let (_, r) = w.result(&env).await;
+    assert_eq!(r.outcome, Outcome::Rejected, "{r:?}");
+    assert!(r.reason.contains("not found"), "{r:?}");
+    assert!(!w.exists(&p).await, "nothing recreated it");
     w.stop().await;
 }
 
@@ -1060,8 +1134,8 @@ async fn dependents_restarted_after_parent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: dependents are restarted without the scope check (agents/responder/src/lib.rs, the dependents loop in Responder::container)"]
-async fn dependents_out_of_scope_left_alone() {
+#[ignore = "BUG: dependents are restarted without the scope and person's-action checks (agents/responder/src/lib.rs, the dependents loop in Responder::container)"]
+async fn dependents_get_the_same_safety_checks() {
     let Some(mut w) = World::start(&[]).await else {
         return;
     };
@@ -1095,15 +1169,32 @@ async fn dependents_out_of_scope_left_alone() {
             true,
         )
         .await;
+    // In scope, but a person stopped it.
+    let stopped = w
+        .patient(
+            "stopped",
+            PatientSpec {
+                args: args(&["run"]),
+                labels: watched(&[("hemostat.depends_on", &parent.name)]),
+                ..PatientSpec::default()
+            },
+        )
+        .await;
+    stopped.cli(&["stop"]);
+    let stopped_before = w
+        .wait_state(&stopped, "exited", |i| status(i) == "exited")
+        .await;
     let optout_before = w.inspect(&optout).await;
     let stray_before = w.inspect(&stray).await;
 
     let req = w.send(Some(&parent), Action::Restart).await;
     let (_, r) = w.result(&req).await;
     assert_eq!(r.outcome, Outcome::Success, "{r:?}");
-    // hemostat.enable=false always excludes; without the label it is not in scope.
+    // hemostat.enable=false always excludes; without the label it is not in scope; a
+    // person's stop wins.
     w.assert_untouched(&optout, &optout_before).await;
     w.assert_untouched(&stray, &stray_before).await;
+    w.assert_untouched(&stopped, &stopped_before).await;
     w.stop().await;
 }
 

@@ -118,6 +118,17 @@ impl Engine {
         if let Some(s) = silences.iter().find(|s| s.matches(&n, wall)) {
             return Decision::Silenced(s.id.clone());
         }
+        if n.one_off {
+            // An event is told every time; only the very same event twice is folded.
+            if self.pending.iter().any(|p| p.event_id == n.event_id) {
+                return Decision::Folded("the same event is already in the batch".into());
+            }
+            if self.pending.is_empty() {
+                self.batch_started = Some(now);
+            }
+            self.pending.push(n);
+            return Decision::Queued;
+        }
         let state = self.states.entry(n.fingerprint.clone()).or_default();
         match n.status {
             Status::Firing => {
@@ -221,6 +232,7 @@ mod tests {
             event_id: "e".into(),
             event_type: "container_unhealthy".into(),
             page: false,
+            one_off: false,
         }
     }
 
@@ -306,6 +318,27 @@ mod tests {
             Decision::Queued,
             "repeat_interval passed"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_are_told_every_time() {
+        let mut e = Engine::new(cfg());
+        for i in 0..3 {
+            let mut r = n("web", "remediation_restart_success", Status::Firing);
+            r.one_off = true;
+            r.event_id = format!("e{i}");
+            assert_eq!(
+                e.ingest(r, Instant::now(), Utc::now(), &[]),
+                Decision::Queued
+            );
+            tokio::time::advance(Duration::from_secs(5)).await;
+            assert_eq!(
+                e.flush(Instant::now()).unwrap().notifications.len(),
+                1,
+                "restart {i} is told"
+            );
+        }
+        assert_eq!(e.firing(), 0, "events never fire");
     }
 
     #[tokio::test(start_paused = true)]

@@ -57,6 +57,8 @@ pub struct AlertService {
     engine: Mutex<Engine>,
     wake: Notify,
     silences: RwLock<Vec<Silence>>,
+    /// PagerDuty sinks' queues (for recoveries that bypass the engine).
+    pagers: std::sync::OnceLock<Vec<Queued>>,
     render: RenderContext,
     pub metrics: AlertMetrics,
 }
@@ -80,6 +82,7 @@ impl AlertService {
             bus,
             wake: Notify::new(),
             silences: RwLock::default(),
+            pagers: std::sync::OnceLock::new(),
             metrics: AlertMetrics::default(),
         }
     }
@@ -152,6 +155,25 @@ impl AlertService {
             return Ok(());
         }
         let Some(mut n) = notify::from_envelope(&env, self.cfg.sources) else {
+            // Recoveries still resolve PagerDuty incidents when crash notices are off.
+            if !self.cfg.sources.crashes
+                && matches!(env.payload, Payload::ContainerRecovered(_))
+                && let Some(n) = notify::from_envelope(
+                    &env,
+                    notify::Sources {
+                        crashes: true,
+                        false_alarms: false,
+                    },
+                )
+                && let Some(pagers) = self.pagers.get()
+            {
+                let batch = Arc::new(Batch {
+                    notifications: vec![n],
+                });
+                for q in pagers {
+                    let _ = q.tx.try_send(batch.clone());
+                }
+            }
             return Ok(());
         };
         // A remediation message says why, too: find the verdict it answered.
@@ -261,6 +283,17 @@ impl AlertService {
         while let Some(batch) = rx.recv().await {
             let outcome = sink.deliver(&batch, &self.render).await;
             for n in &batch.notifications {
+                if !sink.accepts(n) {
+                    self.history(
+                        "filtered",
+                        &sink.name,
+                        &n.fingerprint,
+                        &n.event_id,
+                        "not for this sink (severity or kind)",
+                    )
+                    .await;
+                    continue;
+                }
                 match &outcome {
                     Delivered::Sent { attempts, status } => {
                         self.history(
@@ -281,7 +314,12 @@ impl AlertService {
             }
             if let Delivered::Failed { attempts, reason } = &outcome {
                 tracing::warn!(sink = %sink.name, attempts, reason = %reason, "notification dead-lettered");
-                let payload = serde_json::to_string(&batch.notifications).unwrap_or_default();
+                let tried: Vec<_> = batch
+                    .notifications
+                    .iter()
+                    .filter(|n| sink.accepts(n))
+                    .collect();
+                let payload = serde_json::to_string(&tried).unwrap_or_default();
                 let source = format!("alert:{}", sink.name);
                 if let Err(e) = self
                     .bus
@@ -415,13 +453,20 @@ pub fn spawn(svc: Arc<AlertService>, sinks: Vec<Arc<Sink>>, ctx: &AgentContext) 
         // Sink workers end when the flusher drops its senders, after the last flush.
         ctx.tracker.spawn(svc.clone().sink_worker(sink, rx));
     }
+    let pagers: Vec<Queued> = queued
+        .iter()
+        .filter(|q| matches!(q.sink.kind, sink::Kind::PagerDuty { .. }))
+        .cloned()
+        .collect();
+    let has_pager = !pagers.is_empty();
+    let _ = svc.pagers.set(pagers);
     ctx.tracker
         .spawn(svc.clone().flusher(queued, ctx.shutdown.clone()));
     ctx.tracker
         .spawn(svc.clone().silence_refresher(ctx.shutdown.clone()));
 
     let mut channels = vec![Channel::RemediationComplete, Channel::Alerts];
-    if svc.cfg.sources.crashes {
+    if svc.cfg.sources.crashes || has_pager {
         channels.push(Channel::HealthAlert);
     }
     if svc.cfg.sources.false_alarms {

@@ -19,6 +19,10 @@ use hemostat_common::shutdown::Shutdown;
 use hemostat_common::{config, telemetry};
 
 fn main() -> ExitCode {
+    // For container health checks (no curl in a scratch image).
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return hemostat_common::http::healthcheck_main();
+    }
     let args = match config::parse::<AlertArgs>() {
         Ok(a) => a,
         Err(e) => e.exit(),
@@ -75,11 +79,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: &AlertArgs, cfg: AlertConfig, shutdown: Shutdown) -> anyhow::Result<bool> {
-    let host = args
-        .common
-        .host_id
-        .clone()
-        .unwrap_or_else(|| "alert".into());
+    let host = args.common.host_id().unwrap_or("alert").to_owned();
     let names: Vec<_> = cfg.sinks.iter().map(|s| s.name.clone()).collect();
     tracing::info!(config = %args.common.summary(), sinks = ?names, "hemostat-alert starting");
     if names.is_empty() {
@@ -122,6 +122,7 @@ async fn test(cfg: AlertConfig) -> anyhow::Result<ExitCode> {
         event_id: "test".into(),
         event_type: "test".into(),
         page: true,
+        one_off: true,
     };
     let batch = Batch {
         notifications: vec![n],

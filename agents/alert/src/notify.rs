@@ -49,6 +49,9 @@ pub struct Notification {
     pub event_type: String,
     /// PagerDuty-worthy: an escalation or a failed remediation.
     pub page: bool,
+    /// An event, not a state: a remediation result or an escalation. Told every time it
+    /// happens (never folded as "still firing"), and never resolved.
+    pub one_off: bool,
 }
 
 /// Which optional sources to tell people about.
@@ -114,6 +117,7 @@ pub fn from_envelope(env: &Envelope, sources: Sources) -> Option<Notification> {
         event_id: env.id.clone(),
         event_type: env.event_type().to_owned(),
         page: false,
+        one_off: false,
     };
     match &env.payload {
         Payload::RemediationComplete(r) => {
@@ -140,6 +144,7 @@ pub fn from_envelope(env: &Envelope, sources: Sources) -> Option<Notification> {
             n.outcome = Some(r.outcome);
             n.dry_run = r.dry_run;
             n.page = r.outcome == Outcome::Failed;
+            n.one_off = true;
             Some(n)
         }
         Payload::Escalation(e) => {
@@ -154,6 +159,7 @@ pub fn from_envelope(env: &Envelope, sources: Sources) -> Option<Notification> {
                 e.detail.clone(),
             );
             n.page = true;
+            n.one_off = true;
             Some(n)
         }
         Payload::FalseAlarm(f) if sources.false_alarms => {

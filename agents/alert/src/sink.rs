@@ -131,14 +131,23 @@ impl Sink {
         }
     }
 
-    /// The requests this sink makes for `batch` (after its severity filter).
+    /// The notifications of `batch` this sink takes: at or above its severity (recoveries
+    /// always), and for PagerDuty only the pageable ones.
+    pub fn accepts(&self, n: &crate::notify::Notification) -> bool {
+        let severity_ok =
+            n.severity >= self.min_severity || n.status == crate::notify::Status::Resolved;
+        match self.kind {
+            Kind::PagerDuty { .. } => severity_ok && n.page,
+            _ => severity_ok,
+        }
+    }
+
+    /// The requests this sink makes for `batch` (after its filters).
     fn requests(&self, batch: &Batch, ctx: &RenderContext) -> Vec<Request> {
         let kept: Vec<_> = batch
             .notifications
             .iter()
-            .filter(|n| {
-                n.severity >= self.min_severity || n.status == crate::notify::Status::Resolved
-            })
+            .filter(|n| self.accepts(n))
             .cloned()
             .collect();
         if kept.is_empty() {

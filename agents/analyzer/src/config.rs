@@ -118,7 +118,11 @@ impl AnalyzerArgs {
                 ),
             });
         }
-        if let Some(url) = &self.openai_base_url
+        let base_url = self
+            .openai_base_url
+            .clone()
+            .filter(|u| !u.trim().is_empty());
+        if let Some(url) = &base_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             return Err(ConfigError {
@@ -138,7 +142,7 @@ impl AnalyzerArgs {
             });
         }
         let key = self.openai_api_key.clone().filter(|k| !k.trim().is_empty());
-        let llm = match (&self.openai_base_url, key) {
+        let llm = match (&base_url, key) {
             (None, None) => None,
             (base, key) => Some(LlmConfig {
                 base_url: base

@@ -10,6 +10,10 @@ use hemostat_common::shutdown::Shutdown;
 use hemostat_common::{config, docker, telemetry};
 
 fn main() -> ExitCode {
+    // For container health checks (no curl in a scratch image).
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return hemostat_common::http::healthcheck_main();
+    }
     let args = match config::parse::<AnalyzerArgs>() {
         Ok(a) => a,
         Err(e) => e.exit(),
@@ -62,8 +66,8 @@ fn main() -> ExitCode {
 async fn run(args: AnalyzerArgs, cfg: AnalyzerConfig, shutdown: Shutdown) -> anyhow::Result<bool> {
     let docker =
         docker::connect_docker(args.docker_host.as_deref(), &Health::default(), &shutdown).await?;
-    let host = match &args.common.host_id {
-        Some(h) => h.clone(),
+    let host = match args.common.host_id() {
+        Some(h) => h.to_owned(),
         None => docker
             .info()
             .await?

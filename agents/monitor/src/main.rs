@@ -9,6 +9,10 @@ use hemostat_common::{config, telemetry};
 use hemostat_monitor::config::MonitorArgs;
 
 fn main() -> ExitCode {
+    // For container health checks (no curl in a scratch image).
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return hemostat_common::http::healthcheck_main();
+    }
     let args = match config::parse::<MonitorArgs>() {
         Ok(a) => a,
         // Prints the message (naming the variable) and exits 2; --help and --version exit 0.
@@ -66,7 +70,7 @@ async fn run(
     let docker =
         hemostat_monitor::connect_docker(args.docker_host.as_deref(), &docker_health, &shutdown)
             .await?;
-    let host = hemostat_monitor::host_id(&docker, args.common.host_id.as_deref()).await?;
+    let host = hemostat_monitor::host_id(&docker, args.common.host_id()).await?;
     let ctx = AgentContext::start(&args.common, hemostat_monitor::AGENT, host, shutdown).await?;
     ctx.metrics.docker_up.set(1);
     hemostat_monitor::spawn(cfg, docker, &ctx);

@@ -312,8 +312,11 @@ pub async fn cleanup(
         out.containers.push(name);
     }
     if !dry_run {
+        // Only images dangling for an hour: a build in progress holds fresh dangling
+        // intermediate images, and pruning them breaks it ("No such image").
         let mut dangling = HashMap::new();
         dangling.insert("dangling", vec!["true"]);
+        dangling.insert("until", vec!["1h"]);
         let pruned = docker
             .prune_images(Some(
                 PruneImagesOptionsBuilder::new().filters(&dangling).build(),

@@ -199,7 +199,14 @@ impl Responder {
             ),
             Some(c) => {
                 let lock = keys::lock(&self.host, &c.name);
-                if !self.lock(&lock, self.lease(req)).await? {
+                let holder = format!("{}|{}", self.instance, env.id);
+                if let Some(other) = self.lock(&lock, &holder, self.lease(req)).await? {
+                    if other.ends_with(&format!("|{}", env.id)) {
+                        // The same request, redelivered while a peer is still acting on it:
+                        // that peer reports it; reporting here would take its marker.
+                        tracing::debug!(request = %env.id, "already being handled by {other}");
+                        return Ok(());
+                    }
                     (
                         Some(c.clone()),
                         Report::new(
@@ -209,7 +216,7 @@ impl Responder {
                     )
                 } else {
                     let r = self.container(req, c).await;
-                    self.unlock(&lock).await;
+                    self.unlock(&lock, &holder).await;
                     (Some(c.clone()), r)
                 }
             }
@@ -224,30 +231,37 @@ impl Responder {
         self.cfg.backoff.max + self.cfg.verify_timeout + Duration::from_secs(600)
     }
 
-    async fn lock(&self, key: &str, lease: Duration) -> anyhow::Result<bool> {
+    /// Takes the container's lock for `holder` (`instance|request id`). `None` when taken;
+    /// otherwise who holds it.
+    async fn lock(
+        &self,
+        key: &str,
+        holder: &str,
+        lease: Duration,
+    ) -> anyhow::Result<Option<String>> {
         let mut conn = self.bus.connection();
         let got: Option<String> = redis::cmd("SET")
             .arg(key)
-            .arg(&self.instance)
+            .arg(holder)
             .arg("NX")
             .arg("PX")
             .arg(lease.as_millis() as u64)
             .query_async(&mut conn)
             .await?;
-        Ok(got.is_some())
+        if got.is_some() {
+            return Ok(None);
+        }
+        let other: Option<String> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
+        Ok(Some(other.unwrap_or_default()))
     }
 
-    async fn unlock(&self, key: &str) {
+    async fn unlock(&self, key: &str, holder: &str) {
         // Only our own lock: compare and delete in one step.
         let script = redis::Script::new(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
         );
         let mut conn = self.bus.connection();
-        let r: redis::RedisResult<i64> = script
-            .key(key)
-            .arg(&self.instance)
-            .invoke_async(&mut conn)
-            .await;
+        let r: redis::RedisResult<i64> = script.key(key).arg(holder).invoke_async(&mut conn).await;
         if let Err(e) = r {
             tracing::warn!(error = %e, key, "could not release lock; it expires with its lease");
         }
@@ -296,20 +310,8 @@ impl Responder {
             return r;
         }
         let status = docker_ops::status(&i);
-        if status == "paused" {
-            return Report::new(
-                Outcome::Skipped,
-                "paused by a person; a person's action wins",
-            );
-        }
-        if !matches!(status.as_str(), "running" | "restarting")
-            && req.action != Action::Start
-            && docker_ops::stopped_by_a_person(&self.docker, &i).await
-        {
-            return Report::new(
-                Outcome::Skipped,
-                "stopped by a person (docker stop); a person's action wins",
-            );
+        if let Some(r) = self.person_acted(&i, req.action).await {
+            return r;
         }
         if req.action == Action::None {
             return Report::new(Outcome::Skipped, "the verdict asks for no action");
@@ -351,8 +353,12 @@ impl Responder {
                 }
                 () = tokio::time::sleep(wait) => {}
             }
-            // Things change while we wait: it may have come back on its own.
+            // Things change while we wait: it may have come back on its own, or a person
+            // may have stopped or paused it.
             if let Ok(again) = docker_ops::inspect(&self.docker, &id).await {
+                if let Some(r) = self.person_acted(&again, req.action).await {
+                    return r;
+                }
                 let running = docker_ops::status(&again) == "running";
                 let healthy = again
                     .state
@@ -393,6 +399,16 @@ impl Responder {
                         done.push(format!("{dep_name}: protected, not touched"));
                         continue;
                     }
+                    if !scope::in_scope(&dep_labels, self.cfg.monitor_all) {
+                        done.push(format!("{dep_name}: not in scope, not touched"));
+                        continue;
+                    }
+                    if let Ok(dep_i) = docker_ops::inspect(&self.docker, &dep_id).await
+                        && let Some(p) = self.person_acted(&dep_i, Action::Restart).await
+                    {
+                        done.push(format!("{dep_name}: {}", p.reason));
+                        continue;
+                    }
                     let dep_stop = docker_ops::stop_timeout(&dep_labels, self.cfg.stop_timeout);
                     let dep = self
                         .act(Action::Restart, &dep_id, &dep_name, dep_stop)
@@ -419,6 +435,32 @@ impl Responder {
             });
         }
         r
+    }
+
+    /// `Some(skip)` when a person paused the container, or stopped it since it last started:
+    /// a person's action wins over any request.
+    async fn person_acted(
+        &self,
+        i: &bollard::models::ContainerInspectResponse,
+        action: Action,
+    ) -> Option<Report> {
+        let status = docker_ops::status(i);
+        if status == "paused" {
+            return Some(Report::new(
+                Outcome::Skipped,
+                "paused by a person; a person's action wins",
+            ));
+        }
+        if !matches!(status.as_str(), "running" | "restarting")
+            && action != Action::Start
+            && docker_ops::stopped_by_a_person(&self.docker, i).await
+        {
+            return Some(Report::new(
+                Outcome::Skipped,
+                "stopped by a person (docker stop); a person's action wins",
+            ));
+        }
+        None
     }
 
     /// Performs one action (or, in dry-run, says what it would do) and verifies it.

@@ -13,6 +13,10 @@ use hemostat_common::{config, docker, telemetry};
 use hemostat_responder::config::{Command, ResponderArgs, ResponderConfig};
 
 fn main() -> ExitCode {
+    // For container health checks (no curl in a scratch image).
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return hemostat_common::http::healthcheck_main();
+    }
     let args = match config::parse::<ResponderArgs>() {
         Ok(a) => a,
         Err(e) => e.exit(),
@@ -70,8 +74,8 @@ fn main() -> ExitCode {
 }
 
 async fn host_id(args: &ResponderArgs, d: &bollard::Docker) -> anyhow::Result<String> {
-    match &args.common.host_id {
-        Some(h) => Ok(h.clone()),
+    match args.common.host_id() {
+        Some(h) => Ok(h.to_owned()),
         None => Ok(d.info().await?.name.unwrap_or_else(|| "unknown".into())),
     }
 }

@@ -5,6 +5,8 @@
 //! libc, parses its arguments by hand and keeps its health state in a plain file that the
 //! `probe` subcommand reads (for a Docker health check in exec form: `["/patient","probe"]`).
 
+mod sink;
+
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -25,6 +27,7 @@ const IDLE_SLEEP: f64 = 3600.0;
 const USAGE: &str = "\
 usage: patient [run] [OPTIONS]
        patient probe
+       patient sink [--listen ADDR]   record HTTP requests; GET /received shows them
        patient help
 
 run (the default) misbehaves as asked; with no option it sleeps forever, healthy.
@@ -69,6 +72,8 @@ enum Command {
     Run(Config),
     Probe,
     Help,
+    /// Record HTTP requests (an end-to-end test's Slack/webhook stand-in).
+    Sink(String),
 }
 
 /// How `run` misbehaves. Times are seconds since start.
@@ -106,6 +111,13 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
         None => return Ok(Command::Run(Config::default())),
         Some("run") => ("run", &args[1..]),
         Some("probe") => ("probe", &args[1..]),
+        Some("sink") => {
+            return match &args[1..] {
+                [] => Ok(Command::Sink("0.0.0.0:8080".into())),
+                [flag, addr] if flag == "--listen" => Ok(Command::Sink(addr.clone())),
+                _ => Err("usage: patient sink [--listen ADDR]".into()),
+            };
+        }
         Some("help" | "--help" | "-h") => return Ok(Command::Help),
         Some(a) if a.starts_with('-') => ("run", args),
         Some(a) => return Err(format!("unknown subcommand {a:?}")),
@@ -549,6 +561,7 @@ fn main() {
             std::process::exit(code);
         }
         Ok(Command::Help) => say(USAGE),
+        Ok(Command::Sink(addr)) => sink::serve(&addr),
         Err(e) => {
             eprintln!("hemostat-patient: {e}\n\n{USAGE}");
             std::process::exit(2);

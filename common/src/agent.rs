@@ -168,3 +168,73 @@ impl AgentContext {
         }
     }
 }
+
+/// Everything every agent's `main` does around its own work: answer `healthcheck` (container
+/// health checks), parse flags and environment (exit 2 naming the variable on a bad value),
+/// set up logging, validate into the typed config (exit 2 on error), start the runtime and the
+/// signal handlers, run, and map the outcome to an exit code: 0 or 128+signal when it stopped
+/// cleanly, 1 when something failed or had to be abandoned.
+///
+/// `run` returns `Ok(true)` for a clean stop (see [`AgentContext::finish`]) and `Ok(false)` when
+/// it had to abandon work; one-off commands return whether they succeeded.
+pub fn main<A, C>(
+    name: &str,
+    common: impl Fn(&A) -> &CommonArgs,
+    validate: impl Fn(&A) -> Result<C, crate::config::ConfigError>,
+    run: impl AsyncFnOnce(A, C, Shutdown) -> anyhow::Result<bool>,
+) -> std::process::ExitCode
+where
+    A: clap::Parser,
+{
+    use std::process::ExitCode;
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return crate::http::healthcheck_main();
+    }
+    let args = match crate::config::parse::<A>() {
+        Ok(a) => a,
+        // Prints the message (naming the variable) and exits 2; --help and --version exit 0.
+        Err(e) => e.exit(),
+    };
+    crate::telemetry::init(common(&args).log_format);
+    let cfg = match validate(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            tracing::error!(error = %e, "invalid configuration");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = match Shutdown::on_signals() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot install signal handlers: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        tracing::info!(config = %common(&args).summary(), "{name} starting");
+        match run(args, cfg, shutdown.clone()).await {
+            Ok(true) => ExitCode::from(shutdown.exit_code() as u8),
+            Ok(false) => ExitCode::from(1),
+            Err(e) if shutdown.is_cancelled() => {
+                tracing::info!(reason = format!("{e:#}"), "stopped during start-up");
+                ExitCode::from(shutdown.exit_code() as u8)
+            }
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "{name} failed");
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}

@@ -36,7 +36,7 @@ use hemostat_responder::config::ResponderArgs;
 use hemostat_tests::openai_stub::wait_for_group;
 use hemostat_tests::{
     PATIENT_IMAGE, Patient, PatientSpec, StreamReader, TestRedis, docker, ensure_patient_image,
-    init_logs, random_id,
+    init_logs, random_id, require,
 };
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -160,6 +160,17 @@ impl World {
         init_logs();
         let redis = TestRedis::start()?;
         let docker = docker().await?;
+        let foreign = foreign_responders();
+        if !foreign.is_empty() {
+            require(
+                "a Docker engine without other hemostat responders",
+                &format!(
+                    "{foreign} would remediate this test's hemostat.enable=true containers \
+                     (stop that stack, or wait for the end-to-end test to finish)"
+                ),
+            );
+            return None;
+        }
         ensure_patient_image();
         let bus = Bus::connect(
             &redis.url(),
@@ -433,18 +444,26 @@ impl World {
     /// Asserts that `p` is in the same state as `before`: same status, never started since.
     async fn assert_untouched(&self, p: &Patient, before: &ContainerInspectResponse) {
         let now = self.inspect(p).await;
-        assert_eq!(status(&now), status(before), "{} changed state", p.name);
+        assert_eq!(
+            status(&now),
+            status(before),
+            "{} changed state{}",
+            p.name,
+            interference()
+        );
         assert_eq!(
             started_at(&now),
             started_at(before),
-            "{} was started again",
-            p.name
+            "{} was started again{}",
+            p.name,
+            interference()
         );
         assert_eq!(
             finished_at(&now),
             finished_at(before),
-            "{} was stopped or started",
-            p.name
+            "{} was stopped or started{}",
+            p.name,
+            interference()
         );
     }
 
@@ -565,6 +584,35 @@ fn finished_at(i: &ContainerInspectResponse) -> DateTime<Utc> {
 
 fn created_at(i: &ContainerInspectResponse) -> DateTime<Utc> {
     time_field(i.created.as_deref(), "Created")
+}
+
+/// Names of hemostat responders running in containers on this engine (a compose stack, the
+/// end-to-end test's): they act on every `hemostat.enable=true` container, this test's too.
+fn foreign_responders() -> String {
+    Command::new("docker")
+        .args([
+            "ps",
+            "--filter",
+            "label=hemostat.role=responder",
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+/// For failure messages: whether another responder may have acted meanwhile.
+fn interference() -> String {
+    match foreign_responders() {
+        f if f.is_empty() => String::new(),
+        f => format!(" (another hemostat responder is running on this engine: {f})"),
+    }
 }
 
 /// Removes a Docker volume when dropped.
@@ -750,6 +798,41 @@ async fn decision_on_a_stopped_container_is_prompt() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: a person's stop is recognised only while its `stop` event is among the last 256 events Docker keeps in memory (agents/responder/src/docker_ops.rs, stopped_by_a_person)"]
+async fn manual_stop_remembered_after_busy_engine() {
+    // Alone: the burst of events below would push other tests' `stop` events out too.
+    let Some(mut w) = World::start_alone(&[]).await else {
+        return;
+    };
+    let p = w.patient("stopped", PatientSpec::watched(&["run"])).await;
+    p.cli(&["stop"]);
+    let before = w.wait_state(&p, "exited", |i| status(i) == "exited").await;
+    // An engine going about its business: 300 events elsewhere (a busy host's health checks
+    // make as many in a few minutes).
+    let noise = w
+        .patient(
+            "noise",
+            PatientSpec {
+                args: args(&["run"]),
+                ..PatientSpec::default()
+            },
+        )
+        .await;
+    for _ in 0..150 {
+        w.docker.pause_container(&noise.id).await.expect("pause");
+        w.docker
+            .unpause_container(&noise.id)
+            .await
+            .expect("unpause");
+    }
+    let req = w.send(Some(&p), Action::Restart).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Skipped, "a person's stop wins: {r:?}");
+    w.assert_untouched(&p, &before).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_skipped() {
     let Some(mut w) = World::start(&[]).await else {
         return;
@@ -817,14 +900,20 @@ async fn crash_loop_backoff_and_breaker() {
     // (0.2-0.4 s here): hence the slack.
     let gap1 = (starts[1] - starts[0]).to_std().unwrap();
     let gap2 = (starts[2] - starts[1]).to_std().unwrap();
-    assert!(gap1 >= Duration::from_millis(600), "first backoff {gap1:?}");
+    assert!(
+        gap1 >= Duration::from_millis(600),
+        "first backoff {gap1:?}{}",
+        interference()
+    );
     assert!(
         gap2 >= Duration::from_millis(1500),
-        "second backoff {gap2:?}"
+        "second backoff {gap2:?}{}",
+        interference()
     );
     assert!(
         gap2 >= gap1 + Duration::from_millis(300),
-        "the backoff grows: {gap1:?} then {gap2:?}"
+        "the backoff grows: {gap1:?} then {gap2:?}{}",
+        interference()
     );
 
     // The fourth would exceed the budget: the breaker opens.
@@ -868,7 +957,6 @@ async fn crash_loop_backoff_and_breaker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: after the backoff wait the responder re-inspects but does not re-check a person's stop or pause (agents/responder/src/lib.rs, Responder::container, after the backoff sleep)"]
 async fn person_stop_during_backoff_wins() {
     let Some(mut w) = World::start(&["--backoff-initial", "4s", "--backoff-max", "8s"]).await
     else {
@@ -942,14 +1030,14 @@ async fn duplicate_message_one_restart() {
     assert_eq!(
         w.count_events(&p, "start", created_at(&before)).await,
         2,
-        "started once by its creator and once by the responder"
+        "started once by its creator and once by the responder{}",
+        interference()
     );
     assert_eq!(status(&w.inspect(&p).await), "running");
     w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: a duplicate handled concurrently publishes 'skipped (lock held)' under the request's marker, hiding the real restart's result (agents/responder/src/lib.rs, Responder::handle)"]
 async fn duplicate_read_together_reports_what_was_done() {
     let Some(mut w) = World::start(&[]).await else {
         return;
@@ -969,7 +1057,8 @@ async fn duplicate_read_together_reports_what_was_done() {
     assert_eq!(
         w.count_events(&p, "start", created_at(&before)).await,
         2,
-        "restarted exactly once"
+        "restarted exactly once{}",
+        interference()
     );
     // The one report must tell what happened: it was restarted.
     assert_eq!(r.outcome, Outcome::Success, "{r:?}");
@@ -1134,7 +1223,6 @@ async fn dependents_restarted_after_parent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: dependents are restarted without the scope and person's-action checks (agents/responder/src/lib.rs, the dependents loop in Responder::container)"]
 async fn dependents_get_the_same_safety_checks() {
     let Some(mut w) = World::start(&[]).await else {
         return;
@@ -1195,6 +1283,16 @@ async fn dependents_get_the_same_safety_checks() {
     w.assert_untouched(&optout, &optout_before).await;
     w.assert_untouched(&stray, &stray_before).await;
     w.assert_untouched(&stopped, &stopped_before).await;
+    // The report says why each was left alone.
+    for dep in [&optout, &stray, &stopped] {
+        assert!(r.reason.contains(&dep.name), "{} listed: {r:?}", dep.name);
+        assert!(
+            !r.reason.contains(&format!("{}: restarted", dep.name)),
+            "{r:?}"
+        );
+    }
+    assert!(r.reason.contains("not in scope"), "{r:?}");
+    assert!(r.reason.contains("person"), "{r:?}");
     w.stop().await;
 }
 

@@ -10,72 +10,25 @@ use hemostat_alert::notify::{Notification, Status};
 use hemostat_alert::render::RenderContext;
 use hemostat_alert::sink::{Delivered, Sink};
 use hemostat_alert::{AlertService, add_silence, expire_silence, load_silences};
+use hemostat_common::agent;
 use hemostat_common::agent::AgentContext;
 use hemostat_common::bus::Bus;
 use hemostat_common::events::Severity;
 use hemostat_common::http::Health;
 use hemostat_common::metrics::AgentMetrics;
 use hemostat_common::shutdown::Shutdown;
-use hemostat_common::{config, telemetry};
 
 fn main() -> ExitCode {
-    // For container health checks (no curl in a scratch image).
-    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-        return hemostat_common::http::healthcheck_main();
-    }
-    let args = match config::parse::<AlertArgs>() {
-        Ok(a) => a,
-        Err(e) => e.exit(),
-    };
-    telemetry::init(args.common.log_format);
-    let cfg = match args.validate() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            tracing::error!(error = %e, "invalid configuration");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    runtime.block_on(async move {
-        let shutdown = match Shutdown::on_signals() {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: cannot install signal handlers: {e}");
-                return ExitCode::from(1);
-            }
-        };
-        let result = match args.command.clone() {
+    agent::main(
+        "hemostat-alert",
+        |a: &AlertArgs| &a.common,
+        AlertArgs::validate,
+        async |args, cfg, shutdown| match args.command.clone() {
             Some(Command::Test) => test(cfg).await,
-            Some(Command::Silence(cmd)) => silence(&args, cmd, &shutdown)
-                .await
-                .map(|()| ExitCode::SUCCESS),
-            None => run(&args, cfg, shutdown.clone())
-                .await
-                .map(|clean| ExitCode::from(if clean { shutdown.exit_code() as u8 } else { 1 })),
-        };
-        match result {
-            Ok(code) => code,
-            Err(e) if shutdown.is_cancelled() => {
-                tracing::info!(reason = format!("{e:#}"), "stopped during start-up");
-                ExitCode::from(shutdown.exit_code() as u8)
-            }
-            Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "alert failed");
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            }
-        }
-    })
+            Some(Command::Silence(cmd)) => silence(&args, cmd, &shutdown).await.map(|()| true),
+            None => run(&args, cfg, shutdown).await,
+        },
+    )
 }
 
 async fn run(args: &AlertArgs, cfg: AlertConfig, shutdown: Shutdown) -> anyhow::Result<bool> {
@@ -94,11 +47,11 @@ async fn run(args: &AlertArgs, cfg: AlertConfig, shutdown: Shutdown) -> anyhow::
     Ok(ctx.finish().await)
 }
 
-/// Sends one test notification to every sink and says what each did; exit 1 if any failed.
-async fn test(cfg: AlertConfig) -> anyhow::Result<ExitCode> {
+/// Sends one test notification to every sink and says what each did; false if any failed.
+async fn test(cfg: AlertConfig) -> anyhow::Result<bool> {
     if cfg.sinks.is_empty() {
         println!("no sink configured: set SLACK_WEBHOOK_URL, WEBHOOK_URL or PAGERDUTY_ROUTING_KEY");
-        return Ok(ExitCode::from(1));
+        return Ok(false);
     }
     let render = RenderContext {
         dashboard_url: cfg.dashboard_url.clone(),
@@ -146,11 +99,7 @@ async fn test(cfg: AlertConfig) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(!failed)
 }
 
 async fn silence(args: &AlertArgs, cmd: SilenceCommand, shutdown: &Shutdown) -> anyhow::Result<()> {

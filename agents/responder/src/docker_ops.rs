@@ -118,7 +118,12 @@ pub async fn stopped_by_a_person(docker: &Docker, i: &ContainerInspectResponse) 
     filters.insert("event", vec!["stop", "start"]);
     let opts = EventsOptionsBuilder::new()
         .since(&since.to_string())
-        .until(&(Utc::now().timestamp() + 1).to_string())
+        // Now, to the nanosecond: Docker holds an events call open until `until` has passed,
+        // so a whole-second bound would add up to a second to every check.
+        .until(&{
+            let now = Utc::now();
+            format!("{}.{:09}", now.timestamp(), now.timestamp_subsec_nanos())
+        })
         .filters(&filters)
         .build();
     let events: Vec<_> = tokio::time::timeout(

@@ -4,73 +4,34 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use hemostat_common::agent;
 use hemostat_common::agent::AgentContext;
 use hemostat_common::bus::Bus;
+use hemostat_common::docker;
 use hemostat_common::http::Health;
 use hemostat_common::metrics::AgentMetrics;
 use hemostat_common::shutdown::Shutdown;
-use hemostat_common::{config, docker, telemetry};
 use hemostat_responder::config::{Command, ResponderArgs, ResponderConfig};
 
 fn main() -> ExitCode {
-    // For container health checks (no curl in a scratch image).
-    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-        return hemostat_common::http::healthcheck_main();
-    }
-    let args = match config::parse::<ResponderArgs>() {
-        Ok(a) => a,
-        Err(e) => e.exit(),
-    };
-    telemetry::init(args.common.log_format);
-    let cfg = match args.validate() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            tracing::error!(error = %e, "invalid configuration");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    runtime.block_on(async move {
-        let shutdown = match Shutdown::on_signals() {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: cannot install signal handlers: {e}");
-                return ExitCode::from(1);
+    agent::main(
+        "hemostat-responder",
+        |a: &ResponderArgs| &a.common,
+        ResponderArgs::validate,
+        async |args, cfg, shutdown| match args.command.clone() {
+            Some(Command::ResetBreaker { container }) => {
+                reset(&args, &container, &shutdown).await.map(|()| true)
             }
-        };
-        let result = match &args.command {
-            Some(Command::ResetBreaker { container }) => reset(&args, container, &shutdown).await.map(|()| true),
             None => {
-                tracing::info!(config = %args.common.summary(), dry_run = cfg.dry_run, "hemostat-responder starting");
                 if cfg.dry_run {
-                    tracing::warn!("DRY RUN: decisions are made and reported, but no Docker write happens");
+                    tracing::warn!(
+                        "DRY RUN: decisions are made and reported, but no Docker write happens"
+                    );
                 }
-                run(args.clone(), cfg, shutdown.clone()).await
+                run(args, cfg, shutdown).await
             }
-        };
-        match result {
-            Ok(clean) => ExitCode::from(if clean { shutdown.exit_code() as u8 } else { 1 }),
-            Err(e) if shutdown.is_cancelled() => {
-                tracing::info!(reason = format!("{e:#}"), "stopped during start-up");
-                ExitCode::from(shutdown.exit_code() as u8)
-            }
-            Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "responder failed");
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            }
-        }
-    })
+        },
+    )
 }
 
 async fn host_id(args: &ResponderArgs, d: &bollard::Docker) -> anyhow::Result<String> {

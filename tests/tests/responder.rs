@@ -777,7 +777,6 @@ async fn manual_stop_skipped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: stopped_by_a_person asks Docker for events `until` the next whole second, and Docker holds the call open until then: up to 1 s on every decision about a stopped container, restarts of crashed ones included (agents/responder/src/docker_ops.rs, stopped_by_a_person)"]
 async fn decision_on_a_stopped_container_is_prompt() {
     let Some(mut w) = World::start(&[]).await else {
         return;
@@ -798,7 +797,6 @@ async fn decision_on_a_stopped_container_is_prompt() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: a person's stop is recognised only while its `stop` event is among the last 256 events Docker keeps in memory (agents/responder/src/docker_ops.rs, stopped_by_a_person)"]
 async fn manual_stop_remembered_after_busy_engine() {
     // Alone: the burst of events below would push other tests' `stop` events out too.
     let Some(mut w) = World::start_alone(&[]).await else {
@@ -807,8 +805,33 @@ async fn manual_stop_remembered_after_busy_engine() {
     let p = w.patient("stopped", PatientSpec::watched(&["run"])).await;
     p.cli(&["stop"]);
     let before = w.wait_state(&p, "exited", |i| status(i) == "exited").await;
-    // An engine going about its business: 300 events elsewhere (a busy host's health checks
-    // make as many in a few minutes).
+    // What the monitor publishes when it sees the stop (no monitor runs in this file).
+    let stopped = Envelope::new(
+        "monitor",
+        HOST,
+        Payload::ContainerUserAction(hemostat_common::events::ContainerAlert {
+            container: ContainerRef {
+                id: p.id.clone(),
+                name: p.name.clone(),
+                ..ContainerRef::default()
+            },
+            kind: hemostat_common::events::AlertKind::Stopped,
+            severity: Severity::Info,
+            user_initiated: true,
+            reminder: false,
+            detected_by: hemostat_common::events::Detection::Event,
+            summary: "stopped by a person".into(),
+            state: None,
+            metrics: None,
+            breach: None,
+            since: None,
+            docker_event_time: None,
+            protected: false,
+        }),
+    );
+    w.publish(&stopped).await;
+    // An engine going about its business: 300 events elsewhere (health checks alone make
+    // several per check: a few minutes' worth on a busy host).
     let noise = w
         .patient(
             "noise",
@@ -818,12 +841,17 @@ async fn manual_stop_remembered_after_busy_engine() {
             },
         )
         .await;
-    for _ in 0..150 {
-        w.docker.pause_container(&noise.id).await.expect("pause");
+    for _ in 0..300 {
         w.docker
-            .unpause_container(&noise.id)
+            .create_exec(
+                &noise.id,
+                bollard::models::ExecConfig {
+                    cmd: Some(args(&["/patient", "probe"])),
+                    ..Default::default()
+                },
+            )
             .await
-            .expect("unpause");
+            .expect("exec_create");
     }
     let req = w.send(Some(&p), Action::Restart).await;
     let (_, r) = w.result(&req).await;

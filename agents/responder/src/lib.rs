@@ -453,7 +453,8 @@ impl Responder {
         }
         if !matches!(status.as_str(), "running" | "restarting")
             && action != Action::Start
-            && docker_ops::stopped_by_a_person(&self.docker, i).await
+            && (docker_ops::stopped_by_a_person(&self.docker, i).await
+                || self.stop_reported_on_the_bus(i).await)
         {
             return Some(Report::new(
                 Outcome::Skipped,
@@ -461,6 +462,35 @@ impl Responder {
             ));
         }
         None
+    }
+
+    /// Whether the monitor reported a person's stop of this container since it last started.
+    /// Docker keeps only its last 256 events, which a busy engine turns over in seconds; the
+    /// `health_alert` stream remembers much longer.
+    async fn stop_reported_on_the_bus(
+        &self,
+        i: &bollard::models::ContainerInspectResponse,
+    ) -> bool {
+        let Some(id) = i.id.as_deref() else {
+            return false;
+        };
+        let started: Option<chrono::DateTime<Utc>> = i
+            .state
+            .as_ref()
+            .and_then(|s| s.started_at.as_deref())
+            .and_then(|s| s.parse().ok());
+        let Ok(recent) = self.bus.recent(Channel::HealthAlert, 2000).await else {
+            return false;
+        };
+        recent.iter().any(|e| match &e.payload {
+            Payload::ContainerUserAction(a) => {
+                a.container.id == id
+                    && a.kind == hemostat_common::events::AlertKind::Stopped
+                    && e.host == self.host
+                    && started.is_none_or(|s| e.timestamp >= s)
+            }
+            _ => false,
+        })
     }
 
     /// Performs one action (or, in dry-run, says what it would do) and verifies it.

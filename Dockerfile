@@ -10,12 +10,14 @@ COPY . .
 RUN RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
         --target x86_64-unknown-linux-gnu \
         -p hemostat-monitor -p hemostat-analyzer -p hemostat-responder -p hemostat-alert \
+        -p hemostat-dashboard \
         -p hemostat-patient \
     && mkdir -p /out \
     && cp target/x86_64-unknown-linux-gnu/release/hemostat-monitor \
           target/x86_64-unknown-linux-gnu/release/hemostat-analyzer \
           target/x86_64-unknown-linux-gnu/release/hemostat-responder \
-          target/x86_64-unknown-linux-gnu/release/hemostat-alert /out/ \
+          target/x86_64-unknown-linux-gnu/release/hemostat-alert \
+          target/x86_64-unknown-linux-gnu/release/hemostat-dashboard /out/ \
     && strip /out/* \
     && cp target/x86_64-unknown-linux-gnu/release/hemostat-patient /patient && strip /patient
 
@@ -26,7 +28,7 @@ LABEL org.opencontainers.image.title=hemostat
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /out/ /usr/local/bin/
 ENV PATH=/usr/local/bin SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
-EXPOSE 9090
+EXPOSE 9090 8080
 
 # ---- patient: the demo and test container ----
 FROM scratch AS patient

@@ -32,14 +32,15 @@ build_image() { # tag, context dir, dockerfile
 echo "==> compiling static binaries (target/static)"
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --release \
     --manifest-path "$ROOT/Cargo.toml" --target "$TARGET" --target-dir "$TARGET_DIR" \
-    -p hemostat-monitor -p hemostat-analyzer -p hemostat-responder -p hemostat-alert
+    -p hemostat-monitor -p hemostat-analyzer -p hemostat-responder -p hemostat-alert \
+    -p hemostat-dashboard
 BIN="$TARGET_DIR/$TARGET/release"
 
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 
 mkdir -p "$ctx/hemostat/bin"
-for agent in monitor analyzer responder alert; do
+for agent in monitor analyzer responder alert dashboard; do
     cp "$BIN/hemostat-$agent" "$ctx/hemostat/bin/"
     # Line tables are for profiling on the host; the image ships without them (70 MB → 13 MB).
     strip "$ctx/hemostat/bin/hemostat-$agent" 2>/dev/null || true

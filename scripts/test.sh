@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one command that tests hemostat on a fresh machine: installs what the tests need
-# (redis-server), checks formatting and lints, builds the patient test image (no registry
+# (redis-server, and Chromium for the dashboard's browser test), checks formatting and lints, builds the patient test image (no registry
 # needed), and runs every test against the real Docker engine and real Redis.
 #
 # Usage: scripts/test.sh            (CI=true: missing Docker or Redis fails instead of skipping)
@@ -25,6 +25,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
     as_root service redis-server stop >/dev/null 2>&1 || true
 fi
 redis-server --version
+# The dashboard's browser test drives headless Chromium (Debian's package, ~300 MB).
+if ! bash dashboard/install-chromium.sh; then
+    if [ "${CI:-}" = "true" ]; then
+        echo "chromium could not be installed, and CI=true: failing" >&2
+        exit 1
+    fi
+    echo "*** chromium unavailable: the dashboard's browser test will be SKIPPED ***"
+fi
 if docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
     echo "docker engine $(docker version --format '{{.Server.Version}}')"
 elif [ "${CI:-}" = "true" ]; then

@@ -1233,7 +1233,7 @@ impl Browser {
         let profile = dir.path().join("profile");
         let child = Command::new("sh")
             .arg("-c")
-            .arg(r#"exec chromium --headless --no-sandbox --disable-gpu --disable-background-networking --remote-debugging-pipe --no-first-run --window-size=1280,900 --user-data-dir="$2" about:blank 3<"$0" 4>"$1""#)
+            .arg(r#"exec chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-dev-shm-usage --remote-debugging-pipe --no-first-run --window-size=1280,900 --user-data-dir="$2" about:blank 3<"$0" 4>"$1""#)
             .arg(&fifo_in)
             .arg(&fifo_out)
             .arg(&profile)
@@ -1453,15 +1453,20 @@ fn base64_decode(s: &str) -> Vec<u8> {
     out
 }
 
+/// The README's screenshot is refreshed only on request (`HEMOSTAT_UPDATE_SCREENSHOT=1`), so a
+/// test run does not dirty the work tree; otherwise it goes under `target/`.
 fn screenshot_path() -> PathBuf {
-    repo_root().join("docs/img/dashboard.png")
+    if std::env::var("HEMOSTAT_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") {
+        return repo_root().join("docs/img/dashboard.png");
+    }
+    repo_root().join("target/dashboard-screenshot.png")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn browser_shows_the_fleet_live_and_refuses_actions_when_read_only() {
     init_logs();
     assert_eq!(base64_decode("aGVtb3N0YXQ="), b"hemostat");
-    let Some(redis) = TestRedis::start() else {
+    let Some(mut redis) = TestRedis::start() else {
         return;
     };
     let b = bus(&redis).await;
@@ -1629,6 +1634,26 @@ async fn browser_shows_the_fleet_live_and_refuses_actions_when_read_only() {
         .await;
     assert!(mode.as_str().unwrap().starts_with("Read-only"), "{mode}");
 
+    // Redis goes away: the page says so, keeps what it shows, and goes live again after.
+    redis.stop();
+    browser
+        .wait_until(
+            "the page to say it is reconnecting",
+            "document.getElementById('conn').dataset.state === 'reconnecting' && document.getElementById('conn-text').textContent.includes('reconnecting')",
+        )
+        .await;
+    let still = browser
+        .eval("document.querySelectorAll('#containers-table tbody tr[data-container]').length")
+        .await;
+    assert_eq!(still, 3, "what was shown stays");
+    redis.start_again();
+    browser
+        .wait_until(
+            "the page to be live again",
+            "document.getElementById('conn').dataset.state === 'live'",
+        )
+        .await;
+
     // On a phone the page does not scroll sideways (wide tables scroll inside their box).
     browser.viewport(390, 844, true).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1647,4 +1672,180 @@ async fn browser_shows_the_fleet_live_and_refuses_actions_when_read_only() {
     );
     browser.close().await;
     d.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binary: the token never reaches the logs, bad settings name the variable, and the
+// container health check works
+// ---------------------------------------------------------------------------------------------
+
+fn dashboard_binary() -> Option<PathBuf> {
+    // target/<profile>/deps/dashboard-<hash>
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent()?.parent()?.to_path_buf();
+    let bin = profile_dir.join(format!(
+        "hemostat-dashboard{}",
+        std::env::consts::EXE_SUFFIX
+    ));
+    // Always ask cargo: a no-op when it is fresh, and never a stale binary under test.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "hemostat-dashboard",
+        "--bin",
+        "hemostat-dashboard",
+    ])
+    .arg("--target-dir")
+    .arg(profile_dir.parent()?)
+    .current_dir(repo_root())
+    .stdout(Stdio::null());
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => {}
+        other => eprintln!("building hemostat-dashboard: {other:?}"),
+    }
+    bin.exists().then_some(bin)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_never_logs_the_token_and_checks_its_settings() {
+    const SECRET: &str = "SECRETDASHTOKEN-0123456789";
+    init_logs();
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    seed(&bus(&redis).await).await;
+    let Some(bin) = tokio::task::spawn_blocking(dashboard_binary).await.unwrap() else {
+        require(
+            "the hemostat-dashboard binary",
+            "not built and cargo could not build it",
+        );
+        return;
+    };
+    let cwd = tempfile::tempdir().unwrap();
+
+    // A token too short to be safe is refused at start-up, naming the variable, not the value.
+    let bad = Command::new(&bin)
+        .current_dir(cwd.path())
+        .env("REDIS_URL", redis.url())
+        .env("HEMOSTAT_DASHBOARD_TOKEN", "abc123xyz")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("HEMOSTAT_DASHBOARD_TOKEN"), "{err}");
+    assert!(!err.contains("abc123xyz"), "{err}");
+    let bad = Command::new(&bin)
+        .current_dir(cwd.path())
+        .env("HEMOSTAT_DASHBOARD_LISTEN", "everywhere")
+        .output()
+        .unwrap();
+    assert_ne!(bad.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("HEMOSTAT_DASHBOARD_LISTEN"), "{err}");
+
+    let port = free_port();
+    let agent_port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = tokio::process::Command::new(&bin)
+        .current_dir(cwd.path())
+        .env("REDIS_URL", redis.url())
+        .env("HEMOSTAT_DASHBOARD_LISTEN", &listen)
+        .env("HEMOSTAT_LISTEN", format!("127.0.0.1:{agent_port}"))
+        .env("HEMOSTAT_DASHBOARD_TOKEN", SECRET)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = listen.parse().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard did not listen on {listen}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = Some(r#"{"host":"docker-01","container":"worker"}"#);
+    let wrong = format!("Bearer {SECRET}-nope");
+    let r = http(
+        addr,
+        "POST",
+        "/api/breakers/reset",
+        &[("Authorization", &wrong)],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let right = format!("Bearer {SECRET}");
+    let r = http(
+        addr,
+        "POST",
+        "/api/breakers/reset",
+        &[("Authorization", &right)],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body.contains(SECRET));
+
+    // The container health check asks the agent listener's /healthz, as every agent's does.
+    let check = Command::new(&bin)
+        .arg("healthcheck")
+        .env("HEMOSTAT_LISTEN", format!("0.0.0.0:{agent_port}"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let check = Command::new(&bin)
+        .arg("healthcheck")
+        .env("HEMOSTAT_LISTEN", format!("0.0.0.0:{}", free_port()))
+        .output()
+        .unwrap();
+    assert!(!check.status.success(), "nothing listens there");
+
+    let pid = child.id().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("the dashboard did not stop on SIGTERM")
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(128 + 15),
+        "stopped by SIGTERM, cleanly"
+    );
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(logs.contains("enabled (token set)"), "{logs}");
+    assert!(logs.contains("breaker reset from the dashboard"), "{logs}");
+    assert!(
+        !logs.contains("SECRETDASHTOKEN"),
+        "the token reached the logs:\n{logs}"
+    );
 }

@@ -278,7 +278,14 @@ async fn the_whole_stack_heals_what_it_should_and_leaves_alone_what_it_must() {
         "compose up failed:\n{}",
         String::from_utf8_lossy(&up.stderr)
     );
-    for service in ["redis", "monitor", "analyzer", "responder", "alert"] {
+    for service in [
+        "redis",
+        "monitor",
+        "analyzer",
+        "responder",
+        "alert",
+        "dashboard",
+    ] {
         let id = stack.container(service);
         eventually(&format!("{service} healthy"), || {
             inspect(&id, "{{.State.Health.Status}}") == "healthy"

@@ -1,0 +1,289 @@
+//! Benchmark: time to recovery. A watched container is killed; hemostat's full pipeline
+//! (monitor → analyzer rules → responder restart) brings it back. Compared with a plain
+//! `docker restart -t 0` of the same kind of container in the same run.
+//!
+//! Runs the real release binaries of the monitor, analyzer (rules only) and responder against a
+//! private redis-server and the real Docker engine. For each kill it measures, from the
+//! container's `State.FinishedAt` (the engine's record of the death) to Docker's `start` event
+//! for the same container (the engine's record of it running again), plus the same from the
+//! moment the harness asked for the kill.
+//!
+//! Run with `scripts/bench-recovery.sh` (builds in release first). Not part of the test run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bollard::Docker;
+use bollard::query_parameters::{
+    EventsOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
+    RestartContainerOptionsBuilder,
+};
+use chrono::{DateTime, TimeZone, Utc};
+use clap::Parser;
+use futures::StreamExt;
+use hemostat_tests::{Patient, PatientSpec, TestRedis, random_id};
+
+#[derive(Parser)]
+#[command(about = "kill → running again: hemostat's pipeline vs docker restart")]
+struct Args {
+    /// How many containers to kill and let hemostat restart.
+    #[arg(long, default_value_t = 30)]
+    kills: usize,
+    /// How many containers to `docker restart -t 0` for the baseline.
+    #[arg(long, default_value_t = 30)]
+    restarts: usize,
+    /// Pause after each measurement, so each one is of one container, not a storm.
+    #[arg(long, default_value = "500ms", value_parser = hemostat_common::config::parse_duration)]
+    gap: Duration,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Prints one row and returns its p50.
+fn report(name: &str, mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    println!(
+        "{name:<46} n={:<3} p50={:>7.1} ms  p95={:>7.1} ms  p99={:>7.1} ms  max={:>7.1} ms",
+        v.len(),
+        percentile(&v, 50.0),
+        percentile(&v, 95.0),
+        percentile(&v, 99.0),
+        v.last().copied().unwrap_or(f64::NAN)
+    );
+    percentile(&v, 50.0)
+}
+
+fn ms(d: chrono::TimeDelta) -> f64 {
+    d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0
+}
+
+/// A child process killed (and reaped) on drop.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn agent(dir: &Path, name: &str, redis: &TestRedis, env: &[(&str, &str)]) -> anyhow::Result<Agent> {
+    let bin = dir.join(name);
+    if !bin.exists() {
+        bail!("{} not found: run scripts/bench-recovery.sh", bin.display());
+    }
+    let mut cmd = Command::new(&bin);
+    cmd.env("REDIS_URL", redis.url())
+        .env("HEMOSTAT_LISTEN", "127.0.0.1:0")
+        .env("HEMOSTAT_HOST_ID", "bench")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Ok(Agent(cmd.spawn().with_context(|| format!("start {name}"))?))
+}
+
+async fn groups_ready(redis: &TestRedis) -> bool {
+    let mut conn = redis.conn().await;
+    for stream in [
+        "hemostat:stream:health_alert",
+        "hemostat:stream:remediation_needed",
+    ] {
+        let r: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(&mut conn)
+            .await;
+        if !r.is_ok_and(|g| !g.is_empty()) {
+            return false;
+        }
+    }
+    true
+}
+
+struct State {
+    started: DateTime<Utc>,
+    finished: DateTime<Utc>,
+    running: bool,
+}
+
+async fn state(docker: &Docker, id: &str) -> anyhow::Result<State> {
+    let s = docker
+        .inspect_container(id, None::<InspectContainerOptions>)
+        .await?
+        .state
+        .context("state")?;
+    Ok(State {
+        started: s.started_at.context("started_at")?.parse()?,
+        finished: s.finished_at.context("finished_at")?.parse()?,
+        running: s.running.unwrap_or(false),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let redis = TestRedis::start().context("redis-server is required")?;
+    let docker = hemostat_tests::docker()
+        .await
+        .context("docker is required")?;
+    hemostat_tests::ensure_patient_image();
+
+    let dir: PathBuf = std::env::current_exe()?
+        .parent()
+        .context("exe dir")?
+        .to_path_buf();
+    let _monitor = agent(&dir, "hemostat-monitor", &redis, &[])?;
+    let _analyzer = agent(
+        &dir,
+        "hemostat-analyzer",
+        &redis,
+        &[("OPENAI_API_KEY", ""), ("OPENAI_BASE_URL", "")],
+    )?;
+    // Each kill is of a fresh container, so the per-container backoff and breaker never apply;
+    // the host-wide guards (storm, write rate) are opened so that 30 kills in a minute are not
+    // a storm: this measures the path, not the guards.
+    let _responder = agent(
+        &dir,
+        "hemostat-responder",
+        &redis,
+        &[
+            ("HEMOSTAT_BACKOFF_RESET", "1s"),
+            ("HEMOSTAT_STORM_THRESHOLD", "1000"),
+            ("HEMOSTAT_STORM_WINDOW", "1s"),
+            ("HEMOSTAT_DOCKER_WRITE_RATE", "100000"),
+        ],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !groups_ready(&redis).await {
+        if Instant::now() > deadline {
+            bail!("the analyzer and responder did not create their consumer groups in 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let prefix = format!("hsrec-{}", random_id());
+    // Docker's `start` events for our containers (the engine's time of "running again").
+    let mut filters = HashMap::new();
+    filters.insert("type", vec!["container"]);
+    filters.insert("event", vec!["start"]);
+    let label = format!("hemostat.test={prefix}");
+    filters.insert("label", vec![label.as_str()]);
+    let mut events = docker.events(Some(EventsOptionsBuilder::new().filters(&filters).build()));
+
+    // The baseline's containers are the same image and command, outside hemostat's scope, so
+    // hemostat never acts on them.
+    let mut plain = PatientSpec::watched(&[]);
+    plain
+        .labels
+        .insert("hemostat.enable".into(), "false".into());
+
+    let mut keep = Vec::new();
+    let mut pipeline_from_death = Vec::new();
+    let mut pipeline_started = Vec::new();
+    let mut pipeline_from_kill = Vec::new();
+    let mut restart_call = Vec::new();
+    let mut restart_gap = Vec::new();
+    let rounds = args.kills.max(args.restarts);
+    for i in 0..rounds {
+        if i < args.kills {
+            let p = Patient::start(
+                &docker,
+                &prefix,
+                &format!("k{i}"),
+                PatientSpec::watched(&[]),
+            )
+            .await;
+            // Let the monitor see it start (and cache its state from a live inspect).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let asked = Utc::now();
+            let kill = {
+                let docker = docker.clone();
+                let id = p.id.clone();
+                tokio::spawn(async move {
+                    let opts = KillContainerOptionsBuilder::new().signal("KILL").build();
+                    docker.kill_container(&id, Some(opts)).await
+                })
+            };
+            let wait = Duration::from_secs(15);
+            let until = Instant::now() + wait;
+            let running_at: DateTime<Utc> = loop {
+                let left = until.saturating_duration_since(Instant::now());
+                let ev = tokio::time::timeout(left, events.next())
+                    .await
+                    .with_context(|| format!("{} not running again within {wait:?}", p.name))?
+                    .context("docker events ended")??;
+                let id = ev.actor.as_ref().and_then(|a| a.id.as_deref());
+                let Some(nanos) = ev.time_nano else { continue };
+                let t = Utc.timestamp_nanos(nanos);
+                if id == Some(p.id.as_str()) && t > asked {
+                    break t;
+                }
+            };
+            kill.await??;
+            let s = state(&docker, &p.id).await?;
+            pipeline_from_death.push(ms(running_at - s.finished));
+            pipeline_started.push(ms(s.started - s.finished));
+            pipeline_from_kill.push(ms(running_at - asked));
+            keep.push(p);
+            tokio::time::sleep(args.gap).await;
+        }
+        if i < args.restarts {
+            let p = Patient::start(&docker, &prefix, &format!("r{i}"), plain.clone()).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let t0 = Instant::now();
+            let opts = RestartContainerOptionsBuilder::new().t(0).build();
+            docker.restart_container(&p.id, Some(opts)).await?;
+            let s = loop {
+                let s = state(&docker, &p.id).await?;
+                if s.running && s.started > s.finished {
+                    break s;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            restart_call.push(t0.elapsed().as_secs_f64() * 1000.0);
+            restart_gap.push(ms(s.started - s.finished));
+            keep.push(p);
+            tokio::time::sleep(args.gap).await;
+        }
+        eprint!("\r{}/{rounds} rounds", i + 1);
+    }
+    eprintln!();
+    drop(events);
+    drop(_responder);
+    drop(_analyzer);
+    drop(_monitor);
+
+    println!(
+        "kill → running again ({} kills through hemostat, {} plain docker restarts, interleaved)",
+        pipeline_from_death.len(),
+        restart_call.len()
+    );
+    let from_death = report("hemostat: FinishedAt → start event", pipeline_from_death);
+    report("hemostat: FinishedAt → StartedAt", pipeline_started);
+    let from_kill = report("hemostat: kill request → start event", pipeline_from_kill);
+    let call = report("docker restart -t 0: call → running", restart_call);
+    let gap = report("docker restart -t 0: FinishedAt → StartedAt", restart_gap);
+    println!(
+        "p50 ratio, kill request → running: hemostat / docker restart = {:.2}x ({:+.1} ms)",
+        from_kill / call,
+        from_kill - call
+    );
+    println!(
+        "p50 ratio, death → running: hemostat / docker restart = {:.2}x ({:+.1} ms)",
+        from_death / gap,
+        from_death - gap
+    );
+    drop(keep);
+    Ok(())
+}

@@ -144,10 +144,8 @@ pub async fn live_heartbeats(bus: &Bus) -> Result<Vec<Envelope>, BusError> {
         .collect())
 }
 
-/// The breaker key of a container (the responder's naming).
-pub fn breaker_key(host: &str, name: &str) -> String {
-    format!("hemostat:breaker:{host}:{name}")
-}
+/// The breaker key of a container: the responder's own naming, not a copy of it.
+pub use hemostat_responder::keys::breaker as breaker_key;
 
 /// Fills in each row's breaker state, one `PTTL` per row in one round trip.
 pub async fn fill_breakers(bus: &Bus, rows: &mut [ContainerRow]) -> Result<(), BusError> {

@@ -590,3 +590,26 @@ impl Drop for DockerProxy {
         self.cut.cancel();
     }
 }
+
+/// Waits (up to 10 s) until `group` exists on `stream`.
+pub async fn wait_for_group(client: &redis::Client, stream: &str, group: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+            let reply: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
+                redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(stream)
+                    .query_async(&mut conn)
+                    .await;
+            if reply.is_ok_and(|r| r.groups.iter().any(|g| g.name == group)) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumer group {group} never appeared on {stream}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -19,6 +19,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use hemostat_common::events::Channel;
 use tokio_util::sync::CancellationToken;
+
+pub use crate::wait_for_group;
 
 /// What the stub answers to one request.
 #[derive(Debug, Clone)]
@@ -324,28 +326,5 @@ impl RunningAnalyzer {
     pub async fn stop(self) -> bool {
         self.shutdown.cancel();
         self.done.await.unwrap_or(false)
-    }
-}
-
-/// Waits (up to 10 s) until `group` exists on `stream`.
-pub async fn wait_for_group(client: &redis::Client, stream: &str, group: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            let reply: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
-                redis::cmd("XINFO")
-                    .arg("GROUPS")
-                    .arg(stream)
-                    .query_async(&mut conn)
-                    .await;
-            if reply.is_ok_and(|r| r.groups.iter().any(|g| g.name == group)) {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "consumer group {group} never appeared on {stream}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

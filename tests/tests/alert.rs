@@ -31,7 +31,7 @@ use hemostat_common::events::{
 use hemostat_common::http::Health;
 use hemostat_common::metrics::AgentMetrics;
 use hemostat_common::shutdown::Shutdown;
-use hemostat_tests::{TestRedis, init_logs, random_id, require};
+use hemostat_tests::{TestRedis, init_logs, random_id, require, wait_for_group};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -302,28 +302,6 @@ impl RunningAlert {
     async fn stop(self) -> bool {
         self.shutdown.cancel();
         self.done.await.unwrap_or(false)
-    }
-}
-
-async fn wait_for_group(client: &redis::Client, stream: &str, group: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            let reply: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
-                redis::cmd("XINFO")
-                    .arg("GROUPS")
-                    .arg(stream)
-                    .query_async(&mut conn)
-                    .await;
-            if reply.is_ok_and(|r| r.groups.iter().any(|g| g.name == group)) {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "consumer group {group} never appeared on {stream}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

@@ -33,7 +33,7 @@ use hemostat_common::metrics::AgentMetrics;
 use hemostat_common::shutdown::Shutdown;
 use hemostat_responder::Responder;
 use hemostat_responder::config::ResponderArgs;
-use hemostat_tests::openai_stub::wait_for_group;
+use hemostat_tests::wait_for_group;
 use hemostat_tests::{
     PATIENT_IMAGE, Patient, PatientSpec, StreamReader, TestRedis, docker, ensure_patient_image,
     init_logs, random_id, require,

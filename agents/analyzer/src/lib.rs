@@ -27,7 +27,7 @@ use hemostat_common::bus::{Bus, ConsumerConfig, consume};
 use hemostat_common::docker::container_state;
 use hemostat_common::events::{
     Action, AnalysisMethod, Channel, ContainerAlert, ContainerRef, Envelope, Escalation,
-    EscalationKind, FalseAlarm, HostAlert, HostAlertKind, Payload, RemediationRequest, Severity,
+    EscalationKind, FalseAlarm, HostAlert, Payload, RemediationRequest, Severity,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -613,14 +613,6 @@ pub fn spawn(analyzer: Arc<Analyzer>, ctx: &AgentContext) {
     });
 }
 
-/// Exposed for tests: host problems map to host kinds.
-pub fn is_host_kind(k: HostAlertKind) -> bool {
-    matches!(
-        k,
-        HostAlertKind::DiskPressure | HostAlertKind::MemoryPressure | HostAlertKind::CpuPressure
-    )
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -721,6 +713,5 @@ mod tests {
     fn series_tail() {
         assert_eq!(tail(vec![1.0, 2.0, 3.0], 2), [2.0, 3.0]);
         assert_eq!(tail(vec![1.0], 5), [1.0]);
-        assert!(is_host_kind(HostAlertKind::DiskPressure));
     }
 }

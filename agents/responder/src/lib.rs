@@ -55,10 +55,10 @@ pub struct ResponderMetrics {
     pub ignored_other_host: Counter,
 }
 
-/// Redis keys of the responder's shared state (shared by replicas on one host, and surviving
+/// Redis keys of the responder's shared state (public: the dashboard reads breakers) (shared by replicas on one host, and surviving
 /// restarts). Containers are keyed by name: compose recreates a container under the same name,
 /// and its history must follow it.
-mod keys {
+pub mod keys {
     pub fn history(host: &str, name: &str) -> String {
         format!("hemostat:history:{host}:{name}")
     }
@@ -630,7 +630,7 @@ impl Responder {
             .cmd("ZADD")
             .arg(&key)
             .arg(now)
-            .arg(format!("{now}:{}", ulid_like()))
+            .arg(format!("{now}:{}", ulid::Ulid::new()))
             .ignore()
             .cmd("ZREMRANGEBYSCORE")
             .arg(&key)
@@ -847,18 +847,6 @@ fn past(a: Action) -> &'static str {
         Action::Cleanup => "cleaned up",
         Action::None => "left",
     }
-}
-
-/// A unique suffix for sorted-set members (two remediations in the same millisecond).
-fn ulid_like() -> String {
-    format!("{:x}", rand_u64())
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(now_ms());
-    h.finish()
 }
 
 /// Closes a container's breaker and forgets its history (the explicit reset command).

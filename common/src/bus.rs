@@ -261,16 +261,34 @@ impl Bus {
         envs: &[Envelope],
         extra_streams: &[&str],
     ) -> Result<bool, BusError> {
+        self.publish_once_flagged(marker, ttl, envs, extra_streams, None)
+            .await
+    }
+
+    /// [`Bus::publish_once_to`], also setting `flag` (key, value, expiry) in the same atomic
+    /// step. A flag that readers of these messages will clear (the analyzer's "remediation in
+    /// flight") must be set with them: set after them, it can land after the reader already
+    /// cleared it, and then it stays until it expires.
+    pub async fn publish_once_flagged(
+        &self,
+        marker: &str,
+        ttl: Duration,
+        envs: &[Envelope],
+        extra_streams: &[&str],
+        flag: Option<(&str, &str, Duration)>,
+    ) -> Result<bool, BusError> {
         // A Lua script runs atomically: no other client sees the marker without the messages.
-        // ARGV: ttl, maxlen, number of extra streams, the extra streams, then per envelope:
-        // stream, event_type, json, channel.
+        // KEYS: the marker, then the flag if any. ARGV: ttl, maxlen, flag value, flag expiry
+        // (ms), number of extra streams, the extra streams, then per envelope: stream,
+        // event_type, json, channel.
         const SCRIPT: &str = r#"
             if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-            local extra = tonumber(ARGV[3])
-            for i = 4 + extra, #ARGV, 4 do
+            if KEYS[2] then redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4]) end
+            local extra = tonumber(ARGV[5])
+            for i = 6 + extra, #ARGV, 4 do
                 redis.call('XADD', ARGV[i], 'MAXLEN', '~', ARGV[2], '*',
                     'event_type', ARGV[i + 1], 'envelope', ARGV[i + 2])
-                for j = 4, 3 + extra do
+                for j = 6, 5 + extra do
                     redis.call('XADD', ARGV[j], 'MAXLEN', '~', ARGV[2], '*',
                         'event_type', ARGV[i + 1], 'envelope', ARGV[i + 2])
                 end
@@ -280,8 +298,17 @@ impl Bus {
         "#;
         let script = redis::Script::new(SCRIPT);
         let mut inv = script.key(marker);
+        let (flag_value, flag_ms) = match flag {
+            Some((key, value, expiry)) => {
+                inv.key(key);
+                (value, expiry.as_millis().max(1) as u64)
+            }
+            None => ("", 0),
+        };
         inv.arg(ttl.as_secs().max(1))
             .arg(self.maxlen)
+            .arg(flag_value)
+            .arg(flag_ms)
             .arg(extra_streams.len());
         for s in extra_streams {
             inv.arg(*s);
@@ -371,6 +398,88 @@ impl Bus {
             .inc();
         tracing::warn!(source, entry_id, reason, "dead-lettered");
         Ok(())
+    }
+}
+
+/// A process-local copy of the newest `cap` envelopes of one stream, for handlers that look
+/// at recent history on every message (the analyzer's crash-loop counts, the responder's "did a
+/// person stop it" check, the alert agent's verdict lookup).
+///
+/// Every read still asks Redis, so a read sees everything published before it started, as
+/// [`Bus::recent`] does; but it asks only for entries newer than the last one it holds
+/// (`XREVRANGE stream + (last COUNT cap`), so each entry crosses the network and is decoded once
+/// per process rather than once per message. Concurrent readers share one refresh: a reader
+/// that waited for the lock while another refreshed uses that refresh if it began after the
+/// reader arrived.
+#[derive(Debug)]
+pub struct RecentWindow {
+    channel: Channel,
+    cap: usize,
+    /// Hands out increasing numbers to arriving readers and to refreshes.
+    ticket: std::sync::atomic::AtomicU64,
+    state: tokio::sync::Mutex<WindowState>,
+}
+
+#[derive(Debug, Default)]
+struct WindowState {
+    /// Stream id of the newest entry held.
+    last: Option<String>,
+    /// Ticket of the newest completed refresh.
+    refreshed: u64,
+    /// Newest first.
+    entries: std::collections::VecDeque<Envelope>,
+}
+
+impl RecentWindow {
+    pub fn new(channel: Channel, cap: usize) -> RecentWindow {
+        RecentWindow {
+            channel,
+            cap: cap.max(1),
+            ticket: std::sync::atomic::AtomicU64::new(1),
+            state: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// Brings the window up to date and runs `f` over its envelopes, newest first.
+    pub async fn read<R>(
+        &self,
+        bus: &Bus,
+        f: impl FnOnce(std::collections::vec_deque::Iter<'_, Envelope>) -> R,
+    ) -> Result<R, BusError> {
+        use std::sync::atomic::Ordering;
+        let arrived = self.ticket.fetch_add(1, Ordering::SeqCst);
+        let mut state = self.state.lock().await;
+        if state.refreshed <= arrived {
+            let refresh = self.ticket.fetch_add(1, Ordering::SeqCst);
+            let start = match &state.last {
+                Some(id) => format!("({id}"),
+                None => "-".to_owned(),
+            };
+            let mut conn = bus.conn.clone();
+            let r: redis::RedisResult<redis::streams::StreamRangeReply> = redis::cmd("XREVRANGE")
+                .arg(self.channel.stream())
+                .arg("+")
+                .arg(&start)
+                .arg("COUNT")
+                .arg(self.cap)
+                .query_async(&mut conn)
+                .await;
+            let fresh = bus.note(r)?.ids;
+            if let Some(newest) = fresh.first() {
+                state.last = Some(newest.id.clone());
+            }
+            // `fresh` is newest first: push the oldest of them to the front first.
+            for entry in fresh.iter().rev() {
+                if let Some(env) = field_string(&entry.map, STREAM_FIELD_ENVELOPE)
+                    .and_then(|raw| Envelope::from_json(&raw).ok())
+                {
+                    state.entries.push_front(env);
+                }
+            }
+            state.entries.truncate(self.cap);
+            state.refreshed = refresh;
+        }
+        Ok(f(state.entries.iter()))
     }
 }
 

@@ -817,6 +817,85 @@ async fn first_time_is_idempotent() {
     assert!((1..=60).contains(&left), "TTL {left}");
 }
 
+/// The names in a window read, newest first.
+async fn window_names(w: &bus::RecentWindow, bus: &Bus) -> Vec<String> {
+    w.read(bus, |recent| {
+        recent
+            .filter_map(|e| match &e.payload {
+                Payload::ContainerUnhealthy(a) => Some(a.container.name.clone()),
+                _ => None,
+            })
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_window_sees_every_publish_newest_first_and_keeps_its_cap() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, _) = connect_bus(&redis.url(), 10_000).await;
+    let w = bus::RecentWindow::new(Channel::HealthAlert, 4);
+    // An empty (even missing) stream is an empty window.
+    assert!(window_names(&w, &bus).await.is_empty());
+    for name in ["a", "b", "c"] {
+        bus.publish(&alert(name)).await.unwrap();
+    }
+    assert_eq!(window_names(&w, &bus).await, ["c", "b", "a"]);
+    // Only what is new is fetched, and the cap keeps the newest.
+    for name in ["d", "e"] {
+        bus.publish(&alert(name)).await.unwrap();
+    }
+    assert_eq!(window_names(&w, &bus).await, ["e", "d", "c", "b"]);
+    // More new entries than the cap: the window is the newest `cap` of them.
+    for name in ["f", "g", "h", "i", "j", "k"] {
+        bus.publish(&alert(name)).await.unwrap();
+    }
+    assert_eq!(window_names(&w, &bus).await, ["k", "j", "i", "h"]);
+    // A read with nothing new changes nothing.
+    assert_eq!(window_names(&w, &bus).await, ["k", "j", "i", "h"]);
+    // Envelopes of other types on the stream are kept (the reader filters), undecodable entries
+    // are skipped.
+    let mut conn = redis.conn().await;
+    let _: String = redis::cmd("XADD")
+        .arg(HEALTH)
+        .arg("*")
+        .arg("envelope")
+        .arg("{not json")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    bus.publish(&alert("l")).await.unwrap();
+    assert_eq!(window_names(&w, &bus).await, ["l", "k", "j", "i"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_window_readers_never_miss_what_was_published_before_they_read() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, _) = connect_bus(&redis.url(), 10_000).await;
+    let w = Arc::new(bus::RecentWindow::new(Channel::HealthAlert, 1000));
+    // Many concurrent readers, each publishing its own alert first: whichever refresh serves
+    // a reader, its own alert must be in what it reads.
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let (w, bus) = (w.clone(), bus.clone());
+        tasks.push(tokio::spawn(async move {
+            let name = format!("r{i}");
+            bus.publish(&alert(&name)).await.unwrap();
+            let names = window_names(&w, &bus).await;
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(window_names(&w, &bus).await.len(), 64);
+}
+
 #[derive(clap::Parser, Debug)]
 struct Cli {
     #[command(flatten)]

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use hemostat_common::agent::AgentContext;
-use hemostat_common::bus::{Bus, ConsumerConfig, consume};
+use hemostat_common::bus::{Bus, ConsumerConfig, RecentWindow, consume};
 use hemostat_common::events::{Channel, Envelope, Payload};
 use hemostat_common::shutdown::Shutdown;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -60,6 +60,8 @@ pub struct AlertService {
     /// PagerDuty sinks' queues (for recoveries that bypass the engine).
     pagers: std::sync::OnceLock<Vec<Queued>>,
     render: RenderContext,
+    /// Recent verdicts, read incrementally: a remediation's message quotes the verdict's why.
+    recent_verdicts: RecentWindow,
     pub metrics: AlertMetrics,
 }
 
@@ -83,6 +85,7 @@ impl AlertService {
             wake: Notify::new(),
             silences: RwLock::default(),
             pagers: std::sync::OnceLock::new(),
+            recent_verdicts: RecentWindow::new(Channel::RemediationNeeded, 500),
             metrics: AlertMetrics::default(),
         }
     }
@@ -177,14 +180,20 @@ impl AlertService {
             return Ok(());
         };
         // A remediation message says why, too: find the verdict it answered.
-        if let Payload::RemediationComplete(r) = &env.payload
-            && let Ok(recent) = self.bus.recent(Channel::RemediationNeeded, 500).await
-            && let Some(Payload::RemediationNeeded(req)) = recent
-                .iter()
-                .find(|e| e.id == r.request_id)
-                .map(|e| &e.payload)
-        {
-            n = notify::with_verdict(n, &req.root_cause, req.confidence, req.analysis_method);
+        if let Payload::RemediationComplete(r) = &env.payload {
+            let verdict = self.recent_verdicts.read(&self.bus, |mut recent| {
+                recent
+                    .find(|e| e.id == r.request_id)
+                    .and_then(|e| match &e.payload {
+                        Payload::RemediationNeeded(req) => {
+                            Some((req.root_cause.clone(), req.confidence, req.analysis_method))
+                        }
+                        _ => None,
+                    })
+            });
+            if let Ok(Some((root_cause, confidence, method))) = verdict.await {
+                n = notify::with_verdict(n, &root_cause, confidence, method);
+            }
         }
         let silences = self
             .silences

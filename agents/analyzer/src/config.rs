@@ -47,10 +47,16 @@ pub struct AnalyzerArgs {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub llm_rate: u32,
 
-    /// Most LLM requests in flight (and alerts analysed at once).
+    /// Most LLM requests in flight (and, with an LLM, alerts analysed at once).
     #[arg(long, env = "HEMOSTAT_LLM_CONCURRENCY", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub llm_concurrency: u16,
+
+    /// Alerts analysed at once by rules alone (each is mostly waiting on Docker and Redis).
+    /// With an LLM configured, HEMOSTAT_LLM_CONCURRENCY sets it instead.
+    #[arg(long, env = "HEMOSTAT_ANALYZER_CONCURRENCY", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
 
     /// Container log lines read as context.
     #[arg(long, env = "HEMOSTAT_LOG_LINES", default_value_t = 100,
@@ -102,6 +108,8 @@ pub struct AnalyzerConfig {
     pub crash_loop_window: Duration,
     pub crash_loop_budget: u32,
     pub coalesce_window: Duration,
+    /// Alerts analysed at once.
+    pub concurrency: usize,
 }
 
 impl AnalyzerArgs {
@@ -164,6 +172,7 @@ impl AnalyzerArgs {
             crash_loop_window: self.crash_loop_window,
             crash_loop_budget: self.crash_loop_budget,
             coalesce_window: self.coalesce_window.max(Duration::from_secs(1)),
+            concurrency: usize::from(self.concurrency),
         })
     }
 }
@@ -201,6 +210,7 @@ mod tests {
             (&["--llm-timeout", "1ms"], "HEMOSTAT_LLM_TIMEOUT"),
             (&["--llm-rate", "0"], "HEMOSTAT_LLM_RATE"),
             (&["--log-lines", "many"], "HEMOSTAT_LOG_LINES"),
+            (&["--concurrency", "0"], "HEMOSTAT_ANALYZER_CONCURRENCY"),
         ];
         for (args, var) in cases {
             let err = parse(args).unwrap_err();

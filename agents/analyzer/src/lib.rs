@@ -2,9 +2,10 @@
 //! why, how sure) or `false_alarm` (why not), both with the root cause.
 //!
 //! Per alert: skip it if already answered (idempotent on the envelope id), fold it if the same
-//! container already has an analysis or remediation in flight, gather context (inspect, the
-//! scrubbed log tail, metric trends, recent remediations and alerts), decide by the rules,
-//! ask the LLM when configured and the rules allow it, validate, publish.
+//! container already has an analysis or remediation in flight, gather the facts (inspect,
+//! metric trends, recent remediations and alerts), decide by the rules, and, when an LLM is
+//! configured and the rules allow it, read the scrubbed log tail and ask it; validate, publish.
+//! Logs are read only for the LLM: the rules never look at them.
 //!
 //! Architecture invariant: the target of a verdict is always the alert's container on the
 //! alert's host; nothing the LLM or a log line says can change it.
@@ -23,7 +24,7 @@ use bollard::query_parameters::{InspectContainerOptions, LogsOptionsBuilder};
 use chrono::Utc;
 use futures::StreamExt;
 use hemostat_common::agent::AgentContext;
-use hemostat_common::bus::{Bus, ConsumerConfig, consume};
+use hemostat_common::bus::{Bus, ConsumerConfig, RecentWindow, consume};
 use hemostat_common::docker::container_state;
 use hemostat_common::events::{
     Action, AnalysisMethod, Channel, ContainerAlert, ContainerRef, Envelope, Escalation,
@@ -39,6 +40,9 @@ use crate::rules::{Facts, Trend, Verdict};
 
 /// The agent's name on the bus and its consumer group.
 pub const AGENT: &str = "analyzer";
+
+/// The longest wait for one Docker call (inspect, logs) while gathering context.
+const DOCKER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long "already answered" markers live.
 const ANSWERED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -68,6 +72,10 @@ pub struct Analyzer {
     agent: String,
     /// Containers being analysed right now (`host/container id`).
     in_flight: Mutex<HashSet<String>>,
+    /// Recent history, read incrementally (see [`RecentWindow`]).
+    recent_metrics: RecentWindow,
+    recent_remediations: RecentWindow,
+    recent_alerts: RecentWindow,
     pub metrics: AnalyzerMetrics,
 }
 
@@ -112,6 +120,9 @@ impl Analyzer {
             llm,
             agent: agent.to_owned(),
             in_flight: Mutex::default(),
+            recent_metrics: RecentWindow::new(Channel::Metrics, 60),
+            recent_remediations: RecentWindow::new(Channel::RemediationComplete, 500),
+            recent_alerts: RecentWindow::new(Channel::HealthAlert, 500),
             metrics: AnalyzerMetrics::default(),
         })
     }
@@ -210,9 +221,9 @@ impl Analyzer {
             return Ok(());
         }
 
-        let (facts, document) = self.gather(env, a).await;
+        let facts = self.gather(env, a).await;
         let rules = rules::decide(&facts);
-        let decided = self.consult(rules, &document).await;
+        let decided = self.consult(rules, a, &facts).await;
         let mut out = Vec::new();
         let request = verdict_payload(&self.cfg, env, Some(&a.container), &decided);
         let remediation = matches!(request, Payload::RemediationNeeded(_));
@@ -229,17 +240,12 @@ impl Analyzer {
                 ),
             }));
         }
-        self.publish(env, marker, out, &decided).await?;
-        if remediation {
-            let _: () = redis::cmd("SET")
-                .arg(inflight_key(&env.host, &a.container.id))
-                .arg(&env.id)
-                .arg("EX")
-                .arg(self.cfg.coalesce_window.as_secs().max(1))
-                .query_async(&mut conn)
-                .await?;
-        }
-        Ok(())
+        // The in-flight mark goes out with the request: the responder may answer before a
+        // separate SET would land, and the mark would then outlive the remediation.
+        let inflight = inflight_key(&env.host, &a.container.id);
+        let flag =
+            remediation.then_some((inflight.as_str(), env.id.as_str(), self.cfg.coalesce_window));
+        self.publish(env, marker, out, &decided, flag).await
     }
 
     async fn host(&self, env: &Envelope, h: &HostAlert, marker: &str) -> anyhow::Result<()> {
@@ -261,22 +267,27 @@ impl Analyzer {
                 detail: decided.rules.root_cause.clone(),
             }));
         }
-        self.publish(env, marker, out, &decided).await
+        self.publish(env, marker, out, &decided, None).await
     }
 
-    /// Publishes the verdict (and any escalation) exactly once per alert.
+    /// Publishes the verdict (and any escalation) exactly once per alert, with `flag` set in the
+    /// same step.
     async fn publish(
         &self,
         env: &Envelope,
         marker: &str,
         payloads: Vec<Payload>,
         d: &Decided,
+        flag: Option<(&str, &str, Duration)>,
     ) -> anyhow::Result<()> {
         let envs: Vec<Envelope> = payloads
             .into_iter()
             .map(|p| Envelope::new(&self.agent, &env.host, p))
             .collect();
-        let published = self.bus.publish_once(marker, ANSWERED_TTL, &envs).await?;
+        let published = self
+            .bus
+            .publish_once_flagged(marker, ANSWERED_TTL, &envs, &[], flag)
+            .await?;
         if !published {
             self.metrics.duplicates.inc();
             return Ok(());
@@ -295,13 +306,14 @@ impl Analyzer {
     }
 
     /// Asks the LLM when one is configured and the rules leave room for judgement.
-    async fn consult(&self, rules: Verdict, document: &str) -> Decided {
+    async fn consult(&self, rules: Verdict, a: &ContainerAlert, facts: &Facts) -> Decided {
         // A person's action and a crash loop are safety verdicts: no LLM can overrule them.
         let binding = matches!(rules.rule, "user_initiated" | "crash_loop");
         let Some(llm) = self.llm.as_ref().filter(|_| !binding) else {
             return Decided::from_rules(rules);
         };
-        match llm.verdict(document).await {
+        let document = self.document(a, facts).await;
+        match llm.verdict(&document).await {
             Ok(v) => Decided {
                 action: v.action,
                 confidence: v.confidence,
@@ -323,12 +335,11 @@ impl Analyzer {
         }
     }
 
-    /// Collects the facts for the rules and the scrubbed JSON document for the LLM.
-    async fn gather(&self, env: &Envelope, a: &ContainerAlert) -> (Facts, String) {
+    /// Collects the facts for the rules.
+    async fn gather(&self, env: &Envelope, a: &ContainerAlert) -> Facts {
         let id = &a.container.id;
-        let timeout = Duration::from_secs(3);
         let inspect = tokio::time::timeout(
-            timeout,
+            DOCKER_TIMEOUT,
             self.docker
                 .inspect_container(id, None::<InspectContainerOptions>),
         )
@@ -351,10 +362,9 @@ impl Analyzer {
             .or(state.health.as_ref())
             .and_then(|h| h.last_output.clone());
 
-        let (logs, dropped) = self.logs(id, timeout).await;
         let (cpu, memory) = self.series(id).await;
         let (remediations, alerts) = self.history(env, id).await;
-        let facts = Facts {
+        Facts {
             kind: Some(a.kind),
             host_kind: None,
             user_initiated: a.user_initiated,
@@ -364,13 +374,18 @@ impl Analyzer {
                 .restart_count
                 .max(a.state.as_ref().map(|s| s.restart_count).unwrap_or(0)),
             memory_limit_bytes: state.memory_limit_bytes,
-            health_output: health_output.clone(),
+            health_output,
             cpu_trend: Trend::of(&cpu, 5.0),
             memory_trend: Trend::of(&memory, 3.0),
             recent_remediations: remediations,
             recent_alerts: alerts,
             crash_loop_budget: self.cfg.crash_loop_budget,
-        };
+        }
+    }
+
+    /// The scrubbed JSON document for the LLM: the facts, and the container's log tail.
+    async fn document(&self, a: &ContainerAlert, facts: &Facts) -> String {
+        let (logs, dropped) = self.logs(&a.container.id, DOCKER_TIMEOUT).await;
         let labels: BTreeMap<String, String> = a
             .container
             .labels
@@ -378,30 +393,29 @@ impl Analyzer {
             .map(|(k, v)| (k.clone(), scrub::scrub(v)))
             .collect();
         // Everything from the container is data: quoted JSON strings, scrubbed.
-        let document = serde_json::json!({
+        serde_json::json!({
             "container": {"name": a.container.name, "image": a.container.image, "labels": labels},
             "alert": {
                 "kind": a.kind.as_str(),
                 "summary": scrub::scrub(&a.summary),
                 "severity": a.severity,
-                "exit_code": exit_code,
-                "oom_killed": oom_killed,
+                "exit_code": facts.exit_code,
+                "oom_killed": facts.oom_killed,
                 "restart_count": facts.restart_count,
                 "memory_limit_bytes": facts.memory_limit_bytes,
-                "health_check_output": health_output.as_deref().map(scrub::scrub),
+                "health_check_output": facts.health_output.as_deref().map(scrub::scrub),
                 "breach": a.breach,
             },
             "trends": {"cpu": facts.cpu_trend.as_str(), "memory": facts.memory_trend.as_str()},
             "history": {
-                "remediations_in_window": remediations,
-                "alerts_in_window": alerts,
+                "remediations_in_window": facts.recent_remediations,
+                "alerts_in_window": facts.recent_alerts,
                 "window_minutes": self.cfg.crash_loop_window.as_secs() / 60,
             },
             "logs_note": format!("last {} lines of the container's output, {} older lines dropped, secrets redacted; untrusted data", logs.len(), dropped),
             "logs": logs,
         })
-        .to_string();
-        (facts, document)
+        .to_string()
     }
 
     /// The scrubbed, trimmed log tail.
@@ -434,22 +448,21 @@ impl Analyzer {
 
     /// The container's recent CPU and memory percentages, oldest first.
     async fn series(&self, id: &str) -> (Vec<f64>, Vec<f64>) {
-        let recent = self
-            .bus
-            .recent(Channel::Metrics, 60)
-            .await
-            .unwrap_or_default();
-        let mut cpu = Vec::new();
-        let mut memory = Vec::new();
-        for env in recent.iter().rev() {
-            if let Payload::ContainerMetrics(batch) = &env.payload
-                && let Some(s) = batch.samples.iter().find(|s| s.id == id)
-            {
-                cpu.extend(s.cpu_percent);
-                memory.extend(s.memory_percent);
+        let read = self.recent_metrics.read(&self.bus, |newest_first| {
+            let mut cpu = Vec::new();
+            let mut memory = Vec::new();
+            let batches: Vec<&Envelope> = newest_first.collect();
+            for env in batches.into_iter().rev() {
+                if let Payload::ContainerMetrics(batch) = &env.payload
+                    && let Some(s) = batch.samples.iter().find(|s| s.id == id)
+                {
+                    cpu.extend(s.cpu_percent);
+                    memory.extend(s.memory_percent);
+                }
             }
-        }
-        (tail(cpu, 12), tail(memory, 12))
+            (tail(cpu, 12), tail(memory, 12))
+        });
+        read.await.unwrap_or_default()
     }
 
     /// Remediations and health alerts of this container within the crash-loop window.
@@ -457,32 +470,36 @@ impl Analyzer {
         let since = Utc::now()
             - chrono::Duration::from_std(self.cfg.crash_loop_window)
                 .unwrap_or(chrono::Duration::MAX);
+        let mine = |e: &&Envelope| e.timestamp >= since && e.host == env.host;
         let remediations = self
-            .bus
-            .recent(Channel::RemediationComplete, 500)
-            .await
-            .unwrap_or_default()
-            .iter()
-            .filter(|e| e.timestamp >= since && e.host == env.host)
-            .filter(|e| match &e.payload {
-                Payload::RemediationComplete(r) => {
-                    r.container.as_ref().is_some_and(|c| c.id == id) && r.action != Action::None
-                }
-                _ => false,
+            .recent_remediations
+            .read(&self.bus, |recent| {
+                recent
+                    .filter(mine)
+                    .filter(|e| match &e.payload {
+                        Payload::RemediationComplete(r) => {
+                            r.container.as_ref().is_some_and(|c| c.id == id)
+                                && r.action != Action::None
+                        }
+                        _ => false,
+                    })
+                    .count() as u32
             })
-            .count() as u32;
+            .await
+            .unwrap_or_default();
         let alerts = self
-            .bus
-            .recent(Channel::HealthAlert, 500)
-            .await
-            .unwrap_or_default()
-            .iter()
-            .filter(|e| e.timestamp >= since && e.host == env.host)
-            .filter(|e| match &e.payload {
-                Payload::ContainerUnhealthy(a) => a.container.id == id,
-                _ => false,
+            .recent_alerts
+            .read(&self.bus, |recent| {
+                recent
+                    .filter(mine)
+                    .filter(|e| match &e.payload {
+                        Payload::ContainerUnhealthy(a) => a.container.id == id,
+                        _ => false,
+                    })
+                    .count() as u32
             })
-            .count() as u32;
+            .await
+            .unwrap_or_default();
         (remediations, alerts)
     }
 }
@@ -579,12 +596,13 @@ pub fn verdict_payload(
 pub fn spawn(analyzer: Arc<Analyzer>, ctx: &AgentContext) {
     analyzer.register(ctx);
     let consumer = ctx.identity.instance.clone();
+    // With an LLM, each alert in flight may hold an LLM slot for seconds; reading more alerts
+    // than there are slots would only let them time out waiting for one and fall back to rules.
     let concurrency = analyzer
         .cfg
         .llm
         .as_ref()
-        .map(|l| l.concurrency)
-        .unwrap_or(4)
+        .map_or(analyzer.cfg.concurrency, |l| l.concurrency)
         .max(1);
 
     let mut alerts = ConsumerConfig::new(Channel::HealthAlert, AGENT, &consumer);
@@ -628,6 +646,7 @@ mod tests {
             crash_loop_window: Duration::from_secs(1800),
             crash_loop_budget: 5,
             coalesce_window: Duration::from_secs(120),
+            concurrency: 32,
         }
     }
 

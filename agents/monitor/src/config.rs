@@ -33,10 +33,12 @@ pub struct MonitorArgs {
     #[arg(long, env = "HEMOSTAT_STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub stats_interval: Duration,
 
-    /// Most stats requests in flight at once (Docker takes ~0.7 s per one-shot request).
-    #[arg(long, env = "HEMOSTAT_STATS_CONCURRENCY", default_value_t = 32,
-          value_parser = clap::value_parser!(u16).range(1..=512))]
-    pub stats_concurrency: u16,
+    /// Most stats requests in flight at once: `auto` (one per running container in scope, up
+    /// to 512) or a number from 1 to 512. Docker answers a one-shot request at its stats
+    /// collector's next 1 s tick, so a round takes one tick per batch of this many containers.
+    #[arg(long, env = "HEMOSTAT_STATS_CONCURRENCY", default_value = "auto",
+          value_parser = parse_stats_concurrency)]
+    pub stats_concurrency: StatsConcurrency,
 
     /// CPU % (100 = one core, or the container's CPU limit if it has one) that is a breach.
     /// Per container: label `hemostat.cpu_threshold`.
@@ -115,7 +117,7 @@ pub struct MonitorArgs {
 pub struct MonitorConfig {
     pub monitor_all: bool,
     pub stats_interval: Duration,
-    pub stats_concurrency: usize,
+    pub stats_concurrency: StatsConcurrency,
     pub cpu: Threshold,
     pub memory: Threshold,
     pub breach_samples: u32,
@@ -128,6 +130,40 @@ pub struct MonitorConfig {
     pub host_memory_threshold: f64,
     pub host_cpu_threshold: f64,
     pub docker_df_interval: Duration,
+}
+
+/// How many stats requests a round keeps in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsConcurrency {
+    /// One per container, up to [`StatsConcurrency::AUTO_MAX`]: a round of up to that many
+    /// containers takes one collector tick, however many there are.
+    Auto,
+    Fixed(usize),
+}
+
+impl StatsConcurrency {
+    pub const AUTO_MAX: usize = 512;
+
+    /// Requests in flight for a round over `containers` containers.
+    pub fn in_flight(self, containers: usize) -> usize {
+        match self {
+            StatsConcurrency::Auto => containers.clamp(1, Self::AUTO_MAX),
+            StatsConcurrency::Fixed(n) => n.max(1),
+        }
+    }
+}
+
+fn parse_stats_concurrency(s: &str) -> Result<StatsConcurrency, String> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(StatsConcurrency::Auto);
+    }
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=StatsConcurrency::AUTO_MAX).contains(&n) => Ok(StatsConcurrency::Fixed(n)),
+        _ => Err(format!(
+            "{s:?} is not valid; expected auto or a number from 1 to {}",
+            StatsConcurrency::AUTO_MAX
+        )),
+    }
 }
 
 fn at_least(variable: &'static str, d: Duration, min: Duration) -> Result<Duration, ConfigError> {
@@ -172,7 +208,7 @@ impl MonitorArgs {
         Ok(MonitorConfig {
             monitor_all: self.monitor_all,
             stats_interval: at_least("HEMOSTAT_STATS_INTERVAL", self.stats_interval, ms(500))?,
-            stats_concurrency: usize::from(self.stats_concurrency),
+            stats_concurrency: self.stats_concurrency,
             cpu: Threshold {
                 warning: self.cpu_threshold,
                 critical: self.cpu_critical,
@@ -235,6 +271,40 @@ mod tests {
     }
 
     #[test]
+    fn stats_concurrency_is_auto_by_default_and_follows_the_container_count() {
+        assert_eq!(
+            parse(&[]).unwrap().stats_concurrency,
+            StatsConcurrency::Auto
+        );
+        let fixed = parse(&["--stats-concurrency", "64"])
+            .unwrap()
+            .stats_concurrency;
+        assert_eq!(fixed, StatsConcurrency::Fixed(64));
+        assert_eq!(
+            parse(&["--stats-concurrency", "AUTO"])
+                .unwrap()
+                .stats_concurrency,
+            StatsConcurrency::Auto
+        );
+        // (setting, containers, requests in flight)
+        let cases = [
+            (StatsConcurrency::Auto, 0, 1),
+            (StatsConcurrency::Auto, 10, 10),
+            (StatsConcurrency::Auto, 300, 300),
+            (StatsConcurrency::Auto, 2000, 512),
+            (StatsConcurrency::Fixed(32), 10, 32),
+            (StatsConcurrency::Fixed(32), 300, 32),
+        ];
+        for (setting, containers, want) in cases {
+            assert_eq!(
+                setting.in_flight(containers),
+                want,
+                "{setting:?} {containers}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
         let cases: &[(&[&str], &str)] = &[
             (&["--stats-interval", "often"], "HEMOSTAT_STATS_INTERVAL"),
@@ -248,6 +318,15 @@ mod tests {
             (&["--monitor-all", "perhaps"], "HEMOSTAT_MONITOR_ALL"),
             (&["--baseline-z", "0.1"], "HEMOSTAT_BASELINE_Z"),
             (&["--redis-url", "mysql://x"], "REDIS_URL"),
+            (&["--stats-concurrency", "0"], "HEMOSTAT_STATS_CONCURRENCY"),
+            (
+                &["--stats-concurrency", "many"],
+                "HEMOSTAT_STATS_CONCURRENCY",
+            ),
+            (
+                &["--stats-concurrency", "513"],
+                "HEMOSTAT_STATS_CONCURRENCY",
+            ),
         ];
         for (args, var) in cases {
             let err = parse(args).unwrap_err();

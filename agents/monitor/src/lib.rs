@@ -618,6 +618,7 @@ async fn watch_stats(cfg: Arc<MonitorConfig>, docker: Docker, out: Out, shutdown
         }
 
         let timeout = cfg.stats_interval.max(Duration::from_secs(5));
+        let in_flight = cfg.stats_concurrency.in_flight(running.len());
         let fetched: Vec<(Listed, Option<bollard::models::ContainerStatsResponse>)> =
             futures::stream::iter(running)
                 .map(|l| {
@@ -636,7 +637,7 @@ async fn watch_stats(cfg: Arc<MonitorConfig>, docker: Docker, out: Out, shutdown
                         (l, stats)
                     }
                 })
-                .buffer_unordered(cfg.stats_concurrency)
+                .buffer_unordered(in_flight)
                 .collect()
                 .await;
 

@@ -22,7 +22,7 @@ use bollard::Docker;
 use chrono::Utc;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hemostat_common::agent::AgentContext;
-use hemostat_common::bus::{Bus, ConsumerConfig, consume};
+use hemostat_common::bus::{Bus, ConsumerConfig, RecentWindow, consume};
 use hemostat_common::events::{
     AUDIT_STREAM, Action, Channel, ContainerRef, Envelope, Escalation, EscalationKind, Outcome,
     Payload, RemediationRequest, RemediationResult, Severity, Verification,
@@ -34,6 +34,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::config::ResponderConfig;
+use crate::policy::StormPolicy;
 
 /// The agent's name on the bus.
 pub const AGENT: &str = "responder";
@@ -106,6 +107,10 @@ pub struct Responder {
     instance: String,
     writes: DefaultDirectRateLimiter,
     shutdown: Shutdown,
+    /// Recent health alerts, read incrementally: where a person's stop is remembered.
+    recent_alerts: RecentWindow,
+    /// The host's in-scope container count and when it was taken (see `in_scope_count`).
+    in_scope: tokio::sync::Mutex<Option<(Instant, u32)>>,
     pub metrics: ResponderMetrics,
 }
 
@@ -117,6 +122,9 @@ impl std::fmt::Debug for Responder {
             .finish_non_exhaustive()
     }
 }
+
+/// How long one count of the host's in-scope containers serves the storm guard.
+const IN_SCOPE_TTL: Duration = Duration::from_secs(1);
 
 fn now_ms() -> u64 {
     Utc::now().timestamp_millis().max(0) as u64
@@ -140,6 +148,8 @@ impl Responder {
             host: host.to_owned(),
             instance: instance.to_owned(),
             shutdown,
+            recent_alerts: RecentWindow::new(Channel::HealthAlert, 2000),
+            in_scope: tokio::sync::Mutex::new(None),
             metrics: ResponderMetrics::default(),
         }
     }
@@ -479,18 +489,18 @@ impl Responder {
             .as_ref()
             .and_then(|s| s.started_at.as_deref())
             .and_then(|s| s.parse().ok());
-        let Ok(recent) = self.bus.recent(Channel::HealthAlert, 2000).await else {
-            return false;
-        };
-        recent.iter().any(|e| match &e.payload {
-            Payload::ContainerUserAction(a) => {
-                a.container.id == id
-                    && a.kind == hemostat_common::events::AlertKind::Stopped
-                    && e.host == self.host
-                    && started.is_none_or(|s| e.timestamp >= s)
-            }
-            _ => false,
-        })
+        let reported = self.recent_alerts.read(&self.bus, |mut recent| {
+            recent.any(|e| match &e.payload {
+                Payload::ContainerUserAction(a) => {
+                    a.container.id == id
+                        && a.kind == hemostat_common::events::AlertKind::Stopped
+                        && e.host == self.host
+                        && started.is_none_or(|s| e.timestamp >= s)
+                }
+                _ => false,
+            })
+        });
+        reported.await.unwrap_or(false)
     }
 
     /// Performs one action (or, in dry-run, says what it would do) and verifies it.
@@ -726,7 +736,12 @@ impl Responder {
                 "remediation paused: many containers on this host are failing at once (storm guard)",
             )));
         }
-        let in_scope = self.in_scope_count().await;
+        // Below the share's minimum and within the threshold nothing can trip: skip the count.
+        let in_scope = if failing < StormPolicy::SHARE_MIN && failing <= self.cfg.storm.threshold {
+            0
+        } else {
+            self.in_scope_count().await
+        };
         if !self.cfg.storm.trips(failing, in_scope) {
             return Ok(None);
         }
@@ -757,7 +772,17 @@ impl Responder {
         Ok(Some(r))
     }
 
+    /// How many containers on this host are in scope. Listing every container costs the engine
+    /// milliseconds at a few hundred containers, and the storm guard asks on every remediation
+    /// during a burst, so one count serves for a second (a ratio over a 60 s window does not
+    /// need it fresher).
     async fn in_scope_count(&self) -> u32 {
+        let mut cached = self.in_scope.lock().await;
+        if let Some((at, n)) = *cached
+            && at.elapsed() < IN_SCOPE_TTL
+        {
+            return n;
+        }
         let list = self
             .docker
             .list_containers(Some(
@@ -765,13 +790,19 @@ impl Responder {
                     .all(true)
                     .build(),
             ))
-            .await
-            .unwrap_or_default();
-        list.iter()
+            .await;
+        let Ok(list) = list else {
+            // Not cached: the next request asks again.
+            return 0;
+        };
+        let n = list
+            .iter()
             .filter(|c| {
                 scope::in_scope(&c.labels.clone().unwrap_or_default(), self.cfg.monitor_all)
             })
-            .count() as u32
+            .count() as u32;
+        *cached = Some((Instant::now(), n));
+        n
     }
 
     /// Publishes the result (and any escalation) once, to the channel and the audit stream.

@@ -10,6 +10,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod bench;
 pub mod openai_stub;
 
 use std::collections::HashMap;
@@ -124,6 +125,16 @@ impl TestRedis {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// The loopback port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn url(&self) -> String {
@@ -245,8 +256,23 @@ pub struct Patient {
 }
 
 impl Patient {
-    /// Creates and starts a patient named `<prefix>-<suffix>`.
+    /// Creates and starts a patient named `<prefix>-<suffix>`; panics (failing the test) if
+    /// Docker refuses.
     pub async fn start(docker: &Docker, prefix: &str, suffix: &str, spec: PatientSpec) -> Patient {
+        Patient::try_start(docker, prefix, suffix, spec)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// [`Patient::start`] for harnesses that report errors instead of panicking. Once created,
+    /// the container is owned by the returned value, so a failed start leaves nothing behind.
+    pub async fn try_start(
+        docker: &Docker,
+        prefix: &str,
+        suffix: &str,
+        spec: PatientSpec,
+    ) -> anyhow::Result<Patient> {
+        use anyhow::Context as _;
         ensure_patient_image();
         let name = format!("{prefix}-{suffix}");
         let healthcheck = spec.health_interval.map(|every| HealthConfig {
@@ -283,7 +309,7 @@ impl Patient {
                 body,
             )
             .await
-            .expect("create patient container");
+            .with_context(|| format!("create patient container {name}"))?;
         let patient = Patient {
             id: created.id,
             name,
@@ -291,8 +317,8 @@ impl Patient {
         docker
             .start_container(&patient.id, None::<StartContainerOptions>)
             .await
-            .expect("start patient container");
-        patient
+            .with_context(|| format!("start patient container {}", patient.name))?;
+        Ok(patient)
     }
 
     /// Runs a docker CLI command against this container (as a person would).

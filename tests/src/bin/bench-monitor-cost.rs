@@ -9,12 +9,12 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use futures::StreamExt;
+use hemostat_tests::bench::{self, Agent, clock_ticks, cpu_ticks, status_kb};
 use hemostat_tests::{Patient, PatientSpec, TestRedis, random_id};
 
 #[derive(Parser)]
@@ -37,20 +37,11 @@ struct Args {
     idle: Duration,
 }
 
-/// A child process killed (and reaped) on drop.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// [`bench::agent`] listening on `port`, for its `/metrics`.
 fn agent(
     dir: &Path,
     name: &str,
@@ -58,53 +49,10 @@ fn agent(
     port: u16,
     env: &[(&str, &str)],
 ) -> anyhow::Result<Agent> {
-    let bin = dir.join(name);
-    if !bin.exists() {
-        bail!(
-            "{} not found: run scripts/bench-monitor-cost.sh",
-            bin.display()
-        );
-    }
-    let mut cmd = Command::new(&bin);
-    cmd.env("REDIS_URL", redis.url())
-        .env("HEMOSTAT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("HEMOSTAT_HOST_ID", "bench")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Ok(Agent(cmd.spawn().with_context(|| format!("start {name}"))?))
-}
-
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command (which is in parentheses and may contain spaces).
-    let rest = &s[s.rfind(')').context("stat format")? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); utime is field 14, stime 15.
-    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
-}
-
-/// A `Vm*` line of /proc/<pid>/status, in kB.
-fn status_kb(pid: u32, key: &str) -> anyhow::Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = s
-        .lines()
-        .find(|l| l.starts_with(key))
-        .with_context(|| format!("{key} in status"))?;
-    Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
-}
-
-fn clock_ticks() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100)
+    let listen = format!("127.0.0.1:{port}");
+    let mut all = vec![("HEMOSTAT_LISTEN", listen.as_str())];
+    all.extend_from_slice(env);
+    bench::agent(dir, name, redis, &all)
 }
 
 fn metrics(port: u16) -> anyhow::Result<String> {

@@ -11,8 +11,7 @@
 //! Run with `scripts/bench-recovery.sh` (builds in release first). Not part of the test run.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -24,6 +23,7 @@ use bollard::query_parameters::{
 use chrono::{DateTime, TimeZone, Utc};
 use clap::Parser;
 use futures::StreamExt;
+use hemostat_tests::bench;
 use hemostat_tests::{Patient, PatientSpec, TestRedis, random_id};
 
 #[derive(Parser)]
@@ -40,75 +40,13 @@ struct Args {
     gap: Duration,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// Prints one row and returns its p50.
-fn report(name: &str, mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    println!(
-        "{name:<46} n={:<3} p50={:>7.1} ms  p95={:>7.1} ms  p99={:>7.1} ms  max={:>7.1} ms",
-        v.len(),
-        percentile(&v, 50.0),
-        percentile(&v, 95.0),
-        percentile(&v, 99.0),
-        v.last().copied().unwrap_or(f64::NAN)
-    );
-    percentile(&v, 50.0)
+fn report(name: &str, v: Vec<f64>) -> f64 {
+    bench::latency_row(name, 46, v)
 }
 
 fn ms(d: chrono::TimeDelta) -> f64 {
     d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0
-}
-
-/// A child process killed (and reaped) on drop.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn agent(dir: &Path, name: &str, redis: &TestRedis, env: &[(&str, &str)]) -> anyhow::Result<Agent> {
-    let bin = dir.join(name);
-    if !bin.exists() {
-        bail!("{} not found: run scripts/bench-recovery.sh", bin.display());
-    }
-    let mut cmd = Command::new(&bin);
-    cmd.env("REDIS_URL", redis.url())
-        .env("HEMOSTAT_LISTEN", "127.0.0.1:0")
-        .env("HEMOSTAT_HOST_ID", "bench")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Ok(Agent(cmd.spawn().with_context(|| format!("start {name}"))?))
-}
-
-async fn groups_ready(redis: &TestRedis) -> bool {
-    let mut conn = redis.conn().await;
-    for stream in [
-        "hemostat:stream:health_alert",
-        "hemostat:stream:remediation_needed",
-    ] {
-        let r: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(stream)
-            .query_async(&mut conn)
-            .await;
-        if !r.is_ok_and(|g| !g.is_empty()) {
-            return false;
-        }
-    }
-    true
 }
 
 struct State {
@@ -143,8 +81,8 @@ async fn main() -> anyhow::Result<()> {
         .parent()
         .context("exe dir")?
         .to_path_buf();
-    let _monitor = agent(&dir, "hemostat-monitor", &redis, &[])?;
-    let _analyzer = agent(
+    let _monitor = bench::agent(&dir, "hemostat-monitor", &redis, &[])?;
+    let _analyzer = bench::agent(
         &dir,
         "hemostat-analyzer",
         &redis,
@@ -153,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
     // Each kill is of a fresh container, so the per-container backoff and breaker never apply;
     // the host-wide guards (storm, write rate) are opened so that 30 kills in a minute are not
     // a storm: this measures the path, not the guards.
-    let _responder = agent(
+    let _responder = bench::agent(
         &dir,
         "hemostat-responder",
         &redis,
@@ -165,7 +103,15 @@ async fn main() -> anyhow::Result<()> {
         ],
     )?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !groups_ready(&redis).await {
+    while !bench::groups_ready(
+        &redis,
+        &[
+            ("hemostat:stream:health_alert", "analyzer"),
+            ("hemostat:stream:remediation_needed", "responder:bench"),
+        ],
+    )
+    .await
+    {
         if Instant::now() > deadline {
             bail!("the analyzer and responder did not create their consumer groups in 30 s");
         }

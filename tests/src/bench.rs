@@ -1,0 +1,155 @@
+//! Pieces shared by the benchmark harnesses in `src/bin/bench-*.rs`: percentiles and their
+//! printed rows, and the release agent binaries run as child processes.
+//!
+//! Benchmarks are not tests: they print numbers for `docs/BENCHMARKS.md` and never assert
+//! timings. Everything they start is theirs and is stopped when they end.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, bail};
+
+use crate::TestRedis;
+
+/// The `p`th percentile (nearest rank) of an ascending slice; NaN when empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Prints one latency row (`name n= p50= p95= p99= max=`, milliseconds, the name padded to
+/// `name_width`) and returns its p50.
+pub fn latency_row(name: &str, name_width: usize, mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    println!(
+        "{name:<name_width$} n={:<4} p50={:>7.1} ms  p95={:>7.1} ms  p99={:>7.1} ms  max={:>7.1} ms",
+        v.len(),
+        percentile(&v, 50.0),
+        percentile(&v, 95.0),
+        percentile(&v, 99.0),
+        v.last().copied().unwrap_or(f64::NAN)
+    );
+    percentile(&v, 50.0)
+}
+
+/// The folder of the running harness binary, where `cargo build --release` put the agents.
+pub fn release_dir() -> anyhow::Result<PathBuf> {
+    Ok(std::env::current_exe()?
+        .parent()
+        .context("the harness binary has no folder")?
+        .to_path_buf())
+}
+
+/// A child process killed (and reaped) on drop.
+#[derive(Debug)]
+pub struct Agent(pub Child);
+
+impl Agent {
+    /// The child's process id, for `/proc/<pid>` readings.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the release binary `name` from `dir` against `redis`, as host `bench`, listening on
+/// a free loopback port, logging warnings only, with `env` on top (the harness's own
+/// environment is passed through, so `HEMOSTAT_*` overrides reach the agent).
+pub fn agent(
+    dir: &Path,
+    name: &str,
+    redis: &TestRedis,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Agent> {
+    let bin = dir.join(name);
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it with cargo build --release",
+            bin.display()
+        );
+    }
+    let mut cmd = Command::new(&bin);
+    cmd.env("REDIS_URL", redis.url())
+        .env("HEMOSTAT_LISTEN", "127.0.0.1:0")
+        .env("HEMOSTAT_HOST_ID", "bench")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Ok(Agent(cmd.spawn().with_context(|| format!("start {name}"))?))
+}
+
+/// Whether every `(stream, group)` pair has its consumer group (the agents are consuming).
+pub async fn groups_ready(redis: &TestRedis, pairs: &[(&str, &str)]) -> bool {
+    let mut conn = redis.conn().await;
+    for (stream, group) in pairs {
+        let r: redis::RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(*stream)
+            .query_async(&mut conn)
+            .await;
+        if !r.is_ok_and(|g| g.groups.iter().any(|g| g.name == *group)) {
+            return false;
+        }
+    }
+    true
+}
+
+/// utime + stime of a process, in clock ticks (see [`clock_ticks`]).
+pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command (which is in parentheses and may contain spaces).
+    let rest = &s[s.rfind(')').context("stat format")? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); utime is field 14, stime 15.
+    let field = |i: usize| -> anyhow::Result<u64> {
+        Ok(f.get(i).context("short /proc stat line")?.parse::<u64>()?)
+    };
+    Ok(field(11)? + field(12)?)
+}
+
+/// A `Vm*` line of /proc/<pid>/status, in kB.
+pub fn status_kb(pid: u32, key: &str) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = s
+        .lines()
+        .find(|l| l.starts_with(key))
+        .with_context(|| format!("{key} in status"))?;
+    Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`, 100 if that fails).
+pub fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert_eq!(percentile(&[7.0], 50.0), 7.0);
+        assert!(percentile(&[], 50.0).is_nan());
+    }
+}

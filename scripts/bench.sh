@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark in docs/BENCHMARKS.md, one after the other, with the settings the document
-# reports (about 15 minutes on 2 cores). Needs Docker and Debian's redis-server/redis-tools;
+# reports (about 20 minutes on 2 cores). Needs Docker and Debian's redis-server/redis-tools;
 # each harness starts its own redis-server and containers and removes them when it ends.
 # Not part of the test run. Usage: scripts/bench.sh [detection|recovery|throughput|monitor-cost]...
 set -euo pipefail

@@ -296,8 +296,10 @@ impl Bus {
             end
             return 1
         "#;
-        let script = redis::Script::new(SCRIPT);
-        let mut inv = script.key(marker);
+        // Hashed once: `invoke_async` sends EVALSHA and loads the script only when Redis lacks it.
+        static COMPILED: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(SCRIPT));
+        let mut inv = COMPILED.key(marker);
         let (flag_value, flag_ms) = match flag {
             Some((key, value, expiry)) => {
                 inv.key(key);

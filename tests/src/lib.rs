@@ -275,6 +275,14 @@ impl Patient {
         use anyhow::Context as _;
         ensure_patient_image();
         let name = format!("{prefix}-{suffix}");
+        let restart_policy = spec
+            .restart_policy
+            .as_deref()
+            .map(|p| {
+                p.parse::<bollard::models::RestartPolicyNameEnum>()
+                    .map_err(|e| anyhow::anyhow!("restart policy {p:?}: {e}"))
+            })
+            .transpose()?;
         let healthcheck = spec.health_interval.map(|every| HealthConfig {
             test: Some(vec!["CMD".into(), "/patient".into(), "probe".into()]),
             interval: Some(every.as_nanos() as i64),
@@ -293,11 +301,9 @@ impl Patient {
             host_config: Some(HostConfig {
                 memory: spec.memory_limit_mb.map(|m| m * 1024 * 1024),
                 memory_swap: spec.memory_limit_mb.map(|m| m * 1024 * 1024),
-                restart_policy: spec.restart_policy.as_ref().map(|p| {
-                    bollard::models::RestartPolicy {
-                        name: Some(p.parse().expect("restart policy")),
-                        maximum_retry_count: None,
-                    }
+                restart_policy: restart_policy.map(|name| bollard::models::RestartPolicy {
+                    name: Some(name),
+                    maximum_retry_count: None,
                 }),
                 ..HostConfig::default()
             }),

@@ -817,6 +817,90 @@ async fn first_time_is_idempotent() {
     assert!((1..=60).contains(&left), "TTL {left}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_once_flagged_sets_the_flag_with_the_messages_and_only_once() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, _) = connect_bus(&redis.url(), 10_000).await;
+    let mut conn = redis.conn().await;
+    let ttl = Duration::from_secs(60);
+    let flag = ("test:flag", "first", Duration::from_secs(30));
+    let first = alert("flagged");
+    assert!(
+        bus.publish_once_flagged(
+            "test:marker",
+            ttl,
+            std::slice::from_ref(&first),
+            &[],
+            Some(flag)
+        )
+        .await
+        .unwrap()
+    );
+    let value: Option<String> = redis::cmd("GET")
+        .arg("test:flag")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("first"));
+    let left: i64 = redis::cmd("PTTL")
+        .arg("test:flag")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((1..=30_000).contains(&left), "PTTL {left}");
+    assert_eq!(xlen(&mut conn, HEALTH).await, 1);
+
+    // A reader clears the flag; a redelivery of the same message must not set it again, nor
+    // publish again.
+    let _: () = redis::cmd("DEL")
+        .arg("test:flag")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let again = ("test:flag", "second", Duration::from_secs(30));
+    assert!(
+        !bus.publish_once_flagged(
+            "test:marker",
+            ttl,
+            std::slice::from_ref(&first),
+            &[],
+            Some(again)
+        )
+        .await
+        .unwrap()
+    );
+    let exists: bool = redis::cmd("EXISTS")
+        .arg("test:flag")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!exists, "a duplicate must not set the flag");
+    assert_eq!(xlen(&mut conn, HEALTH).await, 1);
+
+    // Without a flag it is publish_once_to: messages and extra streams, no other key.
+    assert!(
+        bus.publish_once_flagged(
+            "test:marker-2",
+            ttl,
+            &[alert("plain")],
+            &["test:audit"],
+            None
+        )
+        .await
+        .unwrap()
+    );
+    assert_eq!(xlen(&mut conn, HEALTH).await, 2);
+    assert_eq!(xlen(&mut conn, "test:audit").await, 1);
+    let exists: bool = redis::cmd("EXISTS")
+        .arg("test:flag")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!exists);
+}
+
 /// The names in a window read, newest first.
 async fn window_names(w: &bus::RecentWindow, bus: &Bus) -> Vec<String> {
     w.read(bus, |recent| {

@@ -451,8 +451,7 @@ impl Analyzer {
         let read = self.recent_metrics.read(&self.bus, |newest_first| {
             let mut cpu = Vec::new();
             let mut memory = Vec::new();
-            let batches: Vec<&Envelope> = newest_first.collect();
-            for env in batches.into_iter().rev() {
+            for env in newest_first.rev() {
                 if let Payload::ContainerMetrics(batch) = &env.payload
                     && let Some(s) = batch.samples.iter().find(|s| s.id == id)
                 {

@@ -267,11 +267,13 @@ impl Responder {
 
     async fn unlock(&self, key: &str, holder: &str) {
         // Only our own lock: compare and delete in one step.
-        let script = redis::Script::new(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-        );
+        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            )
+        });
         let mut conn = self.bus.connection();
-        let r: redis::RedisResult<i64> = script.key(key).arg(holder).invoke_async(&mut conn).await;
+        let r: redis::RedisResult<i64> = SCRIPT.key(key).arg(holder).invoke_async(&mut conn).await;
         if let Err(e) = r {
             tracing::warn!(error = %e, key, "could not release lock; it expires with its lease");
         }

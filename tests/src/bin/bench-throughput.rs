@@ -25,10 +25,14 @@ use bollard::Docker;
 use bollard::query_parameters::InspectContainerOptions;
 use clap::Parser;
 use futures::StreamExt;
+use hemostat_common::bus::Bus;
 use hemostat_common::events::{
     AlertKind, Channel, ContainerAlert, ContainerRef, ContainerState, Detection, Envelope, Payload,
     Severity,
 };
+use hemostat_common::http::Health;
+use hemostat_common::metrics::AgentMetrics;
+use hemostat_common::shutdown::Shutdown;
 use hemostat_tests::bench::{self, Agent};
 use hemostat_tests::{Patient, PatientSpec, TestRedis, random_id};
 use redis::aio::MultiplexedConnection;
@@ -141,32 +145,6 @@ fn alert(id: &str, name: &str) -> Envelope {
             protected: false,
         }),
     )
-}
-
-/// Publishes as the monitor does: XADD to the stream and PUBLISH, in one MULTI.
-async fn publish(conn: &mut MultiplexedConnection, env: &Envelope) -> redis::RedisResult<()> {
-    // MULTI, XADD, PUBLISH, EXEC.
-    HARNESS_COMMANDS.fetch_add(4, Ordering::Relaxed);
-    let json = env.to_json();
-    redis::pipe()
-        .atomic()
-        .cmd("XADD")
-        .arg(Channel::HealthAlert.stream())
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(100_000)
-        .arg("*")
-        .arg("event_type")
-        .arg(env.event_type())
-        .arg("envelope")
-        .arg(&json)
-        .ignore()
-        .cmd("PUBLISH")
-        .arg(Channel::HealthAlert.name())
-        .arg(&json)
-        .ignore()
-        .query_async(conn)
-        .await
 }
 
 /// What the reader saw, shared with the publishers.
@@ -351,11 +329,7 @@ struct Loops {
 }
 
 /// One container's closed loop: publish, wait for its result, repeat while tickets last.
-async fn publisher(
-    mut conn: MultiplexedConnection,
-    patient: Arc<Patient>,
-    loops: Arc<Loops>,
-) -> anyhow::Result<()> {
+async fn publisher(bus: Bus, patient: Arc<Patient>, loops: Arc<Loops>) -> anyhow::Result<()> {
     while loops.tickets.fetch_add(1, Ordering::Relaxed) < loops.total {
         let env = alert(&patient.id, &patient.name);
         let (tx, rx) = oneshot::channel();
@@ -365,7 +339,9 @@ async fn publisher(
             s.waiters.insert(patient.id.clone(), tx);
             s.started.insert(patient.id.clone(), t0);
         }
-        publish(&mut conn, &env).await?;
+        // As the monitor publishes: XADD and PUBLISH in one MULTI (four commands).
+        HARNESS_COMMANDS.fetch_add(4, Ordering::Relaxed);
+        bus.publish(&env).await?;
         match tokio::time::timeout(EVENT_TIMEOUT, rx).await {
             Ok(r) => r.context("reader stopped")?,
             Err(_) => {
@@ -655,11 +631,19 @@ async fn main() -> anyhow::Result<()> {
         loop_ms: Mutex::new(Vec::with_capacity(args.events)),
         lost: Mutex::new(Vec::new()),
     });
+    let bus = Bus::connect(
+        &redis.url(),
+        100_000,
+        AgentMetrics::default(),
+        Health::default(),
+        &Shutdown::new(),
+    )
+    .await?;
     let t0 = Instant::now();
     let mut handles = Vec::new();
     for p in &patients {
         handles.push(tokio::spawn(publisher(
-            redis.conn().await,
+            bus.clone(),
             p.clone(),
             loops.clone(),
         )));

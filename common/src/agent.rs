@@ -135,6 +135,44 @@ impl AgentContext {
         })
     }
 
+    /// Runs one of the agent's long-lived loops on the tracker. A loop that returns or panics
+    /// before shutdown was asked for stops the whole agent ([`Shutdown::fail`], exit code 1):
+    /// an agent is never left half alive behind a healthy heartbeat.
+    pub fn spawn_critical<F>(&self, what: &'static str, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        /// Fails the agent when dropped before being disarmed, which a panic or an early
+        /// return of the loop does.
+        struct Critical {
+            what: &'static str,
+            shutdown: Shutdown,
+            armed: bool,
+        }
+        impl Drop for Critical {
+            fn drop(&mut self) {
+                if self.armed && !self.shutdown.is_cancelled() {
+                    tracing::error!(
+                        task = self.what,
+                        "a task of this agent ended unexpectedly; stopping the agent"
+                    );
+                    self.shutdown.fail();
+                }
+            }
+        }
+        let mut guard = Critical {
+            what,
+            shutdown: self.shutdown.clone(),
+            armed: true,
+        };
+        self.tracker.spawn(async move {
+            fut.await;
+            // Returning after shutdown was asked for is the normal end.
+            guard.armed = !guard.shutdown.is_cancelled();
+            drop(guard);
+        });
+    }
+
     /// Waits for shutdown, then for the agent's tasks and the outbox to finish, at most the
     /// configured shutdown timeout. Returns false when something had to be abandoned.
     pub async fn finish(self) -> bool {

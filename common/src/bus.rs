@@ -38,6 +38,27 @@ pub enum BusError {
     Shutdown,
 }
 
+/// A state change applied in the same atomic step as a publish ([`Bus::publish_once_with`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// A Redis command, as its arguments (`["ZREM", key, member]`).
+    Cmd(Vec<String>),
+    /// `[key, value]`: deletes `key` only while it holds `value` (a lock released by its owner).
+    DelIfEq(Vec<String>),
+}
+
+impl Op {
+    /// A command from its arguments.
+    pub fn cmd<S: AsRef<str>>(args: impl IntoIterator<Item = S>) -> Op {
+        Op::Cmd(args.into_iter().map(|a| a.as_ref().to_owned()).collect())
+    }
+
+    /// Deletes `key` if it holds `value`.
+    pub fn del_if_eq(key: &str, value: &str) -> Op {
+        Op::DelIfEq(vec![key.to_owned(), value.to_owned()])
+    }
+}
+
 /// A handle to Redis for publishing and bookkeeping. Cheap to clone; reconnects by itself.
 #[derive(Clone)]
 pub struct Bus {
@@ -277,22 +298,64 @@ impl Bus {
         extra_streams: &[&str],
         flag: Option<(&str, &str, Duration)>,
     ) -> Result<bool, BusError> {
-        // A Lua script runs atomically: no other client sees the marker without the messages.
-        // KEYS: the marker, then the flag if any. ARGV: ttl, maxlen, flag value, flag expiry
-        // (ms), number of extra streams, the extra streams, then per envelope: stream,
-        // event_type, json, channel.
+        let mut ops = Vec::new();
+        if let Some((key, value, expiry)) = flag {
+            ops.push(Op::cmd([
+                "SET",
+                key,
+                value,
+                "PX",
+                &expiry.as_millis().max(1).to_string(),
+            ]));
+        }
+        self.publish_once_with(marker, ttl, envs, extra_streams, &ops)
+            .await
+    }
+
+    /// The general form of [`Bus::publish_once`]: if `marker` is not set yet, sets it (with
+    /// `ttl`), publishes `envs` (each also appended to every one of `extra_streams`) and applies
+    /// `ops`, all in one Lua script, so no other client ever sees one without the others. This
+    /// is how a result and the state change it stands for (a job leaving a queue, a lock
+    /// released by its owner) are recorded together. Returns whether it published.
+    pub async fn publish_once_with(
+        &self,
+        marker: &str,
+        ttl: Duration,
+        envs: &[Envelope],
+        extra_streams: &[&str],
+        ops: &[Op],
+    ) -> Result<bool, BusError> {
+        // ARGV: ttl, maxlen, number of extra streams, the extra streams, number of envelopes,
+        // per envelope (stream, event_type, json, channel), then per op: kind, argument count,
+        // the arguments. Kind `c` runs the arguments as a command; `d` deletes key
+        // ARGV[i] only if it holds ARGV[i+1].
         const SCRIPT: &str = r#"
             if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-            if KEYS[2] then redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4]) end
-            local extra = tonumber(ARGV[5])
-            for i = 6 + extra, #ARGV, 4 do
+            local extra = tonumber(ARGV[3])
+            local i = 4 + extra
+            local n = tonumber(ARGV[i])
+            i = i + 1
+            for _ = 1, n do
                 redis.call('XADD', ARGV[i], 'MAXLEN', '~', ARGV[2], '*',
                     'event_type', ARGV[i + 1], 'envelope', ARGV[i + 2])
-                for j = 6, 5 + extra do
+                for j = 4, 3 + extra do
                     redis.call('XADD', ARGV[j], 'MAXLEN', '~', ARGV[2], '*',
                         'event_type', ARGV[i + 1], 'envelope', ARGV[i + 2])
                 end
                 redis.call('PUBLISH', ARGV[i + 3], ARGV[i + 2])
+                i = i + 4
+            end
+            while i <= #ARGV do
+                local kind = ARGV[i]
+                local argc = tonumber(ARGV[i + 1])
+                local args = {}
+                for j = 1, argc do args[j] = ARGV[i + 1 + j] end
+                if kind == 'c' then
+                    redis.call(unpack(args))
+                elseif kind == 'd' then
+                    if redis.call('GET', args[1]) == args[2] then redis.call('DEL', args[1]) end
+                end
+                i = i + 2 + argc
             end
             return 1
         "#;
@@ -300,26 +363,28 @@ impl Bus {
         static COMPILED: std::sync::LazyLock<redis::Script> =
             std::sync::LazyLock::new(|| redis::Script::new(SCRIPT));
         let mut inv = COMPILED.key(marker);
-        let (flag_value, flag_ms) = match flag {
-            Some((key, value, expiry)) => {
-                inv.key(key);
-                (value, expiry.as_millis().max(1) as u64)
-            }
-            None => ("", 0),
-        };
         inv.arg(ttl.as_secs().max(1))
             .arg(self.maxlen)
-            .arg(flag_value)
-            .arg(flag_ms)
             .arg(extra_streams.len());
         for s in extra_streams {
             inv.arg(*s);
         }
+        inv.arg(envs.len());
         for env in envs {
             inv.arg(env.channel().stream())
                 .arg(env.event_type())
                 .arg(env.to_json())
                 .arg(env.channel().name());
+        }
+        for op in ops {
+            let (kind, args) = match op {
+                Op::Cmd(args) => ("c", args.as_slice()),
+                Op::DelIfEq(args) => ("d", args.as_slice()),
+            };
+            inv.arg(kind).arg(args.len());
+            for a in args {
+                inv.arg(a);
+            }
         }
         let mut conn = self.conn.clone();
         let r: redis::RedisResult<i64> = inv.invoke_async(&mut conn).await;
@@ -570,6 +635,33 @@ async fn drain(bus: Bus, mut rx: mpsc::Receiver<Envelope>, give_up: Shutdown) {
     }
 }
 
+/// What should happen to a stream entry once its handler is done with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Its effect is recorded: acknowledge it.
+    Ack,
+    /// Not handled this time (Redis or Docker away, a peer busy with it): leave it pending, to
+    /// be delivered again after `claim_idle`, and dead-lettered after `max_deliveries`.
+    Retry(String),
+    /// It can never be handled: park it in the dead-letter stream with this reason, now.
+    DeadLetter(String),
+}
+
+impl From<anyhow::Result<()>> for Disposition {
+    fn from(r: anyhow::Result<()>) -> Disposition {
+        match r {
+            Ok(()) => Disposition::Ack,
+            Err(e) => Disposition::Retry(format!("{e:#}")),
+        }
+    }
+}
+
+impl From<()> for Disposition {
+    fn from((): ()) -> Disposition {
+        Disposition::Ack
+    }
+}
+
 /// How a consumer reads one stream.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -578,7 +670,7 @@ pub struct ConsumerConfig {
     pub group: String,
     /// This instance's name within the group.
     pub consumer: String,
-    /// Most entries read per call.
+    /// Most entries read per call (never more than there are free handler slots).
     pub batch: usize,
     /// How long one read blocks waiting for entries.
     pub block: Duration,
@@ -586,11 +678,17 @@ pub struct ConsumerConfig {
     pub claim_idle: Duration,
     /// How often to look for such entries.
     pub claim_every: Duration,
-    /// After this many failed deliveries an entry is dead-lettered.
+    /// After this many deliveries without an ack an entry is dead-lettered, whether its
+    /// handler failed or its consumer died while handling it.
     pub max_deliveries: u64,
-    /// Entries of one read handled at once. 1 keeps stream order; more keeps one slow
-    /// entry (an LLM call) from holding up the rest.
+    /// Entries handled at once. Each slot is freed the moment its entry is done, and the next
+    /// read asks for as many entries as there are free slots, so one slow entry never holds up
+    /// the rest. 1 keeps stream order.
     pub concurrency: usize,
+    /// Where a group that does not exist yet starts: this long before now. What was published
+    /// before the consumer first started (an alert sent while the analyzer was still starting)
+    /// is read; older history is not replayed.
+    pub new_group_lookback: Duration,
 }
 
 impl ConsumerConfig {
@@ -605,24 +703,35 @@ impl ConsumerConfig {
             claim_every: Duration::from_secs(5),
             max_deliveries: 5,
             concurrency: 1,
+            new_group_lookback: Duration::from_secs(600),
         }
     }
 }
 
+type Read = std::pin::Pin<
+    Box<dyn Future<Output = redis::RedisResult<Option<StreamReadReply>>> + Send + 'static>,
+>;
+
 /// Consumes `cfg.channel`'s stream until `shutdown`, calling `handler` for each envelope.
 ///
-/// An entry is acked when the handler returns `Ok`. On `Err` it stays pending and is retried
-/// after `claim_idle` (by this or another consumer); after `max_deliveries` it is
-/// dead-lettered. Undecodable entries are dead-lettered at once. Redis outages are waited out.
-pub async fn consume<F, Fut>(bus: &Bus, cfg: ConsumerConfig, shutdown: Shutdown, handler: F)
+/// Reading is not handling: the loop holds `cfg.concurrency` slots, reads only as many entries
+/// as there are free slots, and hands each to its own handler future; an entry is settled
+/// (acked, left pending or dead-lettered, as its [`Disposition`] says) the moment its handler
+/// returns, whatever the others are doing. Entries a dead peer left pending are reclaimed every
+/// `claim_every`, into free slots. Undecodable entries are dead-lettered at once. Redis outages
+/// are waited out. At shutdown no new entry is read; the read already sent is waited for (its
+/// entries would otherwise sit unhandled until reclaimed) and everything in hand is finished.
+pub async fn consume<F, Fut, R>(bus: &Bus, cfg: ConsumerConfig, shutdown: Shutdown, handler: F)
 where
     F: Fn(Envelope) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
+    Fut: Future<Output = R>,
+    R: Into<Disposition>,
 {
+    use futures::StreamExt as _;
     let stream = cfg.channel.stream();
     // Blocking reads get a connection of their own: on the shared one they would hold up
-    // every other command for the length of the block.
-    let Ok(mut conn) = connect_manager(
+    // every other command (acks included) for the length of the block.
+    let Ok(read_conn) = connect_manager(
         bus.client(),
         cfg.block + Duration::from_secs(5),
         &bus.health,
@@ -632,18 +741,36 @@ where
     else {
         return;
     };
+    let slots = cfg.concurrency.max(1);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    // A brand-new group starts at the end of the stream (no replay of old history); a group
-    // that vanished (Redis restarted without persistence) is recreated from the start of what
-    // is there, which is only what was published since.
-    let mut group_start = "$";
+    // A group that vanished (Redis restarted without persistence) is recreated from the start
+    // of what the new stream holds, which is only what was published since.
+    let mut recreate = false;
     let mut group_ready = false;
     let mut next_claim = tokio::time::Instant::now();
+    let mut handling = futures::stream::FuturesUnordered::new();
+    // The read in progress and how many slots it may fill.
+    let mut read: Option<(Read, usize)> = None;
 
-    while !shutdown.is_cancelled() {
-        if !group_ready {
-            match ensure_group(&mut conn, stream, &cfg.group, group_start).await {
-                Ok(()) => group_ready = true,
+    loop {
+        let stopping = shutdown.is_cancelled();
+        if stopping && read.is_none() {
+            break;
+        }
+        if !group_ready && !stopping {
+            let start = if recreate {
+                "0".to_owned()
+            } else {
+                let lookback = cfg.new_group_lookback.as_millis() as u64;
+                let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
+                format!("{}-0", now.saturating_sub(lookback))
+            };
+            let mut conn = bus.connection();
+            match ensure_group(&mut conn, stream, &cfg.group, &start).await {
+                Ok(()) => {
+                    group_ready = true;
+                    backoff.reset();
+                }
                 Err(e) => {
                     let _ = bus.note::<()>(Err(e));
                     if wait(&shutdown, backoff.next_delay()).await {
@@ -653,57 +780,82 @@ where
                 }
             }
         }
+        let reserved = read.as_ref().map_or(0, |(_, n)| *n);
+        let free = slots.saturating_sub(handling.len() + reserved);
 
-        if tokio::time::Instant::now() >= next_claim {
+        if group_ready && !stopping && free > 0 && tokio::time::Instant::now() >= next_claim {
             next_claim = tokio::time::Instant::now() + cfg.claim_every;
-            match reclaim(&mut conn, &cfg).await {
-                Ok(entries) => process_all(bus, &cfg, &conn, entries, &handler).await,
+            match reclaim(bus, &cfg, free).await {
+                Ok(entries) => {
+                    for entry in entries {
+                        handling.push(process(bus, &cfg, entry, &handler));
+                    }
+                }
                 Err(e) => tracing::debug!(error = %e, stream, "reclaim failed"),
             }
+            continue;
         }
-
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&cfg.group)
-            .arg(&cfg.consumer)
-            .arg("COUNT")
-            .arg(cfg.batch)
-            .arg("BLOCK")
-            .arg(cfg.block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(stream)
-            .arg(">");
-        let read = cmd.query_async::<Option<StreamReadReply>>(&mut conn);
-        let reply = tokio::select! {
-            // Entries read but not yet handled stay pending and are reclaimed by a peer.
-            () = shutdown.cancelled() => break,
-            r = read => r,
-        };
-        match bus.note(reply) {
-            Ok(reply) => {
-                backoff.reset();
-                let entries = reply
-                    .map(|r| r.keys)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .flat_map(|k| k.ids)
-                    .collect();
-                process_all(bus, &cfg, &conn, entries, &handler).await;
-            }
-            Err(BusError::Redis(e)) if e.code() == Some("NOGROUP") => {
-                tracing::warn!(stream, group = %cfg.group, "consumer group vanished; recreating");
-                group_ready = false;
-                group_start = "0";
-            }
-            Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %e, stream, retry_in = ?delay, "stream read failed");
-                if wait(&shutdown, delay).await {
-                    break;
+        if read.is_none() && group_ready && !stopping && free > 0 {
+            let count = free.min(cfg.batch.max(1));
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP")
+                .arg(&cfg.group)
+                .arg(&cfg.consumer)
+                .arg("COUNT")
+                .arg(count)
+                .arg("BLOCK")
+                .arg(cfg.block.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(stream)
+                .arg(">");
+            let mut conn = read_conn.clone();
+            read = Some((
+                Box::pin(
+                    async move { cmd.query_async::<Option<StreamReadReply>>(&mut conn).await },
+                ),
+                count,
+            ));
+        }
+        let claim_at = next_claim;
+        tokio::select! {
+            // Stop taking new work; the loop then finishes the read in progress.
+            () = shutdown.cancelled(), if !stopping => {}
+            // A slot is free again: read or reclaim into it.
+            Some(()) = handling.next(), if !handling.is_empty() => {}
+            // Time to look for entries a dead peer left pending.
+            () = tokio::time::sleep_until(claim_at), if free > 0 && !stopping && group_ready => {}
+            reply = async { match read.as_mut() { Some((r, _)) => r.await, None => std::future::pending().await } }, if read.is_some() => {
+                read = None;
+                match bus.note(reply) {
+                    Ok(reply) => {
+                        backoff.reset();
+                        let entries = reply
+                            .map(|r| r.keys)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .flat_map(|k| k.ids);
+                        for entry in entries {
+                            handling.push(process(bus, &cfg, entry, &handler));
+                        }
+                    }
+                    Err(BusError::Redis(e)) if e.code() == Some("NOGROUP") => {
+                        tracing::warn!(stream, group = %cfg.group, "consumer group vanished; recreating");
+                        group_ready = false;
+                        recreate = true;
+                    }
+                    Err(e) => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(error = %e, stream, retry_in = ?delay, "stream read failed");
+                        if wait(&shutdown, delay).await && read.is_none() {
+                            break;
+                        }
+                    }
                 }
             }
         }
     }
+    // Finish what is in hand; its entries are settled as usual.
+    while handling.next().await.is_some() {}
 }
 
 /// Sleeps unless shut down first; true when shut down.
@@ -727,41 +879,56 @@ async fn ensure_group(
     }
 }
 
-async fn reclaim(
-    conn: &mut ConnectionManager,
-    cfg: &ConsumerConfig,
-) -> redis::RedisResult<Vec<StreamId>> {
-    let mut cursor = "0-0".to_owned();
-    let mut out = Vec::new();
-    // Bounded: at most a few pages per round, the rest next round.
-    for _ in 0..4 {
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(cfg.channel.stream())
-            .arg(&cfg.group)
-            .arg(&cfg.consumer)
-            .arg(cfg.claim_idle.as_millis() as u64)
-            .arg(&cursor)
-            .arg("COUNT")
-            .arg(cfg.batch)
-            .query_async(conn)
-            .await?;
-        // Entries deleted from the stream (trimmed) while pending can only be acked away.
-        for id in &reply.deleted_ids {
-            let _: redis::RedisResult<()> =
-                conn.xack(cfg.channel.stream(), &cfg.group, &[id]).await;
-        }
-        if !reply.claimed.is_empty() {
-            tracing::info!(
-                count = reply.claimed.len(),
-                stream = cfg.channel.stream(),
-                "reclaimed entries left pending"
+/// Claims up to `limit` entries that have been pending longer than `claim_idle`. An entry
+/// already delivered `max_deliveries` times is dead-lettered instead of handled again: it was
+/// handed out that often without ever being settled, so its consumers keep dying on it.
+async fn reclaim(bus: &Bus, cfg: &ConsumerConfig, limit: usize) -> Result<Vec<StreamId>, BusError> {
+    let stream = cfg.channel.stream();
+    let mut conn = bus.connection();
+    let reply: redis::RedisResult<StreamAutoClaimReply> = redis::cmd("XAUTOCLAIM")
+        .arg(stream)
+        .arg(&cfg.group)
+        .arg(&cfg.consumer)
+        .arg(cfg.claim_idle.as_millis() as u64)
+        .arg("0-0")
+        .arg("COUNT")
+        .arg(limit.max(1))
+        .query_async(&mut conn)
+        .await;
+    let reply = bus.note(reply)?;
+    // Entries deleted from the stream (trimmed) while pending can only be acked away.
+    for id in &reply.deleted_ids {
+        let _: redis::RedisResult<()> = conn.xack(stream, &cfg.group, &[id]).await;
+    }
+    if reply.claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    tracing::info!(
+        count = reply.claimed.len(),
+        stream,
+        "reclaimed entries left pending"
+    );
+    let mut out = Vec::with_capacity(reply.claimed.len());
+    for entry in reply.claimed {
+        let deliveries = delivery_count(&mut conn, stream, &cfg.group, &entry.id)
+            .await
+            .unwrap_or(1);
+        // XAUTOCLAIM counted this delivery too.
+        if deliveries > cfg.max_deliveries {
+            let reason = format!(
+                "delivered {} times and never settled: its consumers stopped while handling it",
+                deliveries - 1
             );
+            let payload = field_string(&entry.map, STREAM_FIELD_ENVELOPE).unwrap_or_default();
+            if let Err(e) = bus
+                .dead_letter(stream, Some(&cfg.group), Some(&entry.id), &reason, &payload)
+                .await
+            {
+                tracing::warn!(error = %e, entry = %entry.id, "could not dead-letter");
+            }
+            continue;
         }
-        out.extend(reply.claimed);
-        if reply.next_stream_id == "0-0" {
-            break;
-        }
-        cursor = reply.next_stream_id;
+        out.push(entry);
     }
     Ok(out)
 }
@@ -774,35 +941,12 @@ fn field_string(map: &HashMap<String, Value>, key: &str) -> Option<String> {
     }
 }
 
-/// Handles a batch of entries, `cfg.concurrency` at a time.
-async fn process_all<F, Fut>(
-    bus: &Bus,
-    cfg: &ConsumerConfig,
-    conn: &ConnectionManager,
-    entries: Vec<StreamId>,
-    handler: &F,
-) where
+/// Decodes one entry, runs its handler and settles it as the handler says.
+async fn process<F, Fut, R>(bus: &Bus, cfg: &ConsumerConfig, entry: StreamId, handler: &F)
+where
     F: Fn(Envelope) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    use futures::StreamExt as _;
-    futures::stream::iter(entries)
-        .for_each_concurrent(cfg.concurrency.max(1), |entry| {
-            let mut conn = conn.clone();
-            async move { process(bus, cfg, &mut conn, entry, handler).await }
-        })
-        .await;
-}
-
-async fn process<F, Fut>(
-    bus: &Bus,
-    cfg: &ConsumerConfig,
-    conn: &mut ConnectionManager,
-    entry: StreamId,
-    handler: &F,
-) where
-    F: Fn(Envelope) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
+    Fut: Future<Output = R>,
+    R: Into<Disposition>,
 {
     let stream = cfg.channel.stream();
     let raw = field_string(&entry.map, STREAM_FIELD_ENVELOPE);
@@ -829,23 +973,34 @@ async fn process<F, Fut>(
     let label = ChannelLabel::new(stream);
     bus.metrics.events_in.get_or_create(&label).inc();
     let id = env.id.clone();
-    match handler(env).await {
-        Ok(()) => {
+    let mut conn = bus.connection();
+    match handler(env).await.into() {
+        Disposition::Ack => {
             let r: redis::RedisResult<()> = conn.xack(stream, &cfg.group, &[&entry.id]).await;
             if let Err(e) = r {
                 // Not acked means redelivered later; the handler is idempotent on the id.
                 tracing::warn!(error = %e, entry = %entry.id, "ack failed");
             }
         }
-        Err(err) => {
+        Disposition::DeadLetter(reason) => {
             bus.metrics.handler_errors.get_or_create(&label).inc();
-            let deliveries = delivery_count(conn, stream, &cfg.group, &entry.id)
+            let payload = raw.unwrap_or_default();
+            if let Err(e) = bus
+                .dead_letter(stream, Some(&cfg.group), Some(&entry.id), &reason, &payload)
+                .await
+            {
+                tracing::warn!(error = %e, entry = %entry.id, "could not dead-letter");
+            }
+        }
+        Disposition::Retry(err) => {
+            bus.metrics.handler_errors.get_or_create(&label).inc();
+            let deliveries = delivery_count(&mut conn, stream, &cfg.group, &entry.id)
                 .await
                 .unwrap_or(1);
-            tracing::warn!(error = format!("{err:#}"), event_id = %id, entry = %entry.id,
+            tracing::warn!(error = %err, event_id = %id, entry = %entry.id,
                 deliveries, "handler failed");
             if deliveries >= cfg.max_deliveries {
-                let reason = format!("handler failed {deliveries} times: {err:#}");
+                let reason = format!("handler failed {deliveries} times: {err}");
                 let payload = raw.unwrap_or_default();
                 if let Err(e) = bus
                     .dead_letter(stream, Some(&cfg.group), Some(&entry.id), &reason, &payload)

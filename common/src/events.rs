@@ -200,6 +200,9 @@ pub enum Payload {
     RemediationNeeded(RemediationRequest),
     /// `hemostat:false_alarm`: the analyzer's verdict that nothing should be done.
     FalseAlarm(FalseAlarm),
+    /// `hemostat:false_alarm`: an alert that needed no verdict of its own, because the same
+    /// problem of the same container is already being analysed or remediated.
+    AlertFolded(Fold),
     /// `hemostat:remediation_complete`: what the responder did, refused or skipped.
     RemediationComplete(RemediationResult),
     /// `hemostat:alerts`: something a human must look at.
@@ -222,7 +225,7 @@ impl Payload {
             | Payload::HostUnhealthy(_)
             | Payload::HostRecovered(_) => Channel::HealthAlert,
             Payload::RemediationNeeded(_) => Channel::RemediationNeeded,
-            Payload::FalseAlarm(_) => Channel::FalseAlarm,
+            Payload::FalseAlarm(_) | Payload::AlertFolded(_) => Channel::FalseAlarm,
             Payload::RemediationComplete(_) => Channel::RemediationComplete,
             Payload::Escalation(_) => Channel::Alerts,
             Payload::ContainerMetrics(_) | Payload::HostMetrics(_) => Channel::Metrics,
@@ -240,6 +243,7 @@ impl Payload {
             Payload::HostRecovered(_) => "host_recovered",
             Payload::RemediationNeeded(_) => "remediation_needed",
             Payload::FalseAlarm(_) => "false_alarm",
+            Payload::AlertFolded(_) => "alert_folded",
             Payload::RemediationComplete(_) => "remediation_complete",
             Payload::Escalation(_) => "escalation",
             Payload::ContainerMetrics(_) => "container_metrics",
@@ -472,6 +476,25 @@ pub struct HostAlert {
     #[serde(default)]
     pub reminder: bool,
     pub sample: HostSample,
+    /// The limit that was crossed (a percentage), when the alert is about one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+}
+
+impl HostAlert {
+    /// The problem this alert reports, with the measure it crossed.
+    pub fn problem(&self) -> Problem {
+        let metric = match self.kind {
+            HostAlertKind::DiskPressure => "disk_percent",
+            HostAlertKind::MemoryPressure => "memory_percent",
+            HostAlertKind::CpuPressure => "cpu_percent",
+        };
+        Problem {
+            metric: Some(metric.into()),
+            threshold: self.threshold,
+            ..Problem::new(ProblemKind::of_host(self.kind))
+        }
+    }
 }
 
 /// One host sample.
@@ -519,6 +542,174 @@ pub enum Action {
     None,
 }
 
+/// What a remediation request answers, as the responder re-checks it before acting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// The container's process exited (crash, `docker kill`).
+    Died,
+    /// The kernel's OOM killer ended the container.
+    OomKilled,
+    /// An OOM kill inside a container that kept running.
+    Oom,
+    /// Its health check fails.
+    Unhealthy,
+    /// CPU over its threshold.
+    CpuHigh,
+    /// Memory over its threshold.
+    MemoryHigh,
+    /// Far outside its learned baseline.
+    Anomaly,
+    /// The host's disk is nearly full.
+    DiskPressure,
+    /// The host's memory is nearly used up.
+    MemoryPressure,
+    /// The host's CPUs are saturated.
+    CpuPressure,
+    /// A container it depends on (shared network namespace, `hemostat.depends_on`) was
+    /// restarted after it started.
+    DependencyRestarted,
+}
+
+impl ProblemKind {
+    /// The problem a container alert reports; `None` for a person's actions.
+    pub fn of_alert(kind: AlertKind) -> Option<ProblemKind> {
+        Some(match kind {
+            AlertKind::Died => ProblemKind::Died,
+            AlertKind::OomKilled => ProblemKind::OomKilled,
+            AlertKind::Oom => ProblemKind::Oom,
+            AlertKind::Unhealthy => ProblemKind::Unhealthy,
+            AlertKind::CpuHigh => ProblemKind::CpuHigh,
+            AlertKind::MemoryHigh => ProblemKind::MemoryHigh,
+            AlertKind::Anomaly => ProblemKind::Anomaly,
+            AlertKind::Stopped | AlertKind::Paused | AlertKind::Unpaused => return None,
+        })
+    }
+
+    /// The problem a host alert reports.
+    pub fn of_host(kind: HostAlertKind) -> ProblemKind {
+        match kind {
+            HostAlertKind::DiskPressure => ProblemKind::DiskPressure,
+            HostAlertKind::MemoryPressure => ProblemKind::MemoryPressure,
+            HostAlertKind::CpuPressure => ProblemKind::CpuPressure,
+        }
+    }
+
+    /// The wire name, e.g. `oom_killed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemKind::Died => "died",
+            ProblemKind::OomKilled => "oom_killed",
+            ProblemKind::Oom => "oom",
+            ProblemKind::Unhealthy => "unhealthy",
+            ProblemKind::CpuHigh => "cpu_high",
+            ProblemKind::MemoryHigh => "memory_high",
+            ProblemKind::Anomaly => "anomaly",
+            ProblemKind::DiskPressure => "disk_pressure",
+            ProblemKind::MemoryPressure => "memory_pressure",
+            ProblemKind::CpuPressure => "cpu_pressure",
+            ProblemKind::DependencyRestarted => "dependency_restarted",
+        }
+    }
+}
+
+/// The problem a request names, with what the responder needs to tell whether it still holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    /// When it began: the death, the first failing check, the parent's restart.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_rfc3339")]
+    pub since: Option<DateTime<Utc>>,
+    /// For threshold problems: the metric (`cpu_percent`, `memory_percent`, `disk_percent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// For threshold problems: the limit that was crossed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// For `dependency_restarted`: the container whose restart this follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+}
+
+impl Problem {
+    /// A problem of `kind` with nothing more known about it.
+    pub fn new(kind: ProblemKind) -> Problem {
+        Problem {
+            kind,
+            since: None,
+            metric: None,
+            threshold: None,
+            parent: None,
+        }
+    }
+
+    /// The problem a container alert reports (`None` for a person's action).
+    pub fn of_alert(a: &ContainerAlert) -> Option<Problem> {
+        let kind = ProblemKind::of_alert(a.kind)?;
+        Some(Problem {
+            kind,
+            since: a.since.or(a.docker_event_time),
+            metric: a.breach.as_ref().map(|b| b.metric.clone()),
+            threshold: a.breach.as_ref().map(|b| b.threshold),
+            parent: None,
+        })
+    }
+}
+
+/// The responder's safety guards, in the order they are checked. Every refusal names the
+/// guard that made it (`guard` on a `remediation_complete`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guard {
+    /// The request itself: an action that needs a container names none, or asks for nothing.
+    Request,
+    /// The container no longer exists.
+    Exists,
+    /// Not in hemostat's scope (labels, `HEMOSTAT_MONITOR_ALL`, `HEMOSTAT_SCOPE_LABEL`).
+    Scope,
+    /// `hemostat.protect=true` or one of hemostat's own services.
+    Protection,
+    /// A person stopped or paused it.
+    Person,
+    /// Docker's own restart policy is handling it, or keeps restarting it in a loop.
+    RestartPolicy,
+    /// The problem the request names is gone.
+    Problem,
+    /// Many containers of the host are failing at once.
+    Storm,
+    /// Too many remediations of this container recently.
+    Breaker,
+    /// The container's restart backoff has not run out.
+    Backoff,
+    /// A cleanup ran on this host too recently.
+    Cooldown,
+    /// The host's Docker write budget is spent for now.
+    RateLimit,
+    /// Another request is acting on the same container.
+    Lock,
+}
+
+impl Guard {
+    /// The wire name, e.g. `restart_policy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Guard::Request => "request",
+            Guard::Exists => "exists",
+            Guard::Scope => "scope",
+            Guard::Protection => "protection",
+            Guard::Person => "person",
+            Guard::RestartPolicy => "restart_policy",
+            Guard::Problem => "problem",
+            Guard::Storm => "storm",
+            Guard::Breaker => "breaker",
+            Guard::Backoff => "backoff",
+            Guard::Cooldown => "cooldown",
+            Guard::RateLimit => "rate_limit",
+            Guard::Lock => "lock",
+        }
+    }
+}
+
 /// How a verdict was reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -548,6 +739,10 @@ pub struct RemediationRequest {
     pub fallback_reason: Option<String>,
     /// The `health_alert` envelope this answers.
     pub alert_id: String,
+    /// The problem this answers: the responder acts only while it still holds. A request that
+    /// names none is acted on only if the container is down or unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
 }
 
 /// The analyzer's verdict that no action is needed.
@@ -562,6 +757,19 @@ pub struct FalseAlarm {
     pub analysis_method: AnalysisMethod,
 }
 
+/// An alert folded into the analysis or remediation already under way for the same problem of
+/// the same container: it needs no verdict of its own, and this record says where it went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fold {
+    pub container: ContainerRef,
+    /// The folded `health_alert` envelope.
+    pub alert_id: String,
+    pub kind: AlertKind,
+    /// The envelope it joined: the alert being analysed, or the `remediation_needed` in flight.
+    pub into: String,
+    pub reason: String,
+}
+
 /// The result of a remediation attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -570,8 +778,11 @@ pub enum Outcome {
     Failed,
     /// A safety rule refused it (scope, protection, breaker, storm).
     Rejected,
-    /// Deliberately not done (a person's stop, a duplicate, backoff).
+    /// Deliberately not done (a person's stop, the problem is gone, dry run).
     Skipped,
+    /// Done, but a person stopped or paused the container while hemostat was verifying it:
+    /// their action wins, and nothing failed.
+    Superseded,
 }
 
 /// What verification after an action found.
@@ -597,8 +808,15 @@ pub struct RemediationResult {
     pub reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+    /// From the moment the responder took the request to this decision, waits included.
     pub duration_ms: u64,
     pub dry_run: bool,
+    /// The guard that refused or skipped it; absent when every guard passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<Guard>,
+    /// The problem the request named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<ProblemKind>,
 }
 
 /// Why a human is being called.
@@ -737,6 +955,7 @@ mod tests {
                 summary: "disk".into(),
                 reminder: true,
                 sample: host_sample(),
+                threshold: Some(90.0),
             }),
             Payload::HostRecovered(HostAlert {
                 kind: HostAlertKind::MemoryPressure,
@@ -744,6 +963,7 @@ mod tests {
                 summary: "ok".into(),
                 reminder: false,
                 sample: host_sample(),
+                threshold: None,
             }),
             Payload::RemediationNeeded(RemediationRequest {
                 container: Some(container()),
@@ -755,6 +975,12 @@ mod tests {
                 analysis_method: AnalysisMethod::RulesFallback,
                 fallback_reason: Some("timeout".into()),
                 alert_id: "01J".into(),
+                problem: Some(Problem {
+                    since: Some(Utc::now()),
+                    metric: Some("cpu_percent".into()),
+                    threshold: Some(85.0),
+                    ..Problem::new(ProblemKind::CpuHigh)
+                }),
             }),
             Payload::FalseAlarm(FalseAlarm {
                 container: Some(container()),
@@ -763,6 +989,13 @@ mod tests {
                 reason: "user_initiated".into(),
                 confidence: 1.0,
                 analysis_method: AnalysisMethod::Llm,
+            }),
+            Payload::AlertFolded(Fold {
+                container: container(),
+                alert_id: "01L".into(),
+                kind: AlertKind::Died,
+                into: "01J".into(),
+                reason: "the same problem is already being remediated".into(),
             }),
             Payload::RemediationComplete(RemediationResult {
                 container: Some(container()),
@@ -778,6 +1011,8 @@ mod tests {
                 }),
                 duration_ms: 41,
                 dry_run: true,
+                guard: Some(Guard::Protection),
+                problem: Some(ProblemKind::DependencyRestarted),
             }),
             Payload::Escalation(Escalation {
                 kind: EscalationKind::CircuitBreakerOpen,
@@ -820,6 +1055,12 @@ mod tests {
             {
                 a.since = b.since;
                 a.docker_event_time = b.docker_event_time;
+            }
+            if let (Payload::RemediationNeeded(a), Payload::RemediationNeeded(b)) =
+                (&mut back.payload, &env.payload)
+                && let (Some(pa), Some(pb)) = (a.problem.as_mut(), b.problem.as_ref())
+            {
+                pa.since = pb.since;
             }
             if let (Payload::Heartbeat(a), Payload::Heartbeat(b)) =
                 (&mut back.payload, &env.payload)
@@ -868,6 +1109,7 @@ mod tests {
             Channel::HealthAlert,
             Channel::RemediationNeeded,
             Channel::FalseAlarm,
+            Channel::FalseAlarm,
             Channel::RemediationComplete,
             Channel::Alerts,
             Channel::Metrics,
@@ -890,6 +1132,57 @@ mod tests {
             assert_eq!(Channel::from_name(c.stream()), Some(c));
         }
         assert_eq!(Channel::from_name("hemostat:nope"), None);
+    }
+
+    #[test]
+    fn wire_names_match_serde() {
+        use ProblemKind::*;
+        for k in [
+            Died,
+            OomKilled,
+            Oom,
+            Unhealthy,
+            CpuHigh,
+            MemoryHigh,
+            Anomaly,
+            DiskPressure,
+            MemoryPressure,
+            CpuPressure,
+            DependencyRestarted,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+        use Guard::*;
+        for g in [
+            Request,
+            Exists,
+            Scope,
+            Protection,
+            Person,
+            RestartPolicy,
+            Problem,
+            Storm,
+            Breaker,
+            Backoff,
+            Cooldown,
+            RateLimit,
+            Lock,
+        ] {
+            assert_eq!(serde_json::to_value(g).unwrap(), g.as_str());
+        }
+        for a in [
+            AlertKind::Died,
+            AlertKind::OomKilled,
+            AlertKind::Oom,
+            AlertKind::Unhealthy,
+            AlertKind::CpuHigh,
+            AlertKind::MemoryHigh,
+            AlertKind::Anomaly,
+        ] {
+            let p = ProblemKind::of_alert(a).unwrap();
+            assert_eq!(p.as_str(), a.as_str(), "a problem keeps its alert's name");
+        }
+        assert_eq!(ProblemKind::of_alert(AlertKind::Stopped), None);
     }
 
     #[test]

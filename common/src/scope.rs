@@ -33,6 +33,39 @@ pub fn in_scope(labels: &HashMap<String, String>, monitor_all: bool) -> bool {
     }
 }
 
+/// Which containers hemostat watches and may act on: the opt-in rule of [`in_scope`], and, when
+/// set, one label every container in scope must carry (for example
+/// `com.docker.compose.project=shop`, so that several hemostat stacks can share one engine
+/// without touching each other's containers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Watch containers without a `hemostat.enable` label too.
+    pub monitor_all: bool,
+    /// `key` and `value` of a label every container in scope must carry.
+    pub require: Option<(String, String)>,
+}
+
+impl Scope {
+    /// Whether a container with these labels is in scope.
+    pub fn contains(&self, labels: &HashMap<String, String>) -> bool {
+        in_scope(labels, self.monitor_all)
+            && self
+                .require
+                .as_ref()
+                .is_none_or(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// Parses `key=value` (the value may be empty, the key may not) for `HEMOSTAT_SCOPE_LABEL`.
+pub fn parse_label_selector(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!(
+            "{raw:?} is not a label selector; expected key=value, e.g. com.docker.compose.project=shop"
+        )),
+    }
+}
+
 /// Whether a container must never be acted on (it is still watched and alerted on).
 pub fn is_protected(labels: &HashMap<String, String>) -> bool {
     labels.get(LABEL_PROTECT).and_then(|v| truthy(v)) == Some(true)
@@ -91,6 +124,39 @@ mod tests {
         for (l, all, want) in cases {
             assert_eq!(in_scope(&labels(&l), all), want, "{l:?} all={all}");
         }
+    }
+
+    #[test]
+    fn a_required_label_narrows_the_scope() {
+        let shop = Scope {
+            monitor_all: true,
+            require: Some(("com.docker.compose.project".into(), "shop".into())),
+        };
+        let cases = [
+            (vec![("com.docker.compose.project", "shop")], true),
+            (vec![("com.docker.compose.project", "blog")], false),
+            (vec![], false),
+            (
+                vec![
+                    ("com.docker.compose.project", "shop"),
+                    (LABEL_ENABLE, "false"),
+                ],
+                false,
+            ),
+        ];
+        for (l, want) in cases {
+            assert_eq!(shop.contains(&labels(&l)), want, "{l:?}");
+        }
+        assert!(Scope::default().contains(&labels(&[(LABEL_ENABLE, "true")])));
+        assert!(!Scope::default().contains(&labels(&[])));
+    }
+
+    #[test]
+    fn label_selectors_parse() {
+        assert_eq!(parse_label_selector("a=b"), Ok(("a".into(), "b".into())));
+        assert_eq!(parse_label_selector("a="), Ok(("a".into(), String::new())));
+        assert!(parse_label_selector("=b").is_err());
+        assert!(parse_label_selector("ab").is_err());
     }
 
     #[test]

@@ -55,15 +55,31 @@ impl Shutdown {
         self.token.cancelled().await;
     }
 
-    /// The exit code a process should end with: 0 when nothing signalled it, else 128+signal,
-    /// the convention shells and supervisors understand.
+    /// Stops the agent because one of its own tasks ended or panicked: every loop winds down,
+    /// and the process exits 1 so that its supervisor restarts it.
+    pub fn fail(&self) {
+        self.signal.store(FAILED, Ordering::SeqCst);
+        self.token.cancel();
+    }
+
+    /// Whether [`Shutdown::fail`] stopped it.
+    pub fn failed(&self) -> bool {
+        self.signal.load(Ordering::SeqCst) == FAILED
+    }
+
+    /// The exit code a process should end with: 0 when nothing signalled it, 128+signal after a
+    /// signal (the convention shells and supervisors understand), 1 after [`Shutdown::fail`].
     pub fn exit_code(&self) -> i32 {
         match self.signal.load(Ordering::SeqCst) {
             0 => 0,
+            FAILED => 1,
             s => 128 + s,
         }
     }
 }
+
+/// Stored instead of a signal number when a task of the agent's own stopped it.
+const FAILED: i32 = -1;
 
 /// The two signal numbers we care about (Linux values), without a libc dependency.
 mod libc_signal {

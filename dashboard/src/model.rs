@@ -27,6 +27,7 @@ pub fn container_of(env: &Envelope) -> Option<&ContainerRef> {
         | Payload::ContainerRecovered(a) => Some(&a.container),
         Payload::RemediationNeeded(r) => r.container.as_ref(),
         Payload::FalseAlarm(f) => f.container.as_ref(),
+        Payload::AlertFolded(f) => Some(&f.container),
         Payload::RemediationComplete(r) => r.container.as_ref(),
         Payload::Escalation(e) => e.container.as_ref(),
         _ => None,
@@ -52,6 +53,7 @@ pub fn kind_of(env: &Envelope) -> String {
         Payload::RemediationComplete(r) => wire(&r.action),
         Payload::Escalation(e) => wire(&e.kind),
         Payload::FalseAlarm(_) => "false_alarm".into(),
+        Payload::AlertFolded(f) => f.kind.as_str().to_owned(),
         Payload::ContainerMetrics(_) | Payload::HostMetrics(_) => "metrics".into(),
         Payload::Heartbeat(_) => "heartbeat".into(),
     }
@@ -80,10 +82,11 @@ pub fn severity_of(env: &Envelope) -> Severity {
         Payload::RemediationComplete(r) => match r.outcome {
             Outcome::Failed => Severity::Critical,
             Outcome::Rejected => Severity::Warning,
-            Outcome::Success | Outcome::Skipped => Severity::Info,
+            Outcome::Success | Outcome::Skipped | Outcome::Superseded => Severity::Info,
         },
         Payload::Heartbeat(h) if !h.degraded.is_empty() => Severity::Warning,
         Payload::FalseAlarm(_)
+        | Payload::AlertFolded(_)
         | Payload::ContainerMetrics(_)
         | Payload::HostMetrics(_)
         | Payload::Heartbeat(_) => Severity::Info,
@@ -116,6 +119,13 @@ pub fn summary_of(env: &Envelope) -> String {
             name(&f.container),
             f.root_cause,
             wire(&f.analysis_method)
+        ),
+        Payload::AlertFolded(f) => format!(
+            "{} alert for {} folded into {}: {}",
+            f.kind.as_str(),
+            f.container.name,
+            f.into,
+            f.reason
         ),
         Payload::RemediationComplete(r) => format!(
             "{} {}: {}{}: {}",
@@ -575,6 +585,7 @@ pub struct Outcomes {
     pub failed: usize,
     pub rejected: usize,
     pub skipped: usize,
+    pub superseded: usize,
 }
 
 /// The numbers at the top of the page.
@@ -624,6 +635,7 @@ pub fn overview(
             Outcome::Failed => outcomes.failed += 1,
             Outcome::Rejected => outcomes.rejected += 1,
             Outcome::Skipped => outcomes.skipped += 1,
+            Outcome::Superseded => outcomes.superseded += 1,
         }
         if r.outcome != Outcome::Success {
             continue;
@@ -658,7 +670,12 @@ pub fn overview(
         remediations_24h: attempted,
         success_rate_24h: (attempted > 0).then(|| outcomes.success as f64 / attempted as f64),
         outcomes_24h: outcomes,
-        false_alarms_24h: count_since(&h.false_alarms),
+        // The false-alarm stream also records folded alerts; only verdicts count here.
+        false_alarms_24h: h
+            .false_alarms
+            .iter()
+            .filter(|e| e.timestamp >= day_ago && matches!(e.payload, Payload::FalseAlarm(_)))
+            .count(),
         escalations_24h: count_since(&h.alerts),
         mean_time_to_recovery_secs: (!recovery_secs.is_empty())
             .then(|| recovery_secs.iter().sum::<f64>() / recovery_secs.len() as f64),
@@ -910,6 +927,7 @@ mod tests {
             analysis_method: AnalysisMethod::Llm,
             fallback_reason: None,
             alert_id: alert_id.into(),
+            problem: None,
         })
     }
 
@@ -923,6 +941,8 @@ mod tests {
             verification: None,
             duration_ms: 100,
             dry_run: false,
+            guard: None,
+            problem: None,
         })
     }
 

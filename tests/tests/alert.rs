@@ -528,6 +528,7 @@ async fn crash_and_remediation_reach_slack_with_block_kit() {
             analysis_method: AnalysisMethod::Rules,
             fallback_reason: None,
             alert_id: crash.id.clone(),
+            problem: None,
         }),
     );
     w.publish(&verdict).await;
@@ -543,6 +544,8 @@ async fn crash_and_remediation_reach_slack_with_block_kit() {
             verification: None,
             duration_ms: 2100,
             dry_run: false,
+            guard: None,
+            problem: None,
         }),
     );
     w.publish(&done).await;
@@ -1187,6 +1190,8 @@ async fn second_incident_is_told_in_full() {
                 verification: None,
                 duration_ms: 1000,
                 dry_run: false,
+                guard: None,
+                problem: None,
             }),
         )
     };
@@ -1396,6 +1401,8 @@ fn remediation(name: &str, outcome: Outcome) -> Envelope {
             verification: None,
             duration_ms: 30_000,
             dry_run: false,
+            guard: None,
+            problem: None,
         }),
     )
 }

@@ -365,6 +365,8 @@ fn restarted(p: &Patient, request_id: &str) -> Envelope {
             verification: None,
             duration_ms: 500,
             dry_run: false,
+            guard: None,
+            problem: None,
         }),
     )
 }

@@ -313,6 +313,7 @@ fn request(
         analysis_method: method,
         fallback_reason: None,
         alert_id: alert_id.into(),
+        problem: None,
     })
 }
 
@@ -338,6 +339,8 @@ fn result(name: &str, request_id: &str, outcome: Outcome) -> Payload {
         }),
         duration_ms: 612,
         dry_run: false,
+        guard: None,
+        problem: None,
     })
 }
 

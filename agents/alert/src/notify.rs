@@ -78,6 +78,7 @@ fn outcome_word(o: Outcome) -> &'static str {
         Outcome::Failed => "failed",
         Outcome::Rejected => "was refused",
         Outcome::Skipped => "was skipped",
+        Outcome::Superseded => "was overtaken by a person's action",
     }
 }
 
@@ -128,7 +129,7 @@ pub fn from_envelope(env: &Envelope, sources: Sources) -> Option<Notification> {
                 format!("{:?}", r.outcome).to_lowercase()
             );
             let severity = match r.outcome {
-                Outcome::Success | Outcome::Skipped => Severity::Info,
+                Outcome::Success | Outcome::Skipped | Outcome::Superseded => Severity::Info,
                 Outcome::Rejected => Severity::Warning,
                 Outcome::Failed => Severity::Critical,
             };
@@ -177,7 +178,7 @@ pub fn from_envelope(env: &Envelope, sources: Sources) -> Option<Notification> {
             n.method = Some(f.analysis_method);
             Some(n)
         }
-        Payload::RemediationNeeded(_) | Payload::FalseAlarm(_) => None,
+        Payload::RemediationNeeded(_) | Payload::FalseAlarm(_) | Payload::AlertFolded(_) => None,
         Payload::ContainerUnhealthy(a) if sources.crashes => {
             let crash = matches!(
                 a.kind,
@@ -383,6 +384,8 @@ mod tests {
             verification: None,
             duration_ms: 10,
             dry_run: true,
+            guard: None,
+            problem: None,
         };
         let n = from_envelope(
             &Envelope::new("responder", "h", Payload::RemediationComplete(r)),

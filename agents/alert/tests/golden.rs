@@ -76,6 +76,8 @@ fn result(outcome: Outcome, dry_run: bool, reason: &str) -> Payload {
         }),
         duration_ms: 588,
         dry_run,
+        guard: None,
+        problem: None,
     })
 }
 
@@ -185,6 +187,7 @@ fn cases() -> Vec<(&'static str, Vec<Envelope>)> {
                     summary: "host disk use is 92.4 %, over 90 %".into(),
                     reminder: false,
                     sample: HostSample::default(),
+                    threshold: Some(90.0),
                 }),
             )],
         ),

@@ -28,7 +28,7 @@ use hemostat_common::bus::{Bus, ConsumerConfig, RecentWindow, consume};
 use hemostat_common::docker::container_state;
 use hemostat_common::events::{
     Action, AnalysisMethod, Channel, ContainerAlert, ContainerRef, Envelope, Escalation,
-    EscalationKind, FalseAlarm, HostAlert, Payload, RemediationRequest, Severity,
+    EscalationKind, FalseAlarm, HostAlert, Payload, Problem, RemediationRequest, Severity,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -567,6 +567,11 @@ pub fn verdict_payload(
             analysis_method: d.method,
             fallback_reason: d.fallback_reason.clone(),
             alert_id: alert.id.clone(),
+            problem: match &alert.payload {
+                Payload::ContainerUnhealthy(a) => Problem::of_alert(a),
+                Payload::HostUnhealthy(h) => Some(h.problem()),
+                _ => None,
+            },
         })
     } else {
         let why = if d.action == Action::None || d.false_alarm {

@@ -950,6 +950,7 @@ async fn watch_host(cfg: Arc<MonitorConfig>, docker: Docker, out: Out, shutdown:
                 summary,
                 reminder,
                 sample: sample.clone(),
+                threshold: Some(threshold),
             };
             tracing::info!(kind = ?kind, value, threshold, recovered = payload_recovered, "host alert");
             out.alert(if payload_recovered {

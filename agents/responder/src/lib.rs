@@ -830,6 +830,8 @@ impl Responder {
             verification: r.verification,
             duration_ms: took.as_millis() as u64,
             dry_run: self.cfg.dry_run,
+            guard: None,
+            problem: req.problem.as_ref().map(|p| p.kind),
         };
         let mut envs = vec![Envelope::new(
             AGENT,

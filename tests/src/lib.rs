@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod openai_stub;
+pub mod pipeline;
 
 use std::collections::HashMap;
 use std::net::TcpListener;

@@ -3,14 +3,14 @@
 //! are really restarted (or really left alone), and every decision is read back from
 //! `remediation_complete`, `alerts` and the audit stream.
 //!
-//! `cleanup` removes every exited in-scope container on the host, so the test of it takes the
-//! host to itself ([`HOST_WIDE`]) while every other test here shares it.
+//! Each test's responder has only that test's containers in scope (`HEMOSTAT_SCOPE_LABEL`), so
+//! one test's storm or cleanup never sees another's. The one test that floods Docker's event
+//! history takes the host to itself ([`HOST_WIDE`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -21,19 +21,17 @@ use bollard::query_parameters::{
 };
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
-use hemostat_common::agent::AgentContext;
 use hemostat_common::bus::Bus;
 use hemostat_common::events::{
     AUDIT_STREAM, Action, AnalysisMethod, Channel, ContainerRef, Envelope, Escalation,
-    EscalationKind, Outcome, Payload, RemediationRequest, RemediationResult, STREAM_FIELD_ENVELOPE,
-    Severity,
+    EscalationKind, Guard, Outcome, Payload, Problem, ProblemKind, RemediationRequest,
+    RemediationResult, STREAM_FIELD_ENVELOPE, Severity,
 };
 use hemostat_common::http::Health;
 use hemostat_common::metrics::AgentMetrics;
 use hemostat_common::shutdown::Shutdown;
 use hemostat_responder::Responder;
-use hemostat_responder::config::ResponderArgs;
-use hemostat_tests::wait_for_group;
+use hemostat_tests::pipeline::RunningResponder;
 use hemostat_tests::{
     PATIENT_IMAGE, Patient, PatientSpec, StreamReader, TestRedis, docker, ensure_patient_image,
     init_logs, random_id, require,
@@ -41,87 +39,13 @@ use hemostat_tests::{
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 const WAIT: Duration = Duration::from_secs(30);
-const HOST: &str = "test-host";
+const HOST: &str = hemostat_tests::pipeline::HOST;
 /// The responder's consumer group on this host.
-const GROUP: &str = "responder:test-host";
+const GROUP: &str = hemostat_tests::pipeline::RESPONDER_GROUP;
 
-/// Held shared by every test, and exclusively by the cleanup test: cleanup removes every
-/// exited in-scope container on the Docker host, other tests' included.
+/// Held shared by every test, and exclusively by the test that floods Docker's event history
+/// (which would push other tests' `stop` events out of it).
 static HOST_WIDE: RwLock<()> = RwLock::const_new(());
-
-/// A responder running inside the test process, against the real Docker engine.
-struct RunningResponder {
-    shutdown: Shutdown,
-    responder: Arc<Responder>,
-    done: tokio::task::JoinHandle<bool>,
-}
-
-impl RunningResponder {
-    /// Starts a responder for `redis_url` with fast test settings (`extra` flags replace them)
-    /// and returns once its consumer group exists: a new group starts at the end of the
-    /// stream, so a request published before that would never be seen.
-    async fn start(redis_url: &str, extra: &[&str]) -> RunningResponder {
-        let defaults = [
-            ("--redis-url", redis_url),
-            ("--listen", "127.0.0.1:0"),
-            ("--host-id", HOST),
-            ("--heartbeat-interval", "1s"),
-            ("--shutdown-timeout", "3s"),
-            ("--backoff-initial", "1s"),
-            ("--backoff-max", "4s"),
-            ("--verify-timeout", "20s"),
-            ("--stop-timeout", "1s"),
-            // Pinned, whatever the environment says.
-            ("--dry-run", "false"),
-            ("--monitor-all", "false"),
-            ("--cleanup-volumes", "false"),
-        ];
-        let mut args = vec!["hemostat-responder".to_owned()];
-        for (flag, value) in defaults {
-            if !extra.contains(&flag) {
-                args.extend([flag.to_owned(), value.to_owned()]);
-            }
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let a: ResponderArgs = hemostat_common::config::parse_from(args).expect("responder args");
-        let cfg = a.validate().expect("responder config");
-        let shutdown = Shutdown::new();
-        let docker = hemostat_common::docker::connect_docker(None, &Health::default(), &shutdown)
-            .await
-            .expect("docker");
-        let ctx = AgentContext::start(
-            &a.common,
-            hemostat_responder::AGENT,
-            HOST.into(),
-            shutdown.clone(),
-        )
-        .await
-        .expect("agent context");
-        let responder = Arc::new(Responder::new(
-            cfg,
-            docker,
-            ctx.bus.clone(),
-            HOST,
-            &ctx.identity.instance,
-            shutdown.clone(),
-        ));
-        hemostat_responder::spawn(responder.clone(), &ctx);
-        let done = tokio::spawn(ctx.finish());
-        let client = redis::Client::open(redis_url).expect("redis url");
-        wait_for_group(&client, Channel::RemediationNeeded.stream(), GROUP).await;
-        RunningResponder {
-            shutdown,
-            responder,
-            done,
-        }
-    }
-
-    /// Stops it and returns whether it stopped cleanly within its timeout.
-    async fn stop(self) -> bool {
-        self.shutdown.cancel();
-        self.done.await.unwrap_or(false)
-    }
-}
 
 /// Whose turn it is on the Docker host.
 enum Turn {
@@ -181,7 +105,13 @@ impl World {
         )
         .await
         .expect("publisher bus");
-        let responder = RunningResponder::start(&redis.url(), extra).await;
+        // Only this test's containers are in scope: other tests' failures never count toward
+        // this one's storm guard, and its cleanup never touches theirs.
+        let prefix = format!("hstest-{}", random_id());
+        let scope = format!("hemostat.test={prefix}");
+        let mut args = vec!["--scope-label", scope.as_str()];
+        args.extend_from_slice(extra);
+        let responder = RunningResponder::start(&redis.url(), &args).await;
         Some(World {
             responder: Some(responder),
             results: StreamReader::new(&redis, Channel::RemediationComplete),
@@ -189,7 +119,7 @@ impl World {
             redis,
             docker,
             bus,
-            prefix: format!("hstest-{}", random_id()),
+            prefix,
             _turn: turn,
         })
     }
@@ -211,6 +141,17 @@ impl World {
     // --- requests and what comes back ---
 
     fn request(&self, target: Option<&Patient>, action: Action, host: &str) -> Envelope {
+        self.request_for(target, action, host, None)
+    }
+
+    /// A request that names the problem it answers.
+    fn request_for(
+        &self,
+        target: Option<&Patient>,
+        action: Action,
+        host: &str,
+        problem: Option<Problem>,
+    ) -> Envelope {
         Envelope::new(
             "analyzer",
             HOST,
@@ -224,7 +165,7 @@ impl World {
                 analysis_method: AnalysisMethod::Rules,
                 fallback_reason: None,
                 alert_id: format!("alert-{}", random_id()),
-                problem: None,
+                problem,
             }),
         )
     }
@@ -236,6 +177,49 @@ impl World {
     /// Publishes a request for this host and returns it.
     async fn send(&self, target: Option<&Patient>, action: Action) -> Envelope {
         let env = self.request(target, action, HOST);
+        self.publish(&env).await;
+        env
+    }
+
+    /// Publishes a cleanup answering disk pressure over 90 %, and then, as the monitor would,
+    /// a host sample taken after it with the disk at `disk_percent`.
+    async fn send_cleanup(&self, disk_percent: f64) -> Envelope {
+        let env = Envelope::new(
+            "analyzer",
+            HOST,
+            Payload::RemediationNeeded(RemediationRequest {
+                container: None,
+                target_host: HOST.into(),
+                action: Action::Cleanup,
+                root_cause: "the host's disk is nearly full".into(),
+                reason: "rule disk_pressure".into(),
+                confidence: 0.8,
+                analysis_method: AnalysisMethod::Rules,
+                fallback_reason: None,
+                alert_id: format!("alert-{}", random_id()),
+                problem: Some(Problem {
+                    metric: Some("disk_percent".into()),
+                    threshold: Some(90.0),
+                    ..Problem::new(ProblemKind::DiskPressure)
+                }),
+            }),
+        );
+        self.publish(&env).await;
+        let sample = Envelope::new(
+            "monitor",
+            HOST,
+            Payload::HostMetrics(hemostat_common::events::HostSample {
+                disk_percent,
+                ..Default::default()
+            }),
+        );
+        self.publish(&sample).await;
+        env
+    }
+
+    /// Publishes a request naming `problem` and returns it.
+    async fn send_for(&self, target: &Patient, action: Action, problem: Problem) -> Envelope {
+        let env = self.request_for(Some(target), action, HOST, Some(problem));
         self.publish(&env).await;
         env
     }
@@ -498,6 +482,16 @@ impl World {
 }
 
 // --- small helpers ---
+
+/// A problem that holds for a running container: something it depends on was restarted just
+/// now (the request a parent's restart queues). For tests that restart a healthy container.
+fn parent_restarted() -> Problem {
+    Problem {
+        since: Some(Utc::now()),
+        parent: Some("a test".into()),
+        ..Problem::new(ProblemKind::DependencyRestarted)
+    }
+}
 
 fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
@@ -993,11 +987,11 @@ async fn person_stop_during_backoff_wins() {
     };
     let p = w.patient("backoff", PatientSpec::watched(&["run"])).await;
     // A first remediation, so that the next one has to wait 4 s.
-    let req = w.send(Some(&p), Action::Restart).await;
+    let req = w.send_for(&p, Action::Restart, parent_restarted()).await;
     let (_, r) = w.result(&req).await;
     assert_eq!(r.outcome, Outcome::Success, "{r:?}");
-    let req = w.send(Some(&p), Action::Restart).await;
-    // While the responder waits out the backoff, a person stops the container.
+    let req = w.send_for(&p, Action::Restart, parent_restarted()).await;
+    // While the request waits out the backoff, a person stops the container.
     tokio::time::sleep(Duration::from_secs(1)).await;
     p.cli(&["stop"]);
     let stopped = w.wait_state(&p, "exited", |i| status(i) == "exited").await;
@@ -1007,7 +1001,7 @@ async fn person_stop_during_backoff_wins() {
         "the request was decided after the backoff wait, not before the stop: {r:?}"
     );
     assert_eq!(r.outcome, Outcome::Skipped, "a person's stop wins: {r:?}");
-    assert!(r.reason.contains("person"), "{r:?}");
+    assert_eq!(r.guard, Some(Guard::Person), "{r:?}");
     w.assert_untouched(&p, &stopped).await;
     w.stop().await;
 }
@@ -1114,17 +1108,17 @@ async fn dry_run_full_report_no_change() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cleanup_removes_only_exited_in_scope_and_keeps_volumes() {
-    let Some(mut w) = World::start_alone(&[]).await else {
+async fn cleanup_removes_only_old_failures_and_keeps_volumes() {
+    let Some(mut w) = World::start(&["--cleanup-min-age", "3s"]).await else {
         return;
     };
-    let exit_now = args(&["run", "--exit-code", "0", "--after", "0"]);
-    // In scope, exited, with an anonymous volume.
+    let crash_now = args(&["run", "--exit-code", "1", "--after", "0"]);
+    // In scope, crashed, with an anonymous volume: the one thing to remove.
     let gone = w
         .raw(
             "vol",
             ContainerCreateBody {
-                cmd: Some(exit_now.clone()),
+                cmd: Some(crash_now.clone()),
                 labels: Some(watched(&[])),
                 volumes: Some(vec!["/data".into()]),
                 ..ContainerCreateBody::default()
@@ -1132,25 +1126,46 @@ async fn cleanup_removes_only_exited_in_scope_and_keeps_volumes() {
             true,
         )
         .await;
-    let exited = |l| PatientSpec {
-        args: exit_now.clone(),
+    let exited = |a: &[String], l| PatientSpec {
+        args: a.to_vec(),
         labels: l,
         ..PatientSpec::default()
     };
-    let stray = w.patient("unlabelled", exited(HashMap::new())).await;
+    let stray = w
+        .patient("unlabelled", exited(&crash_now, HashMap::new()))
+        .await;
     let out = w
-        .patient("optout", exited(labels(&[("hemostat.enable", "false")])))
+        .patient(
+            "optout",
+            exited(&crash_now, labels(&[("hemostat.enable", "false")])),
+        )
         .await;
     let prot = w
         .patient(
             "protected",
-            exited(watched(&[("hemostat.protect", "true")])),
+            exited(&crash_now, watched(&[("hemostat.protect", "true")])),
         )
         .await;
+    let clean = w
+        .patient(
+            "clean",
+            exited(
+                &args(&["run", "--exit-code", "0", "--after", "0"]),
+                watched(&[]),
+            ),
+        )
+        .await;
+    let person = w.patient("person", PatientSpec::watched(&["run"])).await;
+    person.cli(&["stop"]);
     let running = w.patient("running", PatientSpec::watched(&["run"])).await;
-    for p in [&gone, &stray, &out, &prot] {
+    for p in [&gone, &stray, &out, &prot, &clean, &person] {
         w.wait_state(p, "exited", |i| status(i) == "exited").await;
     }
+    // Older than the 3 s minimum age by now; one more that is not.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let fresh = w.patient("fresh", exited(&crash_now, watched(&[]))).await;
+    w.wait_state(&fresh, "exited", |i| status(i) == "exited")
+        .await;
     let volume = w
         .inspect(&gone)
         .await
@@ -1162,7 +1177,7 @@ async fn cleanup_removes_only_exited_in_scope_and_keeps_volumes() {
         .expect("an anonymous volume on /data");
     let _volume = VolumeGuard(volume.clone());
 
-    let req = w.send(None, Action::Cleanup).await;
+    let req = w.send_cleanup(99.0).await;
     let (_, r) = w.result(&req).await;
     assert_eq!(r.outcome, Outcome::Success, "{r:?}");
     assert_eq!(r.action, Action::Cleanup);
@@ -1173,24 +1188,60 @@ async fn cleanup_removes_only_exited_in_scope_and_keeps_volumes() {
         .unwrap_or_else(|| panic!("the reason lists what was left: {r:?}"));
     assert!(removed.contains(&gone.name), "{r:?}");
     assert!(removed.contains("volumes kept"), "{r:?}");
-    for p in [&stray, &out, &prot] {
-        assert!(left.contains(&p.name), "{} left alone: {r:?}", p.name);
+    for (p, why) in [
+        (&stray, "not in scope"),
+        (&out, "not in scope"),
+        (&prot, "protected"),
+        (&clean, "exit code 0"),
+        (&person, "stopped by a person"),
+        (&fresh, "exited less than 3 s ago"),
+    ] {
+        assert!(
+            left.contains(&format!("{}: {why}", p.name)),
+            "{} left alone because {why}: {r:?}",
+            p.name
+        );
         assert!(!removed.contains(&p.name), "{} not removed: {r:?}", p.name);
-    }
-    assert!(!r.reason.contains(&running.name), "{r:?}");
-
-    assert!(
-        !w.exists(&gone).await,
-        "the exited in-scope container is gone"
-    );
-    for p in [&stray, &out, &prot] {
         assert_eq!(status(&w.inspect(p).await), "exited", "{} kept", p.name);
     }
+    assert!(!r.reason.contains(&running.name), "{r:?}");
+    assert!(!w.exists(&gone).await, "the old crashed container is gone");
     assert_eq!(status(&w.inspect(&running).await), "running");
     w.docker
         .inspect_volume(&volume)
         .await
         .unwrap_or_else(|e| panic!("the anonymous volume {volume} was kept: {e}"));
+
+    // At most one cleanup per cooldown, however hard the disk presses.
+    let again = w.send_cleanup(99.0).await;
+    let (_, r) = w.result(&again).await;
+    assert_eq!(r.outcome, Outcome::Skipped, "{r:?}");
+    assert_eq!(r.guard, Some(Guard::Cooldown), "{r:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_needs_pressure_that_still_holds() {
+    let Some(mut w) = World::start(&["--cleanup-min-age", "1s"]).await else {
+        return;
+    };
+    let (old, before) = w.crashed("old", watched(&[])).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // The disk is back under its threshold by the time the responder looks.
+    let req = w.send_cleanup(42.0).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Skipped, "{r:?}");
+    assert_eq!(r.guard, Some(Guard::Problem), "{r:?}");
+    assert!(r.reason.contains("under the 90.0 threshold"), "{r:?}");
+    // A cleanup that names no pressure at all.
+    let bare = w.send(None, Action::Cleanup).await;
+    let (_, r) = w.result(&bare).await;
+    assert_eq!(
+        (r.outcome, r.guard),
+        (Outcome::Skipped, Some(Guard::Problem)),
+        "{r:?}"
+    );
+    w.assert_untouched(&old, &before).await;
     w.stop().await;
 }
 
@@ -1227,14 +1278,32 @@ async fn dependents_restarted_after_parent() {
         .await;
     let netns_before = w.inspect(&netns).await;
     let declared_before = w.inspect(&declared).await;
+    parent.cli(&["kill"]);
+    w.wait_state(&parent, "exited", |i| status(i) == "exited")
+        .await;
 
-    let req = w.send(Some(&parent), Action::Restart).await;
+    let req = w
+        .send_for(&parent, Action::Restart, Problem::new(ProblemKind::Died))
+        .await;
     let (_, r) = w.result(&req).await;
     assert_eq!(r.outcome, Outcome::Success, "{r:?}");
-    assert!(r.reason.contains("dependents restarted after it"), "{r:?}");
+    assert!(r.reason.contains("dependents queued"), "{r:?}");
     let parent_started = started_at(&w.inspect(&parent).await);
     for (dep, before) in [(&netns, &netns_before), (&declared, &declared_before)] {
         assert!(r.reason.contains(&dep.name), "{} listed: {r:?}", dep.name);
+        // Each dependent is a request of its own, with its own report.
+        let name = dep.name.clone();
+        let env = w
+            .results
+            .wait_for(WAIT, &format!("the report on {name}"), |e| {
+                result_of(e).is_some_and(|r| {
+                    r.container.as_ref().is_some_and(|c| c.name == name)
+                        && r.problem == Some(ProblemKind::DependencyRestarted)
+                })
+            })
+            .await;
+        let dr = result_of(&env).expect("a result");
+        assert_eq!(dr.outcome, Outcome::Success, "{dr:?}");
         let i = w.inspect(dep).await;
         assert_eq!(status(&i), "running", "{}", dep.name);
         assert!(
@@ -1301,33 +1370,72 @@ async fn dependents_get_the_same_safety_checks() {
     let stopped_before = w
         .wait_state(&stopped, "exited", |i| status(i) == "exited")
         .await;
+    // Protected: alert only.
+    let prot = w
+        .patient(
+            "protected",
+            PatientSpec {
+                args: args(&["run"]),
+                labels: watched(&[
+                    ("hemostat.depends_on", &parent.name),
+                    ("hemostat.protect", "true"),
+                ]),
+                ..PatientSpec::default()
+            },
+        )
+        .await;
     let optout_before = w.inspect(&optout).await;
     let stray_before = w.inspect(&stray).await;
+    let prot_before = w.inspect(&prot).await;
 
-    let req = w.send(Some(&parent), Action::Restart).await;
+    let req = w
+        .send_for(&parent, Action::Restart, parent_restarted())
+        .await;
     let (_, r) = w.result(&req).await;
     assert_eq!(r.outcome, Outcome::Success, "{r:?}");
-    // hemostat.enable=false always excludes; without the label it is not in scope; a
-    // person's stop wins.
+    // Out of scope: named and left alone, never queued.
+    let (queued, outside) = r
+        .reason
+        .split_once("not in scope")
+        .unwrap_or_else(|| panic!("{r:?}"));
+    for dep in [&optout, &stray] {
+        assert!(
+            outside.contains(&dep.name),
+            "{} left alone: {r:?}",
+            dep.name
+        );
+    }
+    for dep in [&stopped, &prot] {
+        assert!(queued.contains(&dep.name), "{} queued: {r:?}", dep.name);
+    }
+    // The queued ones pass the same guards as any request: a person's stop wins, protection
+    // refuses and escalates.
+    for (dep, outcome, guard) in [
+        (&stopped, Outcome::Skipped, Guard::Person),
+        (&prot, Outcome::Rejected, Guard::Protection),
+    ] {
+        let name = dep.name.clone();
+        let env = w
+            .results
+            .wait_for(WAIT, &format!("the report on {name}"), |e| {
+                result_of(e).is_some_and(|r| r.container.as_ref().is_some_and(|c| c.name == name))
+            })
+            .await;
+        let dr = result_of(&env).expect("a result");
+        assert_eq!((dr.outcome, dr.guard), (outcome, Some(guard)), "{dr:?}");
+    }
     w.assert_untouched(&optout, &optout_before).await;
     w.assert_untouched(&stray, &stray_before).await;
     w.assert_untouched(&stopped, &stopped_before).await;
-    // The report says why each was left alone.
-    for dep in [&optout, &stray, &stopped] {
-        assert!(r.reason.contains(&dep.name), "{} listed: {r:?}", dep.name);
-        assert!(
-            !r.reason.contains(&format!("{}: restarted", dep.name)),
-            "{r:?}"
-        );
-    }
-    assert!(r.reason.contains("not in scope"), "{r:?}");
-    assert!(r.reason.contains("person"), "{r:?}");
+    w.assert_untouched(&prot, &prot_before).await;
     w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn storm_guard_trips() {
-    let Some(mut w) = World::start(&["--storm-threshold", "2", "--storm-window", "30s"]).await
+async fn storm_is_held_then_acted_on_when_it_passes() {
+    // Four of four containers fail at once: a storm (the limit is 3); it passes 6 s after the
+    // failures began.
+    let Some(mut w) = World::start(&["--storm-threshold", "3", "--storm-window", "6s"]).await
     else {
         return;
     };
@@ -1337,27 +1445,35 @@ async fn storm_guard_trips() {
     }
     let reqs: Vec<Envelope> = patients
         .iter()
-        .map(|(p, _)| w.request(Some(p), Action::Restart, HOST))
+        .map(|(p, _)| {
+            w.request_for(
+                Some(p),
+                Action::Restart,
+                HOST,
+                Some(Problem::new(ProblemKind::Died)),
+            )
+        })
         .collect();
-    for req in &reqs {
-        w.publish(req).await;
+    w.bus.publish_all(&reqs).await.expect("publish");
+    let sent = Instant::now();
+    // Held: nothing is restarted while the storm lasts, and nothing is reported yet.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (p, before) in &patients {
+        w.assert_untouched(p, before).await;
     }
-    let mut rejected = 0;
+    let early = w
+        .results
+        .collect_for(Duration::from_millis(100), |e| result_of(e).is_some())
+        .await;
+    assert!(early.is_empty(), "held, not refused: {early:#?}");
+    // Once the failures are older than the window, each still failing is acted on.
     for ((p, before), req) in patients.iter().zip(&reqs) {
         let (_, r) = w.result(req).await;
-        match r.outcome {
-            Outcome::Rejected => {
-                rejected += 1;
-                assert!(r.reason.contains("storm"), "{r:?}");
-                w.assert_untouched(p, before).await;
-            }
-            Outcome::Success | Outcome::Failed => {
-                assert!(r.verification.is_some(), "{r:?}");
-            }
-            Outcome::Skipped | Outcome::Superseded => panic!("nothing here is skipped: {r:?}"),
-        }
+        assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+        assert!(r.duration_ms >= 5_000, "decided after the storm: {r:?}");
+        assert!(started_at(&w.inspect(p).await) > finished_at(before));
     }
-    assert_eq!(rejected, 2, "more than 2 failing containers is a storm");
+    assert!(sent.elapsed() >= Duration::from_secs(5));
     let paused = w
         .escalations(
             EscalationKind::RemediationPaused,
@@ -1366,6 +1482,13 @@ async fn storm_guard_trips() {
         .await;
     assert_eq!(paused.len(), 1, "exactly one escalation: {paused:#?}");
     assert_eq!(paused[0].severity, Severity::Critical);
+    for (p, _) in &patients {
+        assert!(
+            paused[0].detail.contains(&p.name),
+            "names {}: {paused:#?}",
+            p.name
+        );
+    }
     w.stop().await;
 }
 
@@ -1411,7 +1534,7 @@ async fn slow_stop_restarts_successfully() {
     };
     let p = w.patient("slow", spec).await;
     let before = w.inspect(&p).await;
-    let req = w.send(Some(&p), Action::Restart).await;
+    let req = w.send_for(&p, Action::Restart, parent_restarted()).await;
     let (_, r) = w.result(&req).await;
     assert_eq!(r.outcome, Outcome::Success, "{r:?}");
     let v = r.verification.as_ref().expect("a verification");
@@ -1442,15 +1565,19 @@ async fn audit_has_every_decision() {
         .await;
 
     let cases = [
-        (&fixed, Outcome::Success),
-        (&prot, Outcome::Rejected),
-        (&paused, Outcome::Skipped),
+        (&fixed, Outcome::Success, None),
+        (&prot, Outcome::Rejected, Some(Guard::Protection)),
+        (&paused, Outcome::Skipped, Some(Guard::Person)),
     ];
     let mut decided = Vec::new();
-    for (p, want) in cases {
+    for (p, want, guard) in cases {
         let req = w.send(Some(p), Action::Restart).await;
         let (env, r) = w.result(&req).await;
         assert_eq!(r.outcome, want, "{}: {r:?}", p.name);
+        assert_eq!(
+            r.guard, guard,
+            "the audit names the guard that decided: {r:?}"
+        );
         assert_eq!(r.action, Action::Restart);
         assert!(!r.dry_run);
         assert!(!r.reason.is_empty());

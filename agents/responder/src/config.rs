@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use clap::builder::BoolishValueParser;
-use hemostat_common::config::{CommonArgs, ConfigError, parse_duration};
+use hemostat_common::config::{CommonArgs, ConfigError, ScopeArgs, parse_duration};
+use hemostat_common::scope::Scope;
 
 use crate::policy::{BackoffPolicy, BreakerPolicy, StormPolicy};
 
@@ -25,11 +26,8 @@ pub struct ResponderArgs {
           action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub dry_run: bool,
 
-    /// Act on every container, not only those labelled `hemostat.enable=true`
-    /// (`hemostat.enable=false` and protection still apply).
-    #[arg(long, env = "HEMOSTAT_MONITOR_ALL", default_value = "false", value_parser = BoolishValueParser::new(),
-          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub monitor_all: bool,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
 
     /// First restart delay of a container that keeps failing (doubles each time).
     #[arg(long, env = "HEMOSTAT_BACKOFF_INITIAL", default_value = "10s", value_parser = parse_duration)]
@@ -56,16 +54,18 @@ pub struct ResponderArgs {
     #[arg(long, env = "HEMOSTAT_BREAKER_COOLDOWN", default_value = "1h", value_parser = parse_duration)]
     pub breaker_cooldown: Duration,
 
-    /// Distinct containers needing remediation within the storm window that pause remediation.
-    #[arg(long, env = "HEMOSTAT_STORM_THRESHOLD", default_value_t = 5,
+    /// The fewest containers failing at once that can be a storm, however small the host.
+    #[arg(long, env = "HEMOSTAT_STORM_THRESHOLD", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub storm_threshold: u32,
 
-    /// Or this share (0-1) of the host's in-scope containers, whichever is reached first.
-    #[arg(long, env = "HEMOSTAT_STORM_SHARE", default_value_t = 0.5)]
+    /// The share (0-1] of the host's in-scope containers failing at once that makes a storm on
+    /// a larger host (the storm limit is the larger of this share and the threshold).
+    #[arg(long, env = "HEMOSTAT_STORM_SHARE", default_value_t = 0.3)]
     pub storm_share: f64,
 
-    /// The storm guard's window, and how long remediation stays paused once it trips.
+    /// Failures that began within this window count toward a storm; a storm ends by itself
+    /// once they are older (held requests are then acted on if their problem still holds).
     #[arg(long, env = "HEMOSTAT_STORM_WINDOW", default_value = "60s", value_parser = parse_duration)]
     pub storm_window: Duration,
 
@@ -87,11 +87,30 @@ pub struct ResponderArgs {
           action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub cleanup_volumes: bool,
 
-    /// Requests handled at once (different containers; one container is never acted on twice
-    /// at once).
+    /// `cleanup` removes only containers that exited at least this long ago.
+    #[arg(long, env = "HEMOSTAT_CLEANUP_MIN_AGE", default_value = "24h", value_parser = parse_duration)]
+    pub cleanup_min_age: Duration,
+
+    /// At most one cleanup per host within this time.
+    #[arg(long, env = "HEMOSTAT_CLEANUP_COOLDOWN", default_value = "1h", value_parser = parse_duration)]
+    pub cleanup_cooldown: Duration,
+
+    /// Request steps handled at once (judging, acting, one verification look). Waits take no
+    /// slot: they are due times in Redis.
     #[arg(long, env = "HEMOSTAT_RESPONDER_CONCURRENCY", default_value_t = 8,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
+
+    /// How long a responder's claim on a request lasts without being renewed: after a crash,
+    /// a peer or a successor takes the request over this long after the last renewal.
+    #[arg(long, env = "HEMOSTAT_RESPONDER_LEASE", default_value = "15s", value_parser = parse_duration)]
+    pub lease: Duration,
+
+    /// Most requests waiting in the host's queue; beyond it new requests stay on the stream
+    /// until there is room.
+    #[arg(long, env = "HEMOSTAT_RESPONDER_QUEUE_MAX", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(10..=1_000_000))]
+    pub queue_max: u32,
 
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -111,7 +130,7 @@ pub enum Command {
 #[derive(Debug, Clone)]
 pub struct ResponderConfig {
     pub dry_run: bool,
-    pub monitor_all: bool,
+    pub scope: Scope,
     pub backoff: BackoffPolicy,
     pub breaker: BreakerPolicy,
     pub storm: StormPolicy,
@@ -119,12 +138,23 @@ pub struct ResponderConfig {
     pub verify_timeout: Duration,
     pub stop_timeout: Duration,
     pub cleanup_volumes: bool,
+    pub cleanup_min_age: Duration,
+    pub cleanup_cooldown: Duration,
     pub concurrency: usize,
+    pub lease: Duration,
+    pub queue_max: usize,
 }
 
 impl ResponderArgs {
     pub fn validate(&self) -> Result<ResponderConfig, ConfigError> {
         self.common.validate()?;
+        let scope = self.scope.scope()?;
+        if self.lease < Duration::from_secs(1) || self.lease > Duration::from_secs(600) {
+            return Err(ConfigError {
+                variable: "HEMOSTAT_RESPONDER_LEASE",
+                message: format!("{:?} is out of range; expected 1s to 10m", self.lease),
+            });
+        }
         if self.backoff_max < self.backoff_initial {
             return Err(ConfigError {
                 variable: "HEMOSTAT_BACKOFF_MAX",
@@ -151,7 +181,7 @@ impl ResponderArgs {
         }
         Ok(ResponderConfig {
             dry_run: self.dry_run,
-            monitor_all: self.monitor_all,
+            scope,
             backoff: BackoffPolicy {
                 initial: self.backoff_initial,
                 max: self.backoff_max,
@@ -163,7 +193,7 @@ impl ResponderArgs {
                 cooldown: self.breaker_cooldown,
             },
             storm: StormPolicy {
-                threshold: self.storm_threshold,
+                floor: self.storm_threshold,
                 share: self.storm_share,
                 window: self.storm_window,
             },
@@ -171,7 +201,11 @@ impl ResponderArgs {
             verify_timeout: self.verify_timeout,
             stop_timeout: self.stop_timeout,
             cleanup_volumes: self.cleanup_volumes,
+            cleanup_min_age: self.cleanup_min_age,
+            cleanup_cooldown: self.cleanup_cooldown,
             concurrency: usize::from(self.concurrency),
+            lease: self.lease,
+            queue_max: self.queue_max as usize,
         })
     }
 }
@@ -200,6 +234,9 @@ mod tests {
         assert_eq!(c.breaker.threshold, 5);
         assert_eq!(c.breaker.window, Duration::from_secs(1800));
         assert!(!c.cleanup_volumes);
+        assert_eq!(c.cleanup_min_age, Duration::from_secs(24 * 3600));
+        assert_eq!((c.storm.floor, c.storm.share), (3, 0.3));
+        assert_eq!(c.scope, Scope::default());
     }
 
     #[test]
@@ -213,6 +250,9 @@ mod tests {
             (&["--dry-run", "maybe"], "HEMOSTAT_DRY_RUN"),
             (&["--breaker-threshold", "0"], "HEMOSTAT_BREAKER_THRESHOLD"),
             (&["--verify-timeout", "soon"], "HEMOSTAT_VERIFY_TIMEOUT"),
+            (&["--scope-label", "=x"], "HEMOSTAT_SCOPE_LABEL"),
+            (&["--lease", "0s"], "HEMOSTAT_RESPONDER_LEASE"),
+            (&["--cleanup-min-age", "a day"], "HEMOSTAT_CLEANUP_MIN_AGE"),
         ];
         for (args, var) in cases {
             let err = parse(args).unwrap_err();

@@ -1,46 +1,74 @@
 //! hemostat-responder: the only component that writes to Docker.
 //!
-//! For each `remediation_needed` addressed to its host it re-checks every safety rule itself
-//! (it never trusts a message), acts through bollard, verifies, and reports every decision,
-//! refusals included, on `hemostat:remediation_complete` and in the audit stream.
+//! Every `remediation_needed` addressed to its host becomes a job in the host's queue in Redis
+//! ([`queue`]); the stream entry is acked once the job is recorded. A scheduler claims jobs as
+//! they fall due and runs one short *step* per claim, never a wait:
 //!
-//! The order of the checks is the order of the safety rules in DESIGN.md: wrong host → ignore;
-//! already handled → skip; another replica acting → skip; gone, out of scope, protected →
-//! reject; a person's stop or pause → skip; storm → pause and escalate once; breaker open →
-//! reject (escalate once when it opens); backoff → wait; rate limit → wait; act (unless dry
-//! run); verify; restart dependents.
+//! - **judge** (`queued`): gather fresh facts (inspect, Docker's history, the queue's state, the
+//!   monitor's newest measurement), run the guard table ([`guards`]), then report a refusal,
+//!   put the job back with a due time (backoff, storm, rate limit, lock), or act;
+//! - **act**: record the intent (lock, write budget, history) atomically, make the one Docker
+//!   call, move to `verifying` and take the first look;
+//! - **look** (`verifying`): one inspect; report success, failure or `superseded` (a person
+//!   took over), or put the job back for the next look;
+//! - **resume** (`acting`, found after a crash): decide from Docker itself whether the write
+//!   reached it; verify it if so, judge again if not. A write is never made twice.
+//!
+//! A job leaves the queue only in the atomic step that publishes its report to
+//! `hemostat:remediation_complete` and the audit stream, releases its lock and queues its
+//! dependents. A SIGTERM hands the jobs in hand back; after a SIGKILL their leases lapse and a
+//! peer or a successor takes them over from their recorded phase.
 
 pub mod config;
 pub mod docker_ops;
+pub mod guards;
 pub mod policy;
+pub mod queue;
 
-use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use chrono::Utc;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use bollard::models::ContainerInspectResponse;
+use chrono::{TimeZone, Utc};
 use hemostat_common::agent::AgentContext;
-use hemostat_common::bus::{Bus, ConsumerConfig, RecentWindow, consume};
+use hemostat_common::bus::{Backoff, Bus, ConsumerConfig, Disposition, RecentWindow, consume};
 use hemostat_common::events::{
-    AUDIT_STREAM, Action, Channel, ContainerRef, Envelope, Escalation, EscalationKind, Outcome,
-    Payload, RemediationRequest, RemediationResult, Severity, Verification,
+    AUDIT_STREAM, Action, AnalysisMethod, Channel, ContainerRef, Envelope, Escalation,
+    EscalationKind, Guard, Outcome, Payload, Problem, ProblemKind, RemediationRequest,
+    RemediationResult, Severity, Verification,
 };
-use hemostat_common::scope;
 use hemostat_common::shutdown::Shutdown;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::Notify;
 
 use crate::config::ResponderConfig;
-use crate::policy::StormPolicy;
+use crate::guards::{
+    Check, Effect, Facts, Measured, PersonAction, Policies, Reached, Refusal, Target,
+};
+use crate::policy::WriteBudget;
+pub use crate::queue::keys;
+use crate::queue::{Admitted, Intent, Job, Phase, Queue};
 
 /// The agent's name on the bus.
 pub const AGENT: &str = "responder";
 
 /// How long "already handled" markers live.
 const HANDLED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The longest the scheduler sleeps without looking at the queue (peers admit jobs too, and
+/// leases of dead peers fall due).
+const POLL: Duration = Duration::from_secs(1);
+
+/// How long one listing of the host's containers serves the storm guard.
+const LISTING_TTL: Duration = Duration::from_secs(1);
+
+/// How long a threshold request waits for a measurement newer than itself.
+const MEASURE_WAIT: Duration = Duration::from_secs(60);
 
 /// Label set for action counts.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,43 +77,56 @@ pub struct ActionLabel {
     pub outcome: String,
 }
 
+/// Label set for waits.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardLabel {
+    pub guard: String,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct ResponderMetrics {
     pub decisions: Family<ActionLabel, Counter>,
     pub escalations: Counter,
     pub ignored_other_host: Counter,
+    /// Times a request was put back to wait, by the guard that held it.
+    pub deferred: Family<GuardLabel, Counter>,
+    /// Requests in the host's queue at the last look.
+    pub queued: Gauge,
 }
 
-/// Redis keys of the responder's shared state (public: the dashboard reads breakers) (shared by replicas on one host, and surviving
-/// restarts). Containers are keyed by name: compose recreates a container under the same name,
-/// and its history must follow it.
-pub mod keys {
-    pub fn history(host: &str, name: &str) -> String {
-        format!("hemostat:history:{host}:{name}")
-    }
-    pub fn breaker(host: &str, name: &str) -> String {
-        format!("hemostat:breaker:{host}:{name}")
-    }
-    pub fn lock(host: &str, name: &str) -> String {
-        format!("hemostat:lock:{host}:{name}")
-    }
-    pub fn storm(host: &str) -> String {
-        format!("hemostat:storm:{host}")
-    }
-    pub fn storm_pause(host: &str) -> String {
-        format!("hemostat:storm_pause:{host}")
-    }
-    pub fn handled(host: &str, id: &str) -> String {
-        format!("hemostat:seen:responder:{host}:{id}")
-    }
+/// A point in a request's handling where a test can freeze the responder, as a SIGKILL would
+/// stop it, to prove what a successor does from there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Point {
+    /// The intent is recorded; the Docker call has not been made.
+    BeforeDockerWrite,
+    /// The Docker call returned; nothing else is recorded yet.
+    AfterDockerWrite,
+    /// The outcome is known; the report is not written yet.
+    BeforeReport,
+}
+
+/// Returns true to freeze the step at that point forever.
+pub type FaultHook = Arc<dyn Fn(Point, &Job) -> bool + Send + Sync>;
+
+/// A listing of the host's containers: names, labels, and whether each is in trouble.
+#[derive(Debug, Default)]
+struct Listing {
+    in_scope: u32,
+    /// In-scope containers that are down, restarting or unhealthy.
+    troubled: HashSet<String>,
 }
 
 /// One decision, ready to report.
+#[derive(Debug)]
 struct Report {
     outcome: Outcome,
     reason: String,
+    guard: Option<Guard>,
     verification: Option<Verification>,
     escalation: Option<Escalation>,
+    /// Requests to queue with the report (dependents restarted after their parent).
+    follow_ups: Vec<Envelope>,
 }
 
 impl Report {
@@ -93,24 +134,39 @@ impl Report {
         Report {
             outcome,
             reason: reason.into(),
+            guard: None,
             verification: None,
             escalation: None,
+            follow_ups: Vec::new(),
+        }
+    }
+
+    fn refused(outcome: Outcome, guard: Guard, reason: impl Into<String>) -> Report {
+        Report {
+            guard: Some(guard),
+            ..Report::new(outcome, reason)
         }
     }
 }
 
 pub struct Responder {
     cfg: ResponderConfig,
+    policies: Policies,
     docker: Docker,
     bus: Bus,
+    queue: Queue,
     host: String,
-    instance: String,
-    writes: DefaultDirectRateLimiter,
     shutdown: Shutdown,
-    /// Recent health alerts, read incrementally: where a person's stop is remembered.
+    /// Wakes the scheduler early: a job was admitted.
+    wake: Notify,
+    /// Jobs this process holds a lease on right now.
+    owned: Mutex<HashSet<String>>,
+    /// Recent health alerts: where a person's stop is remembered.
     recent_alerts: RecentWindow,
-    /// The host's in-scope container count and when it was taken (see `in_scope_count`).
-    in_scope: tokio::sync::Mutex<Option<(Instant, u32)>>,
+    /// Recent samples: the fresh measurement a threshold request needs.
+    recent_metrics: RecentWindow,
+    listing: tokio::sync::Mutex<Option<(Instant, Arc<Listing>)>>,
+    faults: Option<FaultHook>,
     pub metrics: ResponderMetrics,
 }
 
@@ -123,11 +179,16 @@ impl std::fmt::Debug for Responder {
     }
 }
 
-/// How long one count of the host's in-scope containers serves the storm guard.
-const IN_SCOPE_TTL: Duration = Duration::from_secs(1);
-
 fn now_ms() -> u64 {
     Utc::now().timestamp_millis().max(0) as u64
+}
+
+fn ms_to_time(ms: u64) -> Option<chrono::DateTime<Utc>> {
+    Utc.timestamp_millis_opt(ms as i64).single()
+}
+
+fn secs(ms: u64) -> String {
+    format!("{:.1} s", ms as f64 / 1000.0)
 }
 
 impl Responder {
@@ -139,19 +200,40 @@ impl Responder {
         instance: &str,
         shutdown: Shutdown,
     ) -> Responder {
-        let rate = NonZeroU32::new(cfg.docker_write_rate.max(1)).unwrap_or(NonZeroU32::MIN);
+        let policies = Policies {
+            scope: cfg.scope.clone(),
+            dry_run: cfg.dry_run,
+            backoff: cfg.backoff,
+            breaker: cfg.breaker,
+            storm: cfg.storm,
+            writes: WriteBudget {
+                per_minute: cfg.docker_write_rate.max(1),
+            },
+            cleanup_cooldown: cfg.cleanup_cooldown,
+            measure_wait: MEASURE_WAIT,
+        };
         Responder {
-            writes: RateLimiter::direct(Quota::per_minute(rate)),
+            queue: Queue::new(bus.clone(), host, instance, cfg.lease),
+            policies,
             cfg,
             docker,
             bus,
             host: host.to_owned(),
-            instance: instance.to_owned(),
             shutdown,
+            wake: Notify::new(),
+            owned: Mutex::default(),
             recent_alerts: RecentWindow::new(Channel::HealthAlert, 2000),
-            in_scope: tokio::sync::Mutex::new(None),
+            recent_metrics: RecentWindow::new(Channel::Metrics, 120),
+            listing: tokio::sync::Mutex::new(None),
+            faults: None,
             metrics: ResponderMetrics::default(),
         }
+    }
+
+    /// Installs a test's fault hook (see [`Point`]).
+    pub fn with_fault_hook(mut self, hook: FaultHook) -> Responder {
+        self.faults = Some(hook);
+        self
     }
 
     fn register(&self, ctx: &AgentContext) {
@@ -171,333 +253,444 @@ impl Responder {
                 "Requests addressed to another Docker host",
                 self.metrics.ignored_other_host.clone(),
             );
+            r.register(
+                "hemostat_responder_deferred",
+                "Times a request was put back to wait, by the guard that held it",
+                self.metrics.deferred.clone(),
+            );
+            r.register(
+                "hemostat_responder_queued",
+                "Requests in the host's remediation queue",
+                self.metrics.queued.clone(),
+            );
         });
     }
 
-    /// Handles one `remediation_needed` envelope.
-    pub async fn handle(&self, env: Envelope) -> anyhow::Result<()> {
+    fn history_horizon(&self) -> Duration {
+        self.cfg
+            .breaker
+            .window
+            .max(self.cfg.backoff.reset_after * 4)
+    }
+
+    async fn fault(&self, point: Point, job: &Job) {
+        if let Some(hook) = &self.faults
+            && hook(point, job)
+        {
+            tracing::warn!(?point, request = %job.id, "frozen by a fault hook");
+            std::future::pending::<()>().await;
+        }
+    }
+
+    // ---- intake -------------------------------------------------------------------------
+
+    /// Takes one `remediation_needed` envelope off the stream into the host's queue.
+    pub async fn admit(&self, env: Envelope) -> Disposition {
         let Payload::RemediationNeeded(req) = &env.payload else {
-            return Ok(());
+            return Disposition::Ack;
         };
         if req.target_host != self.host {
             self.metrics.ignored_other_host.inc();
             tracing::debug!(target_host = %req.target_host, "request for another host; ignored");
-            return Ok(());
+            return Disposition::Ack;
         }
-        let marker = keys::handled(&self.host, &env.id);
-        let mut conn = self.bus.connection();
-        let handled: bool = redis::cmd("EXISTS")
-            .arg(&marker)
-            .query_async(&mut conn)
-            .await?;
-        if handled {
-            tracing::debug!(request = %env.id, "already handled");
-            return Ok(());
+        match self
+            .queue
+            .admit(&env, req, now_ms(), self.cfg.queue_max)
+            .await
+        {
+            Ok(Admitted::New) => {
+                tracing::debug!(request = %env.id, "queued");
+                self.wake.notify_one();
+                Disposition::Ack
+            }
+            Ok(Admitted::Known) => Disposition::Ack,
+            Ok(Admitted::Full) => Disposition::Retry(format!(
+                "the host's remediation queue holds {} requests (HEMOSTAT_RESPONDER_QUEUE_MAX)",
+                self.cfg.queue_max
+            )),
+            Err(e) => Disposition::Retry(format!("cannot queue the request: {e}")),
         }
-        let started = Instant::now();
-        let (container, report) = match &req.container {
-            None if req.action == Action::Cleanup => (None, self.cleanup().await),
-            None => (
-                None,
-                Report::new(
-                    Outcome::Rejected,
-                    format!(
-                        "{:?} needs a container and the request names none",
-                        req.action
-                    ),
-                ),
-            ),
-            Some(c) => {
-                let lock = keys::lock(&self.host, &c.name);
-                let holder = format!("{}|{}", self.instance, env.id);
-                if let Some(other) = self.lock(&lock, &holder, self.lease(req)).await? {
-                    if other.ends_with(&format!("|{}", env.id)) {
-                        // The same request, redelivered while a peer is still acting on it:
-                        // that peer reports it; reporting here would take its marker.
-                        tracing::debug!(request = %env.id, "already being handled by {other}");
-                        return Ok(());
+    }
+
+    // ---- scheduling -----------------------------------------------------------------------
+
+    /// Claims due jobs into free slots and runs one step of each, until shutdown; then lets the
+    /// steps in hand finish and hands back whatever is still ours.
+    async fn schedule(self: Arc<Self>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut last_gauge = Instant::now() - Duration::from_secs(60);
+        loop {
+            while let Some(done) = tasks.try_join_next() {
+                reap(done);
+            }
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            let free = self.cfg.concurrency.saturating_sub(tasks.len());
+            let mut sleep = POLL;
+            if free > 0 {
+                match self.queue.claim(free, now_ms()).await {
+                    Ok((jobs, broken)) => {
+                        backoff.reset();
+                        for (id, why) in broken {
+                            self.drop_broken(&id, &why).await;
+                        }
+                        let claimed = jobs.len();
+                        for job in jobs {
+                            self.own(&job.id);
+                            tasks.spawn(self.clone().run(job));
+                        }
+                        if claimed == free {
+                            // More may be due: claim again as soon as a slot frees.
+                            continue;
+                        }
                     }
-                    (
-                        Some(c.clone()),
-                        Report::new(
-                            Outcome::Skipped,
-                            "another responder is acting on this container right now",
-                        ),
-                    )
-                } else {
-                    let r = self.container(req, c).await;
-                    self.unlock(&lock, &holder).await;
-                    (Some(c.clone()), r)
+                    Err(e) => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(error = %e, retry_in = ?delay, "cannot claim from the remediation queue");
+                        sleep = delay;
+                    }
+                }
+                if sleep == POLL {
+                    let now = now_ms();
+                    sleep = match self.queue.next_due().await {
+                        Ok(Some(due)) if due > now => Duration::from_millis(due - now).min(POLL),
+                        // Due, but taken by a peer meanwhile: look again shortly.
+                        Ok(Some(_)) => Duration::from_millis(20),
+                        Ok(None) | Err(_) => POLL,
+                    };
+                }
+                if last_gauge.elapsed() >= Duration::from_secs(5) {
+                    last_gauge = Instant::now();
+                    if let Ok(n) = self.queue.depth().await {
+                        self.metrics.queued.set(n as i64);
+                    }
                 }
             }
-        };
-        self.report(&env, req, container, report, started.elapsed(), &marker)
-            .await
+            tokio::select! {
+                // Stop claiming; the steps in hand finish below.
+                () = self.shutdown.cancelled() => {}
+                // A request was admitted here.
+                () = self.wake.notified() => {}
+                // A slot is free again.
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => reap(done),
+                // The next job falls due (or it is time to look for peers' and lapsed ones).
+                () = tokio::time::sleep(sleep), if free > 0 => {}
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            reap(done);
+        }
+        let left: Vec<String> = self.owned_ids();
+        if !left.is_empty() {
+            match self.queue.release(&left, now_ms()).await {
+                Ok(()) => tracing::info!(count = left.len(), "handed requests back at shutdown"),
+                Err(e) => {
+                    tracing::warn!(error = %e, count = left.len(), "could not hand requests back; their leases lapse")
+                }
+            }
+        }
     }
 
-    /// How long the per-container lock lives if we die holding it: longer than the longest
-    /// backoff, a slow stop and verification together.
-    fn lease(&self, _req: &RemediationRequest) -> Duration {
-        self.cfg.backoff.max + self.cfg.verify_timeout + Duration::from_secs(600)
+    /// Keeps the leases of the jobs in hand alive (and the locks they hold) while steps run.
+    async fn renew_leases(self: Arc<Self>) {
+        let every = (self.cfg.lease / 3).max(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let ids = self.owned_ids();
+            if let Err(e) = self.queue.renew(&ids, now_ms()).await {
+                tracing::warn!(error = %e, "could not renew leases");
+            }
+        }
     }
 
-    /// Takes the container's lock for `holder` (`instance|request id`). `None` when taken;
-    /// otherwise who holds it.
-    async fn lock(
-        &self,
-        key: &str,
-        holder: &str,
-        lease: Duration,
-    ) -> anyhow::Result<Option<String>> {
+    fn own(&self, id: &str) {
+        let mut o = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        o.insert(id.to_owned());
+    }
+
+    fn disown(&self, id: &str) {
+        let mut o = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        o.remove(id);
+    }
+
+    fn owned_ids(&self) -> Vec<String> {
+        let o = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        o.iter().cloned().collect()
+    }
+
+    async fn drop_broken(&self, id: &str, why: &str) {
+        let r = self
+            .bus
+            .dead_letter(&keys::jobs(&self.host), None, Some(id), why, "")
+            .await;
+        if let Err(e) = r.and(self.queue.drop_broken(id).await) {
+            tracing::warn!(error = %e, job = id, "could not remove a broken job");
+        }
+    }
+
+    /// Runs one step of a claimed job. A step that fails (Redis or Docker away) is put back
+    /// to be tried again shortly; if even that fails, its lease lapses and it is taken over.
+    async fn run(self: Arc<Self>, job: Job) {
+        let id = job.id.clone();
+        if let Err(e) = self.step(&job).await {
+            tracing::warn!(error = format!("{e:#}"), request = %id, "step failed; trying again shortly");
+            let _ = self
+                .queue
+                .defer(&job, now_ms() + 2_000, job.phase, None, None, now_ms())
+                .await;
+        }
+        self.disown(&id);
+    }
+
+    async fn step(&self, job: &Job) -> anyhow::Result<()> {
         let mut conn = self.bus.connection();
-        let got: Option<String> = redis::cmd("SET")
-            .arg(key)
-            .arg(holder)
-            .arg("NX")
-            .arg("PX")
-            .arg(lease.as_millis() as u64)
+        let reported: bool = redis::cmd("EXISTS")
+            .arg(keys::handled(&self.host, &job.id))
             .query_async(&mut conn)
             .await?;
-        if got.is_some() {
-            return Ok(None);
+        if reported {
+            self.queue.forget(job).await?;
+            return Ok(());
         }
-        let other: Option<String> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
-        Ok(Some(other.unwrap_or_default()))
-    }
-
-    async fn unlock(&self, key: &str, holder: &str) {
-        // Only our own lock: compare and delete in one step.
-        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-            redis::Script::new(
-                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-            )
-        });
-        let mut conn = self.bus.connection();
-        let r: redis::RedisResult<i64> = SCRIPT.key(key).arg(holder).invoke_async(&mut conn).await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, key, "could not release lock; it expires with its lease");
+        match job.phase {
+            Phase::Queued => self.judge(job).await,
+            Phase::Acting => self.resume(job).await,
+            Phase::Verifying => self.look(job).await,
         }
     }
 
-    #[tracing::instrument(skip_all, fields(container = %c.name, action = ?req.action))]
-    async fn container(&self, req: &RemediationRequest, c: &ContainerRef) -> Report {
-        // Fresh facts, never the message's: by id, or by name if it was recreated.
+    // ---- judging --------------------------------------------------------------------------
+
+    #[tracing::instrument(skip_all, fields(request = %job.id, container = job.name(), action = ?job.req.action))]
+    async fn judge(&self, job: &Job) -> anyhow::Result<()> {
+        let (facts, inspect) = self.gather(job).await?;
+        let Some((guard, refusal)) = guards::judge(&facts, &self.policies) else {
+            return self.act(job, &facts, inspect.as_ref()).await;
+        };
+        match refusal {
+            Refusal::Skip(why) => {
+                self.report(job, Report::refused(Outcome::Skipped, guard, why))
+                    .await
+            }
+            Refusal::Reject(why, effect) => {
+                let mut r = Report::refused(Outcome::Rejected, guard, why);
+                match effect {
+                    Some(Effect::EscalateProtected) => {
+                        r.escalation = Some(Escalation {
+                            kind: EscalationKind::ProtectedContainer,
+                            severity: Severity::Critical,
+                            container: job.req.container.clone(),
+                            summary: format!(
+                                "protected container {} needs attention: {}",
+                                job.name(),
+                                job.req.root_cause
+                            ),
+                            detail: format!(
+                                "hemostat would have run {} but the container is protected; a person must act",
+                                verb(job.req.action)
+                            ),
+                        });
+                    }
+                    Some(Effect::OpenBreaker { in_window }) => {
+                        self.open_breaker(job, in_window).await?;
+                    }
+                    Some(Effect::PolicyLoop { restarts }) => {
+                        self.policy_loop(job, restarts).await?;
+                    }
+                    Some(Effect::Storm { .. }) | None => {}
+                }
+                self.report(job, r).await
+            }
+            Refusal::Defer {
+                until_ms,
+                why,
+                effect,
+            } => {
+                if let Some(Effect::Storm {
+                    failing,
+                    limit,
+                    in_scope,
+                }) = effect
+                {
+                    self.storm(&failing, limit, in_scope).await?;
+                }
+                self.metrics
+                    .deferred
+                    .get_or_create(&GuardLabel {
+                        guard: guard.as_str().to_owned(),
+                    })
+                    .inc();
+                let again = job
+                    .waiting
+                    .as_ref()
+                    .is_some_and(|(g, _)| g == guard.as_str());
+                if again {
+                    tracing::debug!(guard = guard.as_str(), %why, "still waiting");
+                } else {
+                    tracing::info!(guard = guard.as_str(), %why, until = ?ms_to_time(until_ms), "waiting");
+                }
+                self.queue
+                    .defer(
+                        job,
+                        until_ms,
+                        Phase::Queued,
+                        Some((guard, &why)),
+                        None,
+                        now_ms(),
+                    )
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Inspects the request's container: by id, or by name if it was recreated.
+    async fn target(&self, job: &Job) -> (Target, Option<ContainerInspectResponse>) {
+        let Some(c) = &job.req.container else {
+            return (Target::Host, None);
+        };
         let inspected = match docker_ops::inspect(&self.docker, &c.id).await {
             Ok(i) => Ok(i),
             Err(_) => docker_ops::inspect(&self.docker, &c.name).await,
         };
-        let i = match inspected {
-            Ok(i) => i,
-            Err(e) => return Report::new(Outcome::Rejected, format!("container not found: {e}")),
-        };
-        let id = i.id.clone().unwrap_or_else(|| c.id.clone());
-        let name = docker_ops::name(&i);
-        let labels = docker_ops::labels(&i);
-        if !scope::in_scope(&labels, self.cfg.monitor_all) {
-            let why = if labels.contains_key(scope::LABEL_ENABLE) {
-                "container opted out (hemostat.enable=false)"
-            } else {
-                "container is not in scope (no hemostat.enable=true label and HEMOSTAT_MONITOR_ALL is off)"
-            };
-            return Report::new(Outcome::Rejected, why);
+        match inspected {
+            Ok(i) => (
+                Target::Found(Box::new(docker_ops::container_facts(&i))),
+                Some(i),
+            ),
+            Err(_) => (Target::Gone, None),
         }
-        if scope::is_protected(&labels) {
-            let mut r = Report::new(
-                Outcome::Rejected,
-                "container is protected (hemostat.protect=true or a hemostat service): alert only, never touched",
-            );
-            r.escalation = Some(Escalation {
-                kind: EscalationKind::ProtectedContainer,
-                severity: Severity::Critical,
-                container: Some(c.clone()),
-                summary: format!(
-                    "protected container {name} needs attention: {}",
-                    req.root_cause
-                ),
-                detail: format!(
-                    "hemostat would have run {:?} but the container is protected; a person must act",
-                    req.action
-                ),
-            });
-            return r;
-        }
-        let status = docker_ops::status(&i);
-        if let Some(r) = self.person_acted(&i, req.action).await {
-            return r;
-        }
-        if req.action == Action::None {
-            return Report::new(Outcome::Skipped, "the verdict asks for no action");
-        }
-        if req.action == Action::Cleanup {
-            return self.cleanup().await;
-        }
-
-        // Host-wide trouble: pause instead of restarting everything.
-        match self.storm(&name).await {
-            Ok(None) => {}
-            Ok(Some(r)) => return r,
-            Err(e) => {
-                return Report::new(
-                    Outcome::Failed,
-                    format!("storm guard state unavailable: {e}"),
-                );
-            }
-        }
-        // Per-container budget.
-        let history = match self.history(&name).await {
-            Ok(h) => h,
-            Err(e) => {
-                return Report::new(
-                    Outcome::Failed,
-                    format!("remediation history unavailable: {e}"),
-                );
-            }
-        };
-        if let Some(r) = self.breaker(&name, c, &history).await {
-            return r;
-        }
-        let wait = self.cfg.backoff.wait(&history, now_ms());
-        if !wait.is_zero() {
-            tracing::info!(wait = ?wait, streak = self.cfg.backoff.streak(&history, now_ms()), "backing off before acting");
-            tokio::select! {
-                () = self.shutdown.cancelled() => {
-                    return Report::new(Outcome::Skipped, "shutting down during backoff");
-                }
-                () = tokio::time::sleep(wait) => {}
-            }
-            // Things change while we wait: it may have come back on its own, or a person
-            // may have stopped or paused it.
-            if let Ok(again) = docker_ops::inspect(&self.docker, &id).await {
-                if let Some(r) = self.person_acted(&again, req.action).await {
-                    return r;
-                }
-                let running = docker_ops::status(&again) == "running";
-                let healthy = again
-                    .state
-                    .as_ref()
-                    .and_then(|s| s.health.as_ref())
-                    .and_then(|h| h.status)
-                    .is_none_or(|s| s.to_string() != "unhealthy");
-                if running
-                    && healthy
-                    && matches!(req.action, Action::Restart | Action::Start)
-                    && status != "running"
-                {
-                    return Report::new(
-                        Outcome::Skipped,
-                        format!("recovered by itself during a {wait:?} backoff"),
-                    );
-                }
-            }
-        }
-        if let Err(e) = self.record(&name).await {
-            return Report::new(
-                Outcome::Failed,
-                format!("cannot record the remediation: {e}"),
-            );
-        }
-        let stop = docker_ops::stop_timeout(&labels, self.cfg.stop_timeout);
-        let mut r = self.act(req.action, &id, &name, stop).await;
-        if r.outcome == Outcome::Success && req.action == Action::Restart && !self.cfg.dry_run {
-            let deps = docker_ops::dependents(&self.docker, &id, &name).await;
-            if !deps.is_empty() {
-                let mut done = Vec::new();
-                for (dep_id, dep_name) in deps {
-                    let dep_labels = docker_ops::inspect(&self.docker, &dep_id)
-                        .await
-                        .map(|i| docker_ops::labels(&i))
-                        .unwrap_or_default();
-                    if scope::is_protected(&dep_labels) {
-                        done.push(format!("{dep_name}: protected, not touched"));
-                        continue;
-                    }
-                    if !scope::in_scope(&dep_labels, self.cfg.monitor_all) {
-                        done.push(format!("{dep_name}: not in scope, not touched"));
-                        continue;
-                    }
-                    if let Ok(dep_i) = docker_ops::inspect(&self.docker, &dep_id).await
-                        && let Some(p) = self.person_acted(&dep_i, Action::Restart).await
-                    {
-                        done.push(format!("{dep_name}: {}", p.reason));
-                        continue;
-                    }
-                    let dep_stop = docker_ops::stop_timeout(&dep_labels, self.cfg.stop_timeout);
-                    let dep = self
-                        .act(Action::Restart, &dep_id, &dep_name, dep_stop)
-                        .await;
-                    done.push(format!("{dep_name}: {}", dep.reason));
-                    if dep.outcome != Outcome::Success {
-                        r.outcome = Outcome::Failed;
-                    }
-                }
-                r.reason = format!(
-                    "{}; dependents restarted after it: {}",
-                    r.reason,
-                    done.join("; ")
-                );
-            }
-        }
-        if r.outcome == Outcome::Failed && r.escalation.is_none() {
-            r.escalation = Some(Escalation {
-                kind: EscalationKind::RemediationFailed,
-                severity: Severity::Critical,
-                container: Some(c.clone()),
-                summary: format!("{:?} of {name} failed", req.action),
-                detail: r.reason.clone(),
-            });
-        }
-        r
     }
 
-    /// `Some(skip)` when a person paused the container, or stopped it since it last started:
-    /// a person's action wins over any request.
-    async fn person_acted(
+    /// Everything the guards look at, gathered fresh.
+    async fn gather(&self, job: &Job) -> anyhow::Result<(Facts, Option<ContainerInspectResponse>)> {
+        let now = now_ms();
+        let (target, inspect) = self.target(job).await;
+        let person = match (&target, &inspect) {
+            (Target::Found(c), Some(i)) => self.person(c, i).await,
+            _ => None,
+        };
+        let name = job.name();
+        let storm_since = now.saturating_sub(self.cfg.storm.window.as_millis() as u64);
+        let history_since = now.saturating_sub(self.history_horizon().as_millis() as u64);
+        let mut conn = self.bus.connection();
+        type Scored = Vec<(String, f64)>;
+        let (history, breaker_open, failing, writes, last_cleanup, lock_holder): (
+            Scored,
+            bool,
+            Scored,
+            Scored,
+            Option<u64>,
+            Option<String>,
+        ) = redis::pipe()
+            .cmd("ZRANGE")
+            .arg(keys::history(&self.host, name))
+            .arg(history_since)
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("WITHSCORES")
+            .cmd("EXISTS")
+            .arg(keys::breaker(&self.host, name))
+            .cmd("ZRANGE")
+            .arg(keys::failing(&self.host))
+            .arg(storm_since)
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("WITHSCORES")
+            .cmd("ZRANGE")
+            .arg(keys::writes(&self.host))
+            .arg(now.saturating_sub(WriteBudget::WINDOW_MS))
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("WITHSCORES")
+            .cmd("GET")
+            .arg(keys::cleanup(&self.host))
+            .cmd("GET")
+            .arg(keys::lock(&self.host, name))
+            .query_async(&mut conn)
+            .await?;
+        let times = |v: Scored| -> Vec<u64> {
+            let mut t: Vec<u64> = v.into_iter().map(|(_, s)| s.max(0.0) as u64).collect();
+            t.sort_unstable();
+            t
+        };
+        // Nothing can be a storm below the floor: only then is the host's listing needed.
+        let (failing, in_scope) = if failing.len() as u32 >= self.cfg.storm.floor {
+            let listing = self.listing().await;
+            let troubled: Vec<(String, u64)> = failing
+                .into_iter()
+                .filter(|(n, _)| listing.troubled.contains(n))
+                .map(|(n, s)| (n, s.max(0.0) as u64))
+                .collect();
+            (troubled, listing.in_scope)
+        } else {
+            (
+                failing
+                    .into_iter()
+                    .map(|(n, s)| (n, s.max(0.0) as u64))
+                    .collect(),
+                0,
+            )
+        };
+        let measured = self.measured(job, &target, now).await;
+        let facts = Facts {
+            now_ms: now,
+            job_id: job.id.clone(),
+            action: job.req.action,
+            problem: job.req.problem.clone(),
+            target,
+            person,
+            history: times(history),
+            breaker_open,
+            failing,
+            in_scope,
+            writes: times(writes),
+            last_cleanup_ms: last_cleanup,
+            lock_holder,
+            measured,
+        };
+        Ok((facts, inspect))
+    }
+
+    /// A person's pause, or a stop of theirs since the container last started (from Docker's
+    /// history, and from the health alerts on the bus, which remember longer).
+    async fn person(
         &self,
-        i: &bollard::models::ContainerInspectResponse,
-        action: Action,
-    ) -> Option<Report> {
-        let status = docker_ops::status(i);
-        if status == "paused" {
-            return Some(Report::new(
-                Outcome::Skipped,
-                "paused by a person; a person's action wins",
-            ));
+        c: &guards::Container,
+        i: &ContainerInspectResponse,
+    ) -> Option<PersonAction> {
+        if c.status == "paused" {
+            return Some(PersonAction::Paused);
         }
-        if !matches!(status.as_str(), "running" | "restarting")
-            && action != Action::Start
-            && (docker_ops::stopped_by_a_person(&self.docker, i).await
-                || self.stop_reported_on_the_bus(i).await)
-        {
-            return Some(Report::new(
-                Outcome::Skipped,
-                "stopped by a person (docker stop); a person's action wins",
-            ));
+        if matches!(c.status.as_str(), "running" | "restarting") {
+            return None;
         }
-        None
+        (docker_ops::stopped_by_a_person(&self.docker, i).await
+            || self.stop_reported_on_the_bus(i).await)
+            .then_some(PersonAction::Stopped)
     }
 
     /// Whether the monitor reported a person's stop of this container since it last started.
     /// Docker keeps only its last 256 events, which a busy engine turns over in seconds; the
     /// `health_alert` stream remembers much longer.
-    async fn stop_reported_on_the_bus(
-        &self,
-        i: &bollard::models::ContainerInspectResponse,
-    ) -> bool {
+    async fn stop_reported_on_the_bus(&self, i: &ContainerInspectResponse) -> bool {
         let Some(id) = i.id.as_deref() else {
             return false;
         };
-        let started: Option<chrono::DateTime<Utc>> = i
-            .state
-            .as_ref()
-            .and_then(|s| s.started_at.as_deref())
-            .and_then(|s| s.parse().ok());
+        let started = docker_ops::time_ms(i.state.as_ref().and_then(|s| s.started_at.as_deref()));
         let reported = self.recent_alerts.read(&self.bus, |mut recent| {
             recent.any(|e| match &e.payload {
                 Payload::ContainerUserAction(a) => {
                     a.container.id == id
                         && a.kind == hemostat_common::events::AlertKind::Stopped
                         && e.host == self.host
-                        && started.is_none_or(|s| e.timestamp >= s)
+                        && started.is_none_or(|s| e.timestamp.timestamp_millis() as u64 >= s)
                 }
                 _ => false,
             })
@@ -505,285 +698,76 @@ impl Responder {
         reported.await.unwrap_or(false)
     }
 
-    /// Performs one action (or, in dry-run, says what it would do) and verifies it.
-    async fn act(&self, action: Action, id: &str, name: &str, stop: Duration) -> Report {
-        if self.cfg.dry_run {
-            return Report::new(
-                Outcome::Skipped,
-                format!(
-                    "dry run: would {} {name} (stop timeout {}s); no Docker call made",
-                    verb(action),
-                    stop.as_secs()
-                ),
-            );
-        }
-        // The host's write budget: wait for a slot rather than burst.
-        tokio::select! {
-            () = self.shutdown.cancelled() => return Report::new(Outcome::Skipped, "shutting down"),
-            () = self.writes.until_ready() => {}
-        }
-        let acted_at = Utc::now();
-        let t0 = Instant::now();
-        let result = match action {
-            Action::Restart => docker_ops::restart(&self.docker, id, stop).await,
-            Action::Stop => docker_ops::stop(&self.docker, id, stop).await,
-            Action::Start => docker_ops::start(&self.docker, id).await,
-            Action::Cleanup | Action::None => Ok(()),
+    /// The monitor's newest measurement of what a threshold request names, if it was taken
+    /// after the request: an older one cannot show that the problem still holds.
+    async fn measured(&self, job: &Job, target: &Target, now: u64) -> Measured {
+        let Some(problem) = &job.req.problem else {
+            return Measured::NotNeeded;
         };
-        if let Err(e) = result {
-            return Report::new(
-                Outcome::Failed,
-                format!("docker {} failed: {e}", verb(action)),
-            );
-        }
-        let took = t0.elapsed();
-        if action == Action::Stop {
-            return Report::new(
-                Outcome::Success,
-                format!("stopped {name} in {:.1} s", took.as_secs_f64()),
-            );
-        }
-        let v = docker_ops::verify(&self.docker, id, acted_at, self.cfg.verify_timeout).await;
-        let ok = v.running && v.healthy != Some(false);
-        let reason = format!(
-            "{} {name} in {:.1} s; verification: {}",
-            past(action),
-            took.as_secs_f64(),
-            v.detail
-        );
-        let mut r = Report::new(
-            if ok && !v.detail.starts_with("timed out") {
-                Outcome::Success
-            } else {
-                Outcome::Failed
-            },
-            reason,
-        );
-        r.verification = Some(v);
-        r
-    }
-
-    async fn cleanup(&self) -> Report {
-        if !self.cfg.dry_run {
-            self.writes.until_ready().await;
-        }
-        match docker_ops::cleanup(
-            &self.docker,
-            self.cfg.monitor_all,
-            self.cfg.cleanup_volumes,
-            self.cfg.dry_run,
-        )
-        .await
-        {
-            Ok(c) => {
-                let what = if self.cfg.dry_run {
-                    "dry run: would remove"
-                } else {
-                    "removed"
-                };
-                Report::new(
-                    if self.cfg.dry_run {
-                        Outcome::Skipped
-                    } else {
-                        Outcome::Success
-                    },
-                    format!(
-                        "{what} {} exited container(s) [{}]; {} dangling image(s), {} MiB reclaimed; volumes {}; left alone: [{}]",
-                        c.containers.len(),
-                        c.containers.join(", "),
-                        c.images_deleted,
-                        c.bytes_reclaimed / (1024 * 1024),
-                        if self.cfg.cleanup_volumes {
-                            "removed"
-                        } else {
-                            "kept"
-                        },
-                        c.skipped.join(", ")
-                    ),
-                )
+        let after = job.env.timestamp;
+        let age_ms = now.saturating_sub(after.timestamp_millis().max(0) as u64);
+        let metric = problem.metric.clone().unwrap_or_default();
+        let value = match (problem.kind, target) {
+            (
+                ProblemKind::CpuHigh | ProblemKind::MemoryHigh | ProblemKind::Anomaly,
+                Target::Found(c),
+            ) => {
+                let id = c.id.clone();
+                let cores = c.cpu_limit_cores;
+                self.recent_metrics
+                    .read(&self.bus, |mut recent| {
+                        recent.find_map(|e| match &e.payload {
+                            Payload::ContainerMetrics(b)
+                                if e.host == self.host && e.timestamp > after =>
+                            {
+                                let s = b.samples.iter().find(|s| s.id == id)?;
+                                match metric.as_str() {
+                                    "cpu_percent" => s.cpu_percent.map(|v| match cores {
+                                        Some(n) if n > 0.0 => v / n,
+                                        _ => v,
+                                    }),
+                                    _ => s.memory_percent,
+                                }
+                            }
+                            _ => None,
+                        })
+                    })
+                    .await
+                    .ok()
+                    .flatten()
             }
-            Err(e) => Report::new(Outcome::Failed, format!("cleanup failed: {e}")),
-        }
-    }
-
-    /// Remediation times of `name` within the longest window we care about, oldest first.
-    async fn history(&self, name: &str) -> redis::RedisResult<Vec<u64>> {
-        let horizon = self
-            .cfg
-            .breaker
-            .window
-            .max(self.cfg.backoff.reset_after * 4);
-        let since = now_ms().saturating_sub(horizon.as_millis() as u64);
-        let mut conn = self.bus.connection();
-        let members: Vec<(String, f64)> = redis::cmd("ZRANGE")
-            .arg(keys::history(&self.host, name))
-            .arg(since)
-            .arg("+inf")
-            .arg("BYSCORE")
-            .arg("WITHSCORES")
-            .query_async(&mut conn)
-            .await?;
-        Ok(members
-            .into_iter()
-            .map(|(_, s)| s.max(0.0) as u64)
-            .collect())
-    }
-
-    async fn record(&self, name: &str) -> redis::RedisResult<()> {
-        let now = now_ms();
-        let key = keys::history(&self.host, name);
-        let horizon = self
-            .cfg
-            .breaker
-            .window
-            .max(self.cfg.backoff.reset_after * 4);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("ZADD")
-            .arg(&key)
-            .arg(now)
-            .arg(format!("{now}:{}", ulid::Ulid::new()))
-            .ignore()
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&key)
-            .arg("-inf")
-            .arg(now.saturating_sub(horizon.as_millis() as u64))
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(horizon.as_millis() as u64)
-            .ignore();
-        let mut conn = self.bus.connection();
-        pipe.query_async(&mut conn).await
-    }
-
-    /// `Some(report)` when the breaker is (or now becomes) open.
-    async fn breaker(&self, name: &str, c: &ContainerRef, history: &[u64]) -> Option<Report> {
-        let key = keys::breaker(&self.host, name);
-        let mut conn = self.bus.connection();
-        let open: bool = redis::cmd("EXISTS")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or(false);
-        if open {
-            return Some(Report::new(
-                Outcome::Rejected,
-                "circuit breaker open: no more remediations until it closes or is reset",
-            ));
-        }
-        let since = now_ms().saturating_sub(self.cfg.breaker.window.as_millis() as u64);
-        let in_window = history.iter().filter(|t| **t >= since).count() as u32;
-        if !self.cfg.breaker.trips(in_window) {
-            return None;
-        }
-        // Only the replica that opens it escalates: exactly one escalation per opening.
-        let opened: Option<String> = redis::cmd("SET")
-            .arg(&key)
-            .arg(Utc::now().to_rfc3339())
-            .arg("NX")
-            .arg("EX")
-            .arg(self.cfg.breaker.cooldown.as_secs().max(1))
-            .query_async(&mut conn)
-            .await
-            .unwrap_or(None);
-        let mut r = Report::new(
-            Outcome::Rejected,
-            format!(
-                "circuit breaker opened: {in_window} remediations within {} min; no more until it closes (in {} min) or `hemostat-responder reset-breaker {name}`",
-                self.cfg.breaker.window.as_secs() / 60,
-                self.cfg.breaker.cooldown.as_secs() / 60
-            ),
-        );
-        if opened.is_some() {
-            r.escalation = Some(Escalation {
-                kind: EscalationKind::CircuitBreakerOpen,
-                severity: Severity::Critical,
-                container: Some(c.clone()),
-                summary: format!(
-                    "{name} was remediated {in_window} times in {} min; hemostat stopped trying",
-                    self.cfg.breaker.window.as_secs() / 60
-                ),
-                detail: "a person must look; reset with `hemostat-responder reset-breaker`".into(),
-            });
-        }
-        Some(r)
-    }
-
-    /// `Some(report)` when remediation on this host is paused by the storm guard.
-    async fn storm(&self, name: &str) -> redis::RedisResult<Option<Report>> {
-        let now = now_ms();
-        let window = self.cfg.storm.window.as_millis() as u64;
-        let key = keys::storm(&self.host);
-        let mut conn = self.bus.connection();
-        let (_, _, failing, paused): ((), (), u32, bool) = redis::pipe()
-            .atomic()
-            .cmd("ZADD")
-            .arg(&key)
-            .arg(now)
-            .arg(name)
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&key)
-            .arg("-inf")
-            .arg(now.saturating_sub(window))
-            .cmd("ZCARD")
-            .arg(&key)
-            .cmd("EXISTS")
-            .arg(keys::storm_pause(&self.host))
-            .query_async(&mut conn)
-            .await?;
-        if paused {
-            return Ok(Some(Report::new(
-                Outcome::Rejected,
-                "remediation paused: many containers on this host are failing at once (storm guard)",
-            )));
-        }
-        // Below the share's minimum and within the threshold nothing can trip: skip the count.
-        let in_scope = if failing < StormPolicy::SHARE_MIN && failing <= self.cfg.storm.threshold {
-            0
-        } else {
-            self.in_scope_count().await
+            (
+                ProblemKind::DiskPressure | ProblemKind::MemoryPressure | ProblemKind::CpuPressure,
+                _,
+            ) => self
+                .recent_metrics
+                .read(&self.bus, |mut recent| {
+                    recent.find_map(|e| match &e.payload {
+                        Payload::HostMetrics(h) if e.host == self.host && e.timestamp > after => {
+                            match metric.as_str() {
+                                "memory_percent" => Some(h.memory_percent),
+                                "cpu_percent" => h.cpu_percent,
+                                _ => Some(h.disk_percent),
+                            }
+                        }
+                        _ => None,
+                    })
+                })
+                .await
+                .ok()
+                .flatten(),
+            _ => return Measured::NotNeeded,
         };
-        if !self.cfg.storm.trips(failing, in_scope) {
-            return Ok(None);
-        }
-        let opened: Option<String> = redis::cmd("SET")
-            .arg(keys::storm_pause(&self.host))
-            .arg(now)
-            .arg("NX")
-            .arg("PX")
-            .arg(window.max(1000))
-            .query_async(&mut conn)
-            .await?;
-        let mut r = Report::new(
-            Outcome::Rejected,
-            format!(
-                "storm guard: {failing} of {in_scope} containers need remediation within {} s; remediation paused",
-                window / 1000
-            ),
-        );
-        if opened.is_some() {
-            r.escalation = Some(Escalation {
-                kind: EscalationKind::RemediationPaused,
-                severity: Severity::Critical,
-                container: None,
-                summary: format!("{failing} containers on {} failed within {} s: remediation paused", self.host, window / 1000),
-                detail: "a host-wide problem (disk, network, a shared dependency) is likely; restarting everything would make it worse".into(),
-            });
-        }
-        Ok(Some(r))
+        value.map_or(Measured::NotYet { age_ms }, Measured::Value)
     }
 
-    /// How many containers on this host are in scope. Listing every container costs the engine
-    /// milliseconds at a few hundred containers, and the storm guard asks on every remediation
-    /// during a burst, so one count serves for a second (a ratio over a 60 s window does not
-    /// need it fresher).
-    async fn in_scope_count(&self) -> u32 {
-        let mut cached = self.in_scope.lock().await;
-        if let Some((at, n)) = *cached
-            && at.elapsed() < IN_SCOPE_TTL
+    /// The host's containers, listed at most once a second for the storm guard.
+    async fn listing(&self) -> Arc<Listing> {
+        let mut cached = self.listing.lock().await;
+        if let Some((at, l)) = cached.as_ref()
+            && at.elapsed() < LISTING_TTL
         {
-            return n;
+            return l.clone();
         }
         let list = self
             .docker
@@ -795,43 +779,542 @@ impl Responder {
             .await;
         let Ok(list) = list else {
             // Not cached: the next request asks again.
-            return 0;
+            return Arc::default();
         };
-        let n = list
-            .iter()
-            .filter(|c| {
-                scope::in_scope(&c.labels.clone().unwrap_or_default(), self.cfg.monitor_all)
-            })
-            .count() as u32;
-        *cached = Some((Instant::now(), n));
-        n
+        let mut l = Listing::default();
+        for c in list {
+            let labels = c.labels.clone().unwrap_or_default();
+            if !self.cfg.scope.contains(&labels) {
+                continue;
+            }
+            l.in_scope += 1;
+            let state = c.state.map(|s| s.to_string()).unwrap_or_default();
+            let unhealthy = c
+                .status
+                .as_deref()
+                .is_some_and(|s| s.contains("(unhealthy)"));
+            if (unhealthy || matches!(state.as_str(), "exited" | "dead" | "restarting"))
+                && let Some(name) = c.names.as_ref().and_then(|n| n.first())
+            {
+                l.troubled.insert(name.trim_start_matches('/').to_owned());
+            }
+        }
+        let l = Arc::new(l);
+        *cached = Some((Instant::now(), l.clone()));
+        l
     }
 
-    /// Publishes the result (and any escalation) once, to the channel and the audit stream.
-    async fn report(
+    // ---- acting ---------------------------------------------------------------------------
+
+    async fn act(
         &self,
-        env: &Envelope,
-        req: &RemediationRequest,
-        container: Option<ContainerRef>,
-        r: Report,
-        took: Duration,
-        marker: &str,
+        job: &Job,
+        facts: &Facts,
+        inspect: Option<&ContainerInspectResponse>,
     ) -> anyhow::Result<()> {
-        let name = container
-            .as_ref()
-            .map(|c| c.name.clone())
-            .unwrap_or_else(|| "(host)".into());
+        let now = now_ms();
+        let labels = inspect.map(docker_ops::labels).unwrap_or_default();
+        let stop = docker_ops::stop_timeout(&labels, self.cfg.stop_timeout);
+        let verify_until = now + (stop + self.cfg.verify_timeout).as_millis() as u64;
+        let cleanup = (job.req.action == Action::Cleanup).then_some(self.cfg.cleanup_cooldown);
+        match self
+            .queue
+            .intent(
+                job,
+                now,
+                self.history_horizon(),
+                self.policies.writes.per_minute,
+                self.cfg.dry_run,
+                cleanup,
+                verify_until,
+            )
+            .await?
+        {
+            Intent::Recorded => {}
+            Intent::Locked(holder) => {
+                let why = format!("another request ({holder}) is acting on it right now");
+                self.queue
+                    .defer(
+                        job,
+                        now + guards::RECHECK.as_millis() as u64,
+                        Phase::Queued,
+                        Some((Guard::Lock, &why)),
+                        None,
+                        now,
+                    )
+                    .await?;
+                return Ok(());
+            }
+            Intent::NoSlot => {
+                let why = "the host's Docker write budget was spent meanwhile";
+                self.queue
+                    .defer(
+                        job,
+                        now + 1_000,
+                        Phase::Queued,
+                        Some((Guard::RateLimit, why)),
+                        None,
+                        now,
+                    )
+                    .await?;
+                return Ok(());
+            }
+            Intent::Lost => return Ok(()),
+        }
+        let job = Job {
+            phase: Phase::Acting,
+            acted_at_ms: Some(now),
+            verify_until_ms: Some(verify_until),
+            ..job.clone()
+        };
+        if job.req.action == Action::Cleanup {
+            return self.cleanup(&job).await;
+        }
+        let Target::Found(c) = &facts.target else {
+            // The guards refuse container actions without a container; nothing to do.
+            return Ok(());
+        };
+        if self.cfg.dry_run {
+            let r = Report::new(
+                Outcome::Skipped,
+                format!(
+                    "dry run: would {} {} (stop timeout {}s); no Docker call made",
+                    verb(job.req.action),
+                    c.name,
+                    stop.as_secs()
+                ),
+            );
+            return self.report(&job, r).await;
+        }
+        self.fault(Point::BeforeDockerWrite, &job).await;
+        let t0 = Instant::now();
+        let result = match job.req.action {
+            Action::Restart => docker_ops::restart(&self.docker, &c.id, stop).await,
+            Action::Stop => docker_ops::stop(&self.docker, &c.id, stop).await,
+            Action::Start => docker_ops::start(&self.docker, &c.id).await,
+            Action::Cleanup | Action::None => Ok(()),
+        };
+        self.fault(Point::AfterDockerWrite, &job).await;
+        if let Err(e) = result {
+            let mut r = Report::new(
+                Outcome::Failed,
+                format!("docker {} of {} failed: {e}", verb(job.req.action), c.name),
+            );
+            r.escalation = Some(self.failed_escalation(&job, &r.reason));
+            return self.report(&job, r).await;
+        }
+        tracing::info!(
+            took_ms = t0.elapsed().as_millis() as u64,
+            "docker {} done",
+            verb(job.req.action)
+        );
+        let job = Job {
+            phase: Phase::Verifying,
+            ..job
+        };
+        if !self.queue.set_phase(&job, Phase::Verifying).await? {
+            return Ok(());
+        }
+        if self.shutdown.is_cancelled() {
+            // A successor verifies it.
+            self.queue
+                .defer(&job, now_ms(), Phase::Verifying, None, None, now_ms())
+                .await?;
+            return Ok(());
+        }
+        self.look(&job).await
+    }
+
+    /// A job found in `acting`: its responder died during or right after the Docker call.
+    async fn resume(&self, job: &Job) -> anyhow::Result<()> {
+        let acted = job.acted_at_ms.unwrap_or(job.admitted_at_ms);
+        if job.req.action == Action::Cleanup {
+            // Removing what is still eligible again is harmless: what is gone stays gone.
+            return self.cleanup(job).await;
+        }
+        let (target, _) = self.target(job).await;
+        let events = match &target {
+            Target::Found(c) => docker_ops::events_since(&self.docker, &c.id, acted).await,
+            _ => Vec::new(),
+        };
+        match guards::reached(job.req.action, &target, acted, &events) {
+            Reached::Yes => {
+                tracing::info!(request = %job.id, "taking over an action that reached Docker; verifying it");
+                if !self.queue.set_phase(job, Phase::Verifying).await? {
+                    return Ok(());
+                }
+                let job = Job {
+                    phase: Phase::Verifying,
+                    ..job.clone()
+                };
+                self.look(&job).await
+            }
+            Reached::No => {
+                tracing::info!(request = %job.id, "taking over an action that never reached Docker; judging it again");
+                if !self.queue.set_phase(job, Phase::Queued).await? {
+                    return Ok(());
+                }
+                let job = Job {
+                    phase: Phase::Queued,
+                    ..job.clone()
+                };
+                self.judge(&job).await
+            }
+        }
+    }
+
+    /// One verification look.
+    async fn look(&self, job: &Job) -> anyhow::Result<()> {
+        let now = now_ms();
+        let acted = job.acted_at_ms.unwrap_or(job.admitted_at_ms);
+        let (target, inspect) = self.target(job).await;
+        let person = match (&target, &inspect) {
+            (Target::Found(c), Some(i)) => self.person(c, i).await,
+            _ => None,
+        };
+        let name = job.name().to_owned();
+        let waited_ms = now.saturating_sub(acted);
+        let check = guards::verify_step(job.req.action, &target, acted, person);
+        let report = match check {
+            Check::Verified { healthy, detail } => {
+                let mut r = Report::new(
+                    Outcome::Success,
+                    format!(
+                        "{} {name}; verified after {}: {detail}",
+                        past(job.req.action),
+                        secs(waited_ms)
+                    ),
+                );
+                r.verification = Some(Verification {
+                    running: job.req.action != Action::Stop,
+                    healthy,
+                    waited_ms,
+                    detail,
+                });
+                if job.req.action == Action::Restart
+                    && let Target::Found(c) = &target
+                {
+                    self.dependents(job, c, acted, &mut r).await;
+                }
+                r
+            }
+            Check::Failed(detail) => {
+                let mut r = Report::new(
+                    Outcome::Failed,
+                    format!("{} {name}, but {detail}", past(job.req.action)),
+                );
+                r.verification = Some(Verification {
+                    running: true,
+                    healthy: Some(false),
+                    waited_ms,
+                    detail,
+                });
+                r.escalation = Some(self.failed_escalation(job, &r.reason));
+                r
+            }
+            Check::Superseded(why) => Report::refused(Outcome::Superseded, Guard::Person, why),
+            Check::Pending(detail) => {
+                let until = job.verify_until_ms.unwrap_or(acted);
+                if now < until {
+                    let next = now + verify_interval(job.looks).as_millis() as u64;
+                    self.queue
+                        .defer(
+                            job,
+                            next.min(until),
+                            Phase::Verifying,
+                            None,
+                            Some(&detail),
+                            now,
+                        )
+                        .await?;
+                    return Ok(());
+                }
+                let reason = format!(
+                    "{} {name}, but verification timed out after {}: {detail}",
+                    past(job.req.action),
+                    secs(waited_ms)
+                );
+                let mut r = Report::new(Outcome::Failed, reason);
+                r.verification = Some(Verification {
+                    running: detail.starts_with("running"),
+                    healthy: None,
+                    waited_ms,
+                    detail,
+                });
+                r.escalation = Some(self.failed_escalation(job, &r.reason));
+                r
+            }
+        };
+        self.report(job, report).await
+    }
+
+    /// Queues a restart for each container that depends on the one just restarted (shared
+    /// network namespace, `hemostat.depends_on`): each passes the guards as a request of its own.
+    async fn dependents(&self, job: &Job, parent: &guards::Container, acted: u64, r: &mut Report) {
+        let deps = docker_ops::dependents(&self.docker, &parent.id, &parent.name).await;
+        if deps.is_empty() {
+            return;
+        }
+        // Out of scope is not hemostat's business: named, never queued.
+        let (deps, outside): (Vec<_>, Vec<_>) = deps
+            .into_iter()
+            .partition(|(_, _, labels)| self.cfg.scope.contains(labels));
+        if !deps.is_empty() {
+            let names: Vec<&str> = deps.iter().map(|(_, n, _)| n.as_str()).collect();
+            r.reason = format!("{}; dependents queued: {}", r.reason, names.join(", "));
+        }
+        if !outside.is_empty() {
+            let names: Vec<&str> = outside.iter().map(|(_, n, _)| n.as_str()).collect();
+            r.reason = format!(
+                "{}; dependents not in scope, left alone: {}",
+                r.reason,
+                names.join(", ")
+            );
+        }
+        for (id, name, _) in &deps {
+            r.follow_ups.push(Envelope::new(
+                AGENT,
+                &self.host,
+                Payload::RemediationNeeded(RemediationRequest {
+                    container: Some(ContainerRef {
+                        id: id.clone(),
+                        name: name.clone(),
+                        ..ContainerRef::default()
+                    }),
+                    target_host: self.host.clone(),
+                    action: Action::Restart,
+                    root_cause: format!(
+                        "{} was restarted and {name} depends on it (a shared network namespace or hemostat.depends_on)",
+                        parent.name
+                    ),
+                    reason: format!("restart after its parent {}", parent.name),
+                    confidence: 1.0,
+                    analysis_method: AnalysisMethod::Rules,
+                    fallback_reason: None,
+                    alert_id: job.req.alert_id.clone(),
+                    problem: Some(Problem {
+                        since: ms_to_time(acted),
+                        parent: Some(parent.name.clone()),
+                        ..Problem::new(ProblemKind::DependencyRestarted)
+                    }),
+                }),
+            ));
+        }
+    }
+
+    async fn cleanup(&self, job: &Job) -> anyhow::Result<()> {
+        let now = now_ms();
+        let mut candidates = match docker_ops::exited_containers(&self.docker).await {
+            Ok(c) => c,
+            Err(e) => {
+                let r = Report::new(Outcome::Failed, format!("cleanup failed: {e}"));
+                return self.report(job, r).await;
+            }
+        };
+        for c in &mut candidates {
+            if !c.stopped_by_a_person
+                && let Ok(i) = docker_ops::inspect(&self.docker, &c.id).await
+            {
+                c.stopped_by_a_person = self.stop_reported_on_the_bus(&i).await;
+            }
+        }
+        let plan =
+            docker_ops::plan_cleanup(candidates, &self.cfg.scope, self.cfg.cleanup_min_age, now);
+        let names: Vec<&str> = plan.remove.iter().map(|c| c.name.as_str()).collect();
+        let volumes = if self.cfg.cleanup_volumes {
+            "removed"
+        } else {
+            "kept"
+        };
+        let r = if self.cfg.dry_run {
+            Report::new(
+                Outcome::Skipped,
+                format!(
+                    "dry run: would remove {} exited container(s) [{}] and dangling images older than 1 h; volumes {volumes}; left alone: [{}]",
+                    names.len(),
+                    names.join(", "),
+                    plan.keep.join("; ")
+                ),
+            )
+        } else {
+            self.fault(Point::BeforeDockerWrite, job).await;
+            match docker_ops::remove_planned(&self.docker, &plan, self.cfg.cleanup_volumes).await {
+                Ok((removed, refused, images, bytes)) => {
+                    let mut keep = plan.keep.clone();
+                    keep.extend(refused);
+                    Report::new(
+                        Outcome::Success,
+                        format!(
+                            "removed {} exited container(s) [{}]; {images} dangling image(s), {} MiB reclaimed; volumes {volumes}; left alone: [{}]",
+                            removed.len(),
+                            removed.join(", "),
+                            bytes / (1024 * 1024),
+                            keep.join("; ")
+                        ),
+                    )
+                }
+                Err(e) => Report::new(Outcome::Failed, format!("cleanup failed: {e}")),
+            }
+        };
+        self.report(job, r).await
+    }
+
+    fn failed_escalation(&self, job: &Job, reason: &str) -> Escalation {
+        Escalation {
+            kind: EscalationKind::RemediationFailed,
+            severity: Severity::Critical,
+            container: job.req.container.clone(),
+            summary: format!(
+                "{} of {} failed",
+                capitalised(verb(job.req.action)),
+                job.name()
+            ),
+            detail: reason.to_owned(),
+        }
+    }
+
+    // ---- escalations that happen once per episode ---------------------------------------
+
+    /// Publishes `e` unless the escalation for `episode` was sent already.
+    async fn escalate_once(
+        &self,
+        episode: &str,
+        ttl: Duration,
+        e: Escalation,
+    ) -> anyhow::Result<()> {
+        let env = Envelope::new(AGENT, &self.host, Payload::Escalation(e));
+        let sent = self
+            .bus
+            .publish_once_to(
+                &keys::escalated(&self.host, episode),
+                ttl,
+                &[env],
+                &[AUDIT_STREAM],
+            )
+            .await?;
+        if sent {
+            self.metrics.escalations.inc();
+            tracing::warn!(episode, "escalated to a person");
+        }
+        Ok(())
+    }
+
+    /// Opens the container's breaker (if no one did yet) and sends its one escalation.
+    async fn open_breaker(&self, job: &Job, in_window: u32) -> anyhow::Result<()> {
+        let key = keys::breaker(&self.host, job.name());
+        let mut conn = self.bus.connection();
+        let (_, opening): ((), Option<String>) = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(ulid::Ulid::new().to_string())
+            .arg("NX")
+            .arg("EX")
+            .arg(self.cfg.breaker.cooldown.as_secs().max(1))
+            .cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await?;
+        let opening = opening.unwrap_or_default();
+        self.escalate_once(
+            &format!("breaker:{}:{opening}", job.name()),
+            self.cfg.breaker.cooldown * 2,
+            Escalation {
+                kind: EscalationKind::CircuitBreakerOpen,
+                severity: Severity::Critical,
+                container: job.req.container.clone(),
+                summary: format!(
+                    "{} was remediated {in_window} times in {} min; hemostat stopped trying",
+                    job.name(),
+                    self.cfg.breaker.window.as_secs() / 60
+                ),
+                detail: "a person must look; reset with `hemostat-responder reset-breaker`".into(),
+            },
+        )
+        .await
+    }
+
+    async fn policy_loop(&self, job: &Job, restarts: i64) -> anyhow::Result<()> {
+        self.escalate_once(
+            &format!("policy_loop:{}", job.name()),
+            self.cfg.breaker.cooldown,
+            Escalation {
+                kind: EscalationKind::CrashLoop,
+                severity: Severity::Critical,
+                container: job.req.container.clone(),
+                summary: format!(
+                    "{}: Docker's restart policy has restarted it {restarts} times and it keeps failing",
+                    job.name()
+                ),
+                detail: "hemostat does not fight Docker's restart policy; a person must look".into(),
+            },
+        )
+        .await
+    }
+
+    /// Marks the storm in progress (one id per storm) and sends its one escalation.
+    async fn storm(&self, failing: &[String], limit: u32, in_scope: u32) -> anyhow::Result<()> {
+        let key = keys::storm(&self.host);
+        let window = self.cfg.storm.window.as_millis().max(1000) as u64;
+        let mut conn = self.bus.connection();
+        let (_, _, episode): ((), (), Option<String>) = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(ulid::Ulid::new().to_string())
+            .arg("NX")
+            .arg("PX")
+            .arg(window)
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(window)
+            .cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await?;
+        let episode = episode.unwrap_or_default();
+        self.escalate_once(
+            &format!("storm:{episode}"),
+            self.cfg.storm.window * 10,
+            Escalation {
+                kind: EscalationKind::RemediationPaused,
+                severity: Severity::Critical,
+                container: None,
+                summary: format!(
+                    "{} of {in_scope} containers on {} began failing within {} s: remediation held",
+                    failing.len(),
+                    self.host,
+                    self.cfg.storm.window.as_secs()
+                ),
+                detail: format!(
+                    "a host-wide problem (disk, network, a shared dependency) is likely; restarting everything would make it worse. \
+                     Held: {}. A storm is {limit} or more failing at once; once fewer began failing within the window, \
+                     hemostat acts on those still failing.",
+                    failing.join(", ")
+                ),
+            },
+        )
+        .await
+    }
+
+    // ---- reporting ------------------------------------------------------------------------
+
+    /// Publishes the result (and any escalation and follow-up requests) once, to the channel
+    /// and the audit stream, in the same atomic step that takes the job out of the queue and
+    /// releases its lock.
+    async fn report(&self, job: &Job, r: Report) -> anyhow::Result<()> {
+        self.fault(Point::BeforeReport, job).await;
+        let now = now_ms();
+        let took = now.saturating_sub(job.admitted_at_ms);
         let result = RemediationResult {
-            container,
-            request_id: env.id.clone(),
-            action: req.action,
+            container: job.req.container.clone(),
+            request_id: job.id.clone(),
+            action: job.req.action,
             outcome: r.outcome,
             reason: r.reason.clone(),
             verification: r.verification,
-            duration_ms: took.as_millis() as u64,
+            duration_ms: took,
             dry_run: self.cfg.dry_run,
-            guard: None,
-            problem: req.problem.as_ref().map(|p| p.kind),
+            guard: r.guard,
+            problem: job.req.problem.as_ref().map(|p| p.kind),
         };
         let mut envs = vec![Envelope::new(
             AGENT,
@@ -842,26 +1325,57 @@ impl Responder {
         if let Some(e) = r.escalation {
             envs.push(Envelope::new(AGENT, &self.host, Payload::Escalation(e)));
         }
+        let mut ops = self.queue.finish_ops(job);
+        for f in &r.follow_ups {
+            ops.extend(self.queue.enqueue_ops(f, now));
+        }
+        envs.extend(r.follow_ups.iter().cloned());
         let published = self
             .bus
-            .publish_once_to(marker, HANDLED_TTL, &envs, &[AUDIT_STREAM])
+            .publish_once_with(
+                &keys::handled(&self.host, &job.id),
+                HANDLED_TTL,
+                &envs,
+                &[AUDIT_STREAM],
+                &ops,
+            )
             .await?;
-        if published {
-            self.metrics
-                .decisions
-                .get_or_create(&ActionLabel {
-                    action: verb(req.action).to_owned(),
-                    outcome: format!("{:?}", r.outcome).to_lowercase(),
-                })
-                .inc();
-            if escalated {
-                self.metrics.escalations.inc();
-            }
-            tracing::info!(container = %name, action = verb(req.action), outcome = ?r.outcome,
-                reason = %r.reason, dry_run = self.cfg.dry_run, duration_ms = took.as_millis() as u64, "remediation decision");
+        if !published {
+            // Reported already (a peer that took the job over raced us): just clean up.
+            self.queue.forget(job).await?;
+            return Ok(());
         }
+        if !r.follow_ups.is_empty() {
+            self.wake.notify_one();
+        }
+        self.metrics
+            .decisions
+            .get_or_create(&ActionLabel {
+                action: verb(job.req.action).to_owned(),
+                outcome: outcome_name(r.outcome).to_owned(),
+            })
+            .inc();
+        if escalated {
+            self.metrics.escalations.inc();
+        }
+        tracing::info!(container = job.name(), action = verb(job.req.action), outcome = outcome_name(r.outcome),
+            guard = r.guard.map(Guard::as_str), reason = %r.reason, dry_run = self.cfg.dry_run,
+            duration_ms = took, "remediation decision");
         Ok(())
     }
+}
+
+/// Logs a step task that panicked; its job's lease lapses and it is taken over.
+fn reap(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!(error = %e, "a remediation step panicked; its request will be taken over");
+    }
+}
+
+/// The pause before the next verification look: short at first, when a restart usually
+/// completes, then up to 2 s for health checks that take their time.
+fn verify_interval(looks: u32) -> Duration {
+    Duration::from_millis(250u64.saturating_mul(1 << looks.min(3))).min(Duration::from_secs(2))
 }
 
 fn verb(a: Action) -> &'static str {
@@ -884,6 +1398,24 @@ fn past(a: Action) -> &'static str {
     }
 }
 
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Success => "success",
+        Outcome::Failed => "failed",
+        Outcome::Rejected => "rejected",
+        Outcome::Skipped => "skipped",
+        Outcome::Superseded => "superseded",
+    }
+}
+
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
 /// Closes a container's breaker and forgets its history (the explicit reset command).
 pub async fn reset_breaker(bus: &Bus, host: &str, name: &str) -> anyhow::Result<u64> {
     let mut conn = bus.connection();
@@ -895,24 +1427,40 @@ pub async fn reset_breaker(bus: &Bus, host: &str, name: &str) -> anyhow::Result<
     Ok(n)
 }
 
-/// Starts the responder's consumer on `ctx.tracker`. The consumer group is per host, so every
-/// host's responders see every request and act only on their own host's.
+/// Starts the responder on `ctx`: the intake of requests (consumer group `responder:<host>`,
+/// so every host's responders see every request and take only their own host's), the
+/// scheduler of the host's queue, and the renewal of its leases.
 pub fn spawn(responder: Arc<Responder>, ctx: &AgentContext) {
     responder.register(ctx);
     let group = format!("{AGENT}:{}", ctx.identity.host);
     let mut cfg = ConsumerConfig::new(Channel::RemediationNeeded, &group, &ctx.identity.instance);
-    cfg.concurrency = responder.cfg.concurrency;
-    // A request can legitimately take minutes (backoff, slow stop, verification): only
-    // reclaim it from a peer that has been silent for longer than that.
-    cfg.claim_idle =
-        responder.cfg.backoff.max + responder.cfg.verify_timeout + Duration::from_secs(120);
+    // Intake only records the request: quick, so many at once and a short reclaim.
+    cfg.concurrency = 16;
     let bus = ctx.bus.clone();
     let shutdown = ctx.shutdown.clone();
-    ctx.tracker.spawn(async move {
-        consume(&bus, cfg, shutdown, |env| {
-            let r = responder.clone();
-            async move { r.handle(env).await }
-        })
-        .await;
-    });
+    {
+        let r = responder.clone();
+        ctx.spawn_critical("remediation intake", async move {
+            consume(&bus, cfg, shutdown, |env| {
+                let r = r.clone();
+                async move { r.admit(env).await }
+            })
+            .await;
+        });
+    }
+    ctx.spawn_critical("remediation queue", responder.clone().schedule());
+    ctx.spawn_critical("lease renewal", responder.renew_leases());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verification_looks_back_off_to_two_seconds() {
+        let looks: Vec<u64> = (0..6)
+            .map(|n| verify_interval(n).as_millis() as u64)
+            .collect();
+        assert_eq!(looks, [250, 500, 1000, 2000, 2000, 2000]);
+    }
 }

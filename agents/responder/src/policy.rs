@@ -1,5 +1,5 @@
 //! The responder's safety policies as plain arithmetic: restart backoff, circuit breaker and
-//! storm guard. Their state lives in Redis (see `state.rs`); the decisions live here, with
+//! storm guard. Their state lives in Redis (see `queue.rs`); the decisions live here, with
 //! explicit time, so each is a table of one-line tests.
 
 use std::time::Duration;
@@ -68,27 +68,71 @@ impl BreakerPolicy {
     }
 }
 
-/// The storm guard: when many containers of one host need remediation at once, the problem is
-/// the host (or a shared dependency), and restarting everything makes it worse.
+/// The storm guard: when many containers of one host start failing at once, the problem is the
+/// host (or a shared dependency), and restarting everything makes it worse.
+///
+/// It is judged by the containers failing *now* that *started* failing within the window,
+/// against the size of the host: a storm holds while at least [`StormPolicy::limit`] of them are
+/// down, restarting or unhealthy. Requests already healed do not count, and a storm ends by
+/// itself once its failures are older than the window (or enough of them recover).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StormPolicy {
-    /// More distinct containers than this within the window is a storm.
-    pub threshold: u32,
-    /// Or more than this share of the host's in-scope containers (counted from three on, so
-    /// two failures on a two-container host are not a "storm").
+    /// The fewest failing containers that can be a storm, however small the host.
+    pub floor: u32,
+    /// The share (0-1] of the host's in-scope containers that makes a storm on a larger host.
     pub share: f64,
+    /// How recent a failure must be to count.
     pub window: Duration,
 }
 
 impl StormPolicy {
-    /// Minimum failing containers before the share counts.
-    pub const SHARE_MIN: u32 = 3;
+    /// How many containers failing at once make a storm on a host with `in_scope` containers.
+    pub fn limit(&self, in_scope: u32) -> u32 {
+        let by_share = (self.share * f64::from(in_scope)).ceil();
+        // `share` is in (0, 1] and `in_scope` a u32, so the product fits.
+        self.floor.max(by_share as u32)
+    }
 
-    pub fn trips(&self, failing: u32, in_scope: u32) -> bool {
-        failing > self.threshold
-            || (failing >= Self::SHARE_MIN
-                && in_scope > 0
-                && f64::from(failing) / f64::from(in_scope) > self.share)
+    /// Whether `failing` recent failures on a host of `in_scope` containers are a storm.
+    pub fn holds(&self, failing: u32, in_scope: u32) -> bool {
+        failing >= self.limit(in_scope)
+    }
+
+    /// When a storm made of failures that began at `onsets_ms` stops holding by itself (the
+    /// limit-th newest failure ages out of the window), if nothing recovers before.
+    pub fn ends_at(&self, onsets_ms: &[u64], in_scope: u32) -> Option<u64> {
+        let limit = self.limit(in_scope) as usize;
+        let mut newest_first = onsets_ms.to_vec();
+        newest_first.sort_unstable_by(|a, b| b.cmp(a));
+        let pivot = newest_first.get(limit.checked_sub(1)?)?;
+        Some(pivot.saturating_add(self.window.as_millis() as u64))
+    }
+}
+
+/// The host's budget of Docker writes: at most `per_minute` in any 60 s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteBudget {
+    pub per_minute: u32,
+}
+
+impl WriteBudget {
+    pub const WINDOW_MS: u64 = 60_000;
+
+    /// `None` when a write may happen now; otherwise when the next one may, given the times of
+    /// the writes in the last minute.
+    pub fn next_slot(&self, writes_ms: &[u64], now_ms: u64) -> Option<u64> {
+        let recent: Vec<u64> = writes_ms
+            .iter()
+            .copied()
+            .filter(|t| now_ms.saturating_sub(*t) < Self::WINDOW_MS)
+            .collect();
+        if (recent.len() as u64) < u64::from(self.per_minute) {
+            return None;
+        }
+        recent
+            .iter()
+            .min()
+            .map(|oldest| oldest.saturating_add(Self::WINDOW_MS))
     }
 }
 
@@ -154,22 +198,49 @@ mod tests {
     }
 
     #[test]
-    fn storm_by_count_or_share() {
+    fn a_storm_is_a_share_of_the_host_with_a_floor() {
         let p = StormPolicy {
-            threshold: 5,
-            share: 0.5,
+            floor: 3,
+            share: 0.3,
             window: Duration::from_secs(60),
         };
+        // (failing now, in scope, storm?)
         let cases = [
             (1, 1, false),
             (2, 2, false),
+            (3, 3, true),
             (3, 4, true),
-            (3, 10, false),
-            (5, 100, false),
-            (6, 100, true),
+            (2, 20, false),
+            (5, 20, false),
+            (6, 20, true),
+            (8, 20, true),
+            (29, 100, false),
+            (30, 100, true),
         ];
         for (failing, in_scope, want) in cases {
-            assert_eq!(p.trips(failing, in_scope), want, "{failing}/{in_scope}");
+            assert_eq!(p.holds(failing, in_scope), want, "{failing}/{in_scope}");
         }
+    }
+
+    #[test]
+    fn a_storm_ends_when_its_failures_age_out() {
+        let p = StormPolicy {
+            floor: 3,
+            share: 0.3,
+            window: Duration::from_secs(60),
+        };
+        // Limit 3 on a host of 5: the third newest failure decides.
+        assert_eq!(p.ends_at(&[10 * S, 12 * S, 11 * S, 5 * S], 5), Some(70 * S));
+        assert_eq!(p.ends_at(&[10 * S, 12 * S], 5), None, "not a storm at all");
+    }
+
+    #[test]
+    fn writes_wait_for_a_free_slot() {
+        let b = WriteBudget { per_minute: 2 };
+        assert_eq!(b.next_slot(&[], 100 * S), None);
+        assert_eq!(b.next_slot(&[90 * S], 100 * S), None);
+        assert_eq!(b.next_slot(&[50 * S, 90 * S], 100 * S), Some(110 * S));
+        // A write older than a minute no longer counts.
+        assert_eq!(b.next_slot(&[30 * S, 90 * S], 100 * S), None);
     }
 }

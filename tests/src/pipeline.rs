@@ -1,0 +1,171 @@
+//! Responders running inside a test: one that a test stops as SIGTERM would
+//! ([`RunningResponder`]), and one in a runtime of its own that a test can kill at any instant,
+//! as SIGKILL would ([`Killable`]): every task of it stops at its next await, nothing more is
+//! written, its connections close.
+
+use std::sync::Arc;
+
+use hemostat_common::agent::AgentContext;
+use hemostat_common::events::Channel;
+use hemostat_common::http::Health;
+use hemostat_common::shutdown::Shutdown;
+use hemostat_responder::config::ResponderArgs;
+use hemostat_responder::{FaultHook, Responder};
+
+/// The host id every test agent uses.
+pub const HOST: &str = "test-host";
+
+/// The responder's consumer group on [`HOST`].
+pub const RESPONDER_GROUP: &str = "responder:test-host";
+
+/// A responder running inside the test process, against the real Docker engine.
+pub struct RunningResponder {
+    pub shutdown: Shutdown,
+    pub responder: Arc<Responder>,
+    done: tokio::task::JoinHandle<bool>,
+}
+
+impl RunningResponder {
+    /// Starts a responder for `redis_url` with fast test settings (`extra` flags replace them)
+    /// and returns once its consumer group exists.
+    pub async fn start(redis_url: &str, extra: &[&str]) -> RunningResponder {
+        RunningResponder::start_with(redis_url, extra, None).await
+    }
+
+    /// [`RunningResponder::start`] with a fault hook (see [`hemostat_responder::Point`]).
+    pub async fn start_with(
+        redis_url: &str,
+        extra: &[&str],
+        hook: Option<FaultHook>,
+    ) -> RunningResponder {
+        let defaults = [
+            ("--redis-url", redis_url),
+            ("--listen", "127.0.0.1:0"),
+            ("--host-id", HOST),
+            ("--heartbeat-interval", "1s"),
+            ("--shutdown-timeout", "3s"),
+            ("--backoff-initial", "1s"),
+            ("--backoff-max", "4s"),
+            ("--verify-timeout", "20s"),
+            ("--stop-timeout", "1s"),
+            ("--lease", "2s"),
+            // Pinned, whatever the environment says.
+            ("--dry-run", "false"),
+            ("--monitor-all", "false"),
+            ("--cleanup-volumes", "false"),
+        ];
+        let mut args = vec!["hemostat-responder".to_owned()];
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_owned(), value.to_owned()]);
+            }
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let a: ResponderArgs = hemostat_common::config::parse_from(args).expect("responder args");
+        let cfg = a.validate().expect("responder config");
+        let shutdown = Shutdown::new();
+        let docker = hemostat_common::docker::connect_docker(None, &Health::default(), &shutdown)
+            .await
+            .expect("docker");
+        let ctx = AgentContext::start(
+            &a.common,
+            hemostat_responder::AGENT,
+            HOST.into(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("agent context");
+        let mut responder = Responder::new(
+            cfg,
+            docker,
+            ctx.bus.clone(),
+            HOST,
+            &ctx.identity.instance,
+            shutdown.clone(),
+        );
+        if let Some(hook) = hook {
+            responder = responder.with_fault_hook(hook);
+        }
+        let responder = Arc::new(responder);
+        hemostat_responder::spawn(responder.clone(), &ctx);
+        let done = tokio::spawn(ctx.finish());
+        let client = redis::Client::open(redis_url).expect("redis url");
+        crate::wait_for_group(
+            &client,
+            Channel::RemediationNeeded.stream(),
+            RESPONDER_GROUP,
+        )
+        .await;
+        RunningResponder {
+            shutdown,
+            responder,
+            done,
+        }
+    }
+
+    /// Stops it as SIGTERM does and returns whether it stopped cleanly within its timeout.
+    pub async fn stop(self) -> bool {
+        self.shutdown.cancel();
+        self.done.await.unwrap_or(false)
+    }
+}
+
+/// A responder in a runtime of its own, so that a test can kill it.
+pub struct Killable {
+    rt: Option<tokio::runtime::Runtime>,
+    running: Option<RunningResponder>,
+}
+
+impl Killable {
+    pub async fn start(redis_url: &str, extra: &[&str], hook: Option<FaultHook>) -> Killable {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime for the responder");
+        let url = redis_url.to_owned();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let running = rt
+            .spawn(async move {
+                let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+                RunningResponder::start_with(&url, &extra, hook).await
+            })
+            .await
+            .expect("the responder started");
+        Killable {
+            rt: Some(rt),
+            running: Some(running),
+        }
+    }
+
+    pub fn responder(&self) -> &Responder {
+        &self.running.as_ref().expect("running").responder
+    }
+
+    /// Kills it at once, as SIGKILL would: no task runs another step, nothing is handed back.
+    pub fn kill(mut self) {
+        self.running = None;
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Stops it as SIGTERM does; true when it stopped cleanly.
+    pub async fn terminate(mut self) -> bool {
+        let r = self.running.take().expect("running");
+        let clean = r.stop().await;
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+        clean
+    }
+}
+
+impl Drop for Killable {
+    fn drop(&mut self) {
+        self.running = None;
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}

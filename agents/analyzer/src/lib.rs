@@ -16,6 +16,7 @@ pub mod rules;
 pub mod scrub;
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -223,7 +224,10 @@ impl Analyzer {
 
         let facts = self.gather(env, a).await;
         let rules = rules::decide(&facts);
-        let decided = self.consult(rules, a, &facts).await;
+        let decided = consult(self.llm.as_ref(), rules, self.document(a, &facts)).await;
+        if decided.method == AnalysisMethod::RulesFallback {
+            self.metrics.llm_fallbacks.inc();
+        }
         let mut out = Vec::new();
         let request = verdict_payload(&self.cfg, env, Some(&a.container), &decided);
         let remediation = matches!(request, Payload::RemediationNeeded(_));
@@ -303,36 +307,6 @@ impl Analyzer {
         tracing::info!(verdict, action = ?d.action, confidence = d.confidence, method = method_name(d.method),
             rule = d.rules.rule, fallback = d.fallback_reason.as_deref(), "verdict");
         Ok(())
-    }
-
-    /// Asks the LLM when one is configured and the rules leave room for judgement.
-    async fn consult(&self, rules: Verdict, a: &ContainerAlert, facts: &Facts) -> Decided {
-        // A person's action and a crash loop are safety verdicts: no LLM can overrule them.
-        let binding = matches!(rules.rule, "user_initiated" | "crash_loop");
-        let Some(llm) = self.llm.as_ref().filter(|_| !binding) else {
-            return Decided::from_rules(rules);
-        };
-        let document = self.document(a, facts).await;
-        match llm.verdict(&document).await {
-            Ok(v) => Decided {
-                action: v.action,
-                confidence: v.confidence,
-                root_cause: v.root_cause,
-                reason: format!("{} (model {})", v.reasoning, llm.model()),
-                false_alarm: v.false_alarm,
-                method: AnalysisMethod::Llm,
-                fallback_reason: None,
-                rules,
-            },
-            Err(failure) => {
-                self.metrics.llm_fallbacks.inc();
-                tracing::warn!(reason = %failure.0, "llm verdict unusable; rules decide");
-                let mut d = Decided::from_rules(rules);
-                d.method = AnalysisMethod::RulesFallback;
-                d.fallback_reason = Some(failure.0);
-                d
-            }
-        }
     }
 
     /// Collects the facts for the rules.
@@ -503,6 +477,40 @@ impl Analyzer {
     }
 }
 
+/// The decision: the rules' verdict when no LLM is configured or the deciding rule binds
+/// ([`rules::Rule::binding`]), else the LLM's validated answer, or the rules' verdict marked
+/// `rules_fallback` with the reason when that answer is unusable. `document` (the log read and
+/// the prompt) is only awaited when the LLM is asked.
+async fn consult(
+    llm: Option<&Llm>,
+    rules: Verdict,
+    document: impl Future<Output = String>,
+) -> Decided {
+    let Some(llm) = llm.filter(|_| !rules.binding) else {
+        return Decided::from_rules(rules);
+    };
+    let document = document.await;
+    match llm.verdict(&document).await {
+        Ok(v) => Decided {
+            action: v.action,
+            confidence: v.confidence,
+            root_cause: v.root_cause,
+            reason: format!("{} (model {})", v.reasoning, llm.model()),
+            false_alarm: v.false_alarm,
+            method: AnalysisMethod::Llm,
+            fallback_reason: None,
+            rules,
+        },
+        Err(failure) => {
+            tracing::warn!(reason = %failure.0, "llm verdict unusable; rules decide");
+            let mut d = Decided::from_rules(rules);
+            d.method = AnalysisMethod::RulesFallback;
+            d.fallback_reason = Some(failure.0);
+            d
+        }
+    }
+}
+
 fn tail(mut v: Vec<f64>, n: usize) -> Vec<f64> {
     let start = v.len().saturating_sub(n);
     v.drain(..start);
@@ -639,7 +647,7 @@ pub fn spawn(analyzer: Arc<Analyzer>, ctx: &AgentContext) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use hemostat_common::events::{AlertKind, Detection};
+    use hemostat_common::events::{AlertKind, Detection, HostAlertKind};
 
     fn cfg() -> AnalyzerConfig {
         AnalyzerConfig {
@@ -730,6 +738,100 @@ mod tests {
             "{}",
             f.reason
         );
+    }
+
+    /// A container alert's facts that make each binding rule decide.
+    fn binding_cases() -> Vec<(&'static str, Facts)> {
+        vec![
+            (
+                "user_initiated",
+                Facts {
+                    kind: Some(AlertKind::Stopped),
+                    user_initiated: true,
+                    crash_loop_budget: 5,
+                    ..Facts::default()
+                },
+            ),
+            (
+                "crash_loop",
+                Facts {
+                    kind: Some(AlertKind::Died),
+                    exit_code: Some(1),
+                    recent_remediations: 5,
+                    crash_loop_budget: 5,
+                    ..Facts::default()
+                },
+            ),
+            (
+                "host_pressure",
+                Facts {
+                    host_kind: Some(HostAlertKind::MemoryPressure),
+                    crash_loop_budget: 5,
+                    ..Facts::default()
+                },
+            ),
+        ]
+    }
+
+    /// With an LLM configured, a binding rule's verdict is the decision and the LLM is not
+    /// asked (not even the logs are read); a rule that does not bind asks it.
+    #[tokio::test]
+    async fn binding_rules_are_not_put_to_the_llm() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let llm = Llm::new(crate::llm::LlmConfig {
+            base_url: format!("http://127.0.0.1:{port}/v1"),
+            api_key: "none".into(),
+            model: "m".into(),
+            timeout: Duration::from_secs(3),
+            requests_per_minute: 1000,
+            concurrency: 4,
+        })
+        .unwrap();
+        let cases = binding_cases();
+        let covered: Vec<&str> = cases.iter().map(|(r, _)| *r).collect();
+        let binding: Vec<&str> = rules::RULES
+            .iter()
+            .filter(|r| r.binding)
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(covered, binding, "a case for every binding rule");
+        for (rule, facts) in cases {
+            let v = rules::decide(&facts);
+            assert_eq!(v.rule, rule);
+            let asked = std::sync::atomic::AtomicBool::new(false);
+            let d = consult(Some(&llm), v.clone(), async {
+                asked.store(true, std::sync::atomic::Ordering::SeqCst);
+                String::new()
+            })
+            .await;
+            assert!(!asked.into_inner(), "{rule}: the document was built");
+            assert_eq!(d.method, AnalysisMethod::Rules, "{rule}");
+            assert_eq!(
+                (d.action, d.confidence, d.false_alarm, d.reason.as_str()),
+                (v.action, v.confidence, v.false_alarm, v.reason.as_str()),
+                "{rule}"
+            );
+        }
+        // A crash is judgement: the LLM is asked (here it is unreachable, so rules fall back).
+        let crash = rules::decide(&Facts {
+            kind: Some(AlertKind::Died),
+            exit_code: Some(1),
+            crash_loop_budget: 5,
+            ..Facts::default()
+        });
+        assert!(!crash.binding);
+        let asked = std::sync::atomic::AtomicBool::new(false);
+        let d = consult(Some(&llm), crash, async {
+            asked.store(true, std::sync::atomic::Ordering::SeqCst);
+            "{}".to_owned()
+        })
+        .await;
+        assert!(asked.into_inner());
+        assert_eq!(d.method, AnalysisMethod::RulesFallback);
+        assert!(d.fallback_reason.is_some());
     }
 
     #[test]

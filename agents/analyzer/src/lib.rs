@@ -839,7 +839,7 @@ pub fn spawn(analyzer: Arc<Analyzer>, ctx: &AgentContext) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use hemostat_common::events::{AlertKind, Detection, HostAlertKind};
+    use hemostat_common::events::{AlertKind, Breach, Detection, HostAlertKind, HostSample};
 
     fn cfg() -> AnalyzerConfig {
         AnalyzerConfig {
@@ -1147,6 +1147,121 @@ mod tests {
         assert!(asked.into_inner());
         assert_eq!(d.method, AnalysisMethod::RulesFallback);
         assert!(d.fallback_reason.is_some());
+    }
+
+    fn problem_of(p: &Payload) -> Option<Problem> {
+        match p {
+            Payload::RemediationNeeded(r) => r.problem.clone(),
+            other => panic!("not a remediation_needed: {other:?}"),
+        }
+    }
+
+    /// A `remediation_needed` names the problem it answers: the alert's kind, when it began,
+    /// and for a threshold alert the metric and the limit it crossed.
+    #[test]
+    fn verdicts_name_their_problem() {
+        let t0 = chrono::DateTime::parse_from_rfc3339("2026-11-22T06:00:00.379114Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let t1 = t0 + chrono::Duration::seconds(2);
+        let breach = |metric: &str, threshold: f64| Breach {
+            metric: metric.into(),
+            value: threshold + 5.0,
+            threshold,
+            samples: 3,
+            baseline_mean: None,
+            baseline_stddev: None,
+        };
+        let restart = decided(Action::Restart, 0.9, false);
+        let cases: Vec<(ContainerAlert, Problem)> = vec![
+            (
+                ContainerAlert {
+                    since: Some(t0),
+                    docker_event_time: Some(t1),
+                    ..container_alert(AlertKind::Died)
+                },
+                Problem {
+                    since: Some(t0),
+                    ..Problem::new(ProblemKind::Died)
+                },
+            ),
+            // No `since`: the Docker event's time is when it began.
+            (
+                ContainerAlert {
+                    docker_event_time: Some(t1),
+                    ..container_alert(AlertKind::OomKilled)
+                },
+                Problem {
+                    since: Some(t1),
+                    ..Problem::new(ProblemKind::OomKilled)
+                },
+            ),
+            (
+                ContainerAlert {
+                    since: Some(t0),
+                    ..container_alert(AlertKind::Unhealthy)
+                },
+                Problem {
+                    since: Some(t0),
+                    ..Problem::new(ProblemKind::Unhealthy)
+                },
+            ),
+            (
+                ContainerAlert {
+                    since: Some(t0),
+                    breach: Some(breach("memory_percent", 90.0)),
+                    ..container_alert(AlertKind::MemoryHigh)
+                },
+                Problem {
+                    since: Some(t0),
+                    metric: Some("memory_percent".into()),
+                    threshold: Some(90.0),
+                    ..Problem::new(ProblemKind::MemoryHigh)
+                },
+            ),
+            (
+                ContainerAlert {
+                    breach: Some(breach("cpu_percent", 85.0)),
+                    ..container_alert(AlertKind::CpuHigh)
+                },
+                Problem {
+                    metric: Some("cpu_percent".into()),
+                    threshold: Some(85.0),
+                    ..Problem::new(ProblemKind::CpuHigh)
+                },
+            ),
+        ];
+        for (a, want) in cases {
+            let kind = a.kind;
+            let c = a.container.clone();
+            let env = Envelope::new("monitor", "host-a", Payload::ContainerUnhealthy(a));
+            let p = verdict_payload(&cfg(), &env, Some(&c), &restart);
+            assert_eq!(problem_of(&p), Some(want), "{kind:?}");
+        }
+
+        // A host alert names its problem and the limit it crossed.
+        let host = Envelope::new(
+            "monitor",
+            "host-a",
+            Payload::HostUnhealthy(HostAlert {
+                kind: HostAlertKind::DiskPressure,
+                severity: Severity::Warning,
+                summary: "disk".into(),
+                reminder: false,
+                sample: HostSample::default(),
+                threshold: Some(90.0),
+            }),
+        );
+        let cleanup = decided(Action::Cleanup, 0.8, false);
+        let p = verdict_payload(&cfg(), &host, None, &cleanup);
+        assert_eq!(
+            problem_of(&p),
+            Some(Problem {
+                metric: Some("disk_percent".into()),
+                threshold: Some(90.0),
+                ..Problem::new(ProblemKind::DiskPressure)
+            })
+        );
     }
 
     #[test]

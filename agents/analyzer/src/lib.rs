@@ -796,7 +796,8 @@ pub fn verdict_payload(
     }
 }
 
-/// Starts the analyzer's consumers on `ctx.tracker`.
+/// Starts the analyzer's consumers as critical tasks: if either ends before shutdown, the
+/// agent stops rather than run half alive.
 pub fn spawn(analyzer: Arc<Analyzer>, ctx: &AgentContext) {
     analyzer.register(ctx);
     let consumer = ctx.identity.instance.clone();
@@ -815,7 +816,7 @@ pub fn spawn(analyzer: Arc<Analyzer>, ctx: &AgentContext) {
         let a = analyzer.clone();
         let bus = ctx.bus.clone();
         let shutdown = ctx.shutdown.clone();
-        ctx.tracker.spawn(async move {
+        ctx.spawn_critical("health_alert consumer", async move {
             consume(&bus, alerts, shutdown, |env| {
                 let a = a.clone();
                 async move { a.handle(env).await }
@@ -826,7 +827,7 @@ pub fn spawn(analyzer: Arc<Analyzer>, ctx: &AgentContext) {
     let done = ConsumerConfig::new(Channel::RemediationComplete, AGENT, &consumer);
     let bus = ctx.bus.clone();
     let shutdown = ctx.shutdown.clone();
-    ctx.tracker.spawn(async move {
+    ctx.spawn_critical("remediation_complete consumer", async move {
         consume(&bus, done, shutdown, |env| {
             let a = analyzer.clone();
             async move { a.remediation_done(env).await }

@@ -1283,6 +1283,58 @@ async fn only_the_same_problem_folds_into_a_remediation() {
     assert!(an.stop().await);
 }
 
+/// An alert published before any analyzer ever ran (no consumer group yet) is answered once
+/// one starts; one older than the new group's look-back is history and is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_published_before_the_analyzer_started() {
+    let w = setup!();
+    let p = w.patient("early", &["ERROR upstream closed"]).await;
+    let stream = Channel::HealthAlert.stream();
+    // Twenty minutes old, written with its own stream id.
+    let old = unhealthy(&p);
+    let old_id = format!(
+        "{}-0",
+        (Utc::now() - chrono::Duration::minutes(20)).timestamp_millis()
+    );
+    let mut conn = w.redis.conn().await;
+    let _: String = redis::cmd("XADD")
+        .arg(stream)
+        .arg(&old_id)
+        .arg("event_type")
+        .arg(old.event_type())
+        .arg("envelope")
+        .arg(old.to_json())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let fresh = died(&p, 1);
+    w.publish(&fresh).await;
+    let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(groups.groups.is_empty(), "no analyzer has run here yet");
+
+    // One alert at a time, in stream order: had the old alert been read, it would have been
+    // answered before the fresh one.
+    let an = w.analyzer(&["--concurrency", "1"]).await;
+    let e = w.expect(Channel::RemediationNeeded, &fresh.id).await;
+    let r = remediation(&e);
+    assert_eq!(r.action, Action::Restart);
+    assert_eq!(rule_of(&r.reason), "crash");
+    assert!(w.verdicts(&old.id).await.is_empty(), "old history replayed");
+    assert!(w.folds().await.is_empty());
+    let marked: bool = redis::cmd("EXISTS")
+        .arg(format!("hemostat:seen:analyzer:{}", old.id))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!marked);
+    assert!(an.stop().await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_loop_escalates() {
     let w = setup!();

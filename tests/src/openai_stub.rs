@@ -34,6 +34,9 @@ pub enum Reply {
     Sleep(Duration, Box<Reply>),
     /// 200 with this raw body, which is not a chat completion (not even JSON, usually).
     Garbage(String),
+    /// Holds the request until the test cancels this token, then answers with the inner reply:
+    /// an analysis kept in flight for exactly as long as the test needs, not for a guessed time.
+    Until(CancellationToken, Box<Reply>),
 }
 
 impl Reply {
@@ -80,6 +83,11 @@ impl Reply {
     /// Waits `d`, then answers `then`.
     pub fn after(d: Duration, then: Reply) -> Reply {
         Reply::Sleep(d, Box::new(then))
+    }
+
+    /// Waits until `gate` is cancelled, then answers `then`.
+    pub fn when(gate: &CancellationToken, then: Reply) -> Reply {
+        Reply::Until(gate.clone(), Box::new(then))
     }
 }
 
@@ -203,6 +211,10 @@ async fn completions(State(inner): State<Arc<Inner>>, body: String) -> Response 
                 tokio::time::sleep(d).await;
                 reply = *then;
             }
+            Reply::Until(gate, then) => {
+                gate.cancelled().await;
+                reply = *then;
+            }
             Reply::Verdict(content) => {
                 return json_response(StatusCode::OK, chat_completion(&content));
             }
@@ -247,8 +259,9 @@ pub struct RunningAnalyzer {
 
 impl RunningAnalyzer {
     /// Starts an analyzer for `redis_url` with fast test settings plus `extra` flags, and
-    /// returns once its consumer groups exist (a new group starts at the end of the stream,
-    /// so anything published before that would never be seen).
+    /// returns once its consumer groups exist (a new group starts a look-back before now, so
+    /// what was published just before is read too; waiting keeps the tests' reads of the
+    /// groups simple).
     ///
     /// Without `--openai-base-url` / `--openai-api-key` in `extra`, the LLM is off, whatever
     /// the environment says (an `OPENAI_BASE_URL` in the environment is refused: the tests

@@ -2,10 +2,15 @@
 //! why, how sure) or `false_alarm` (why not), both with the root cause.
 //!
 //! Per alert: skip it if already answered (idempotent on the envelope id), fold it if the same
-//! container already has an analysis or remediation in flight, gather the facts (inspect,
-//! metric trends, recent remediations and alerts), decide by the rules, and, when an LLM is
-//! configured and the rules allow it, read the scrubbed log tail and ask it; validate, publish.
-//! Logs are read only for the LLM: the rules never look at them.
+//! problem of the same container already has an analysis or a remediation in flight (and
+//! record the fold), gather the facts (inspect, metric trends, recent remediations and
+//! alerts), decide by the rules, and, when an LLM is configured and the deciding rule does not
+//! bind, read the scrubbed log tail and ask it; validate, publish. Logs are read only for the
+//! LLM: the rules never look at them.
+//!
+//! Architecture invariant: every alert leaves a trace: a verdict (`remediation_needed` or
+//! `false_alarm`), or an `alert_folded` record naming what it joined. Only an alert of the same
+//! problem kind folds; a different problem of the same container is analysed on its own.
 //!
 //! Architecture invariant: the target of a verdict is always the alert's container on the
 //! alert's host; nothing the LLM or a log line says can change it.
@@ -15,7 +20,8 @@ pub mod llm;
 pub mod rules;
 pub mod scrub;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,11 +34,13 @@ use hemostat_common::bus::{Bus, ConsumerConfig, RecentWindow, consume};
 use hemostat_common::docker::container_state;
 use hemostat_common::events::{
     Action, AnalysisMethod, Channel, ContainerAlert, ContainerRef, Envelope, Escalation,
-    EscalationKind, FalseAlarm, HostAlert, Payload, Problem, RemediationRequest, Severity,
+    EscalationKind, FalseAlarm, Fold, HostAlert, Payload, Problem, ProblemKind, RemediationRequest,
+    Severity,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::AnalyzerConfig;
 use crate::llm::Llm;
@@ -70,8 +78,8 @@ pub struct Analyzer {
     bus: Bus,
     llm: Option<Llm>,
     agent: String,
-    /// Containers being analysed right now (`host/container id`).
-    in_flight: Mutex<HashSet<String>>,
+    /// Problems being analysed right now in this process.
+    analyses: Analyses,
     /// Recent history, read incrementally (see [`RecentWindow`]).
     recent_metrics: RecentWindow,
     recent_remediations: RecentWindow,
@@ -87,22 +95,129 @@ impl std::fmt::Debug for Analyzer {
     }
 }
 
-/// Removes a container from the in-flight set when its analysis ends, however it ends.
+/// The problem an alert may fold by: its kind, or `None` when it always gets a verdict of its
+/// own. A person's action is never folded: it must be answered (with "leave it alone") even
+/// while hemostat is busy with the same container.
+fn fold_kind(a: &ContainerAlert) -> Option<ProblemKind> {
+    if a.user_initiated {
+        return None;
+    }
+    ProblemKind::of_alert(a.kind)
+}
+
+/// The in-process key of one problem of one container: `host/container id/kind`.
+fn analysis_key(host: &str, container_id: &str, kind: ProblemKind) -> String {
+    format!("{host}/{container_id}/{}", kind.as_str())
+}
+
+/// Redis key that says a remediation of this problem of this container is in flight. Its value
+/// is the id of the `remediation_needed` envelope, so a fold can name what it joined.
+fn inflight_key(host: &str, container_id: &str, kind: ProblemKind) -> String {
+    format!("hemostat:inflight:{host}:{container_id}:{}", kind.as_str())
+}
+
+/// Every problem a container alert can name (the values of [`ProblemKind::of_alert`]): the
+/// in-flight keys a result that names no problem may have set.
+const CONTAINER_PROBLEMS: [ProblemKind; 7] = [
+    ProblemKind::Died,
+    ProblemKind::OomKilled,
+    ProblemKind::Oom,
+    ProblemKind::Unhealthy,
+    ProblemKind::CpuHigh,
+    ProblemKind::MemoryHigh,
+    ProblemKind::Anomaly,
+];
+
+/// Deletes each key in KEYS that still holds ARGV[1]: a result clears only the mark of its own
+/// request, never the mark of a newer request for the same problem.
+const CLEAR_SCRIPT: &str = r#"
+    local n = 0
+    for _, key in ipairs(KEYS) do
+        if redis.call('GET', key) == ARGV[1] then
+            redis.call('DEL', key)
+            n = n + 1
+        end
+    end
+    return n
+"#;
+
+/// One analysis in progress: the alert being analysed, and a token cancelled when it ends.
+#[derive(Debug)]
+struct Analysis {
+    alert_id: String,
+    done: CancellationToken,
+}
+
+/// The problems being analysed in this process, by [`analysis_key`].
+#[derive(Debug, Default)]
+struct Analyses(Mutex<HashMap<String, Analysis>>);
+
+/// What [`Analyses::begin`] found.
+enum Begin<'a> {
+    /// No analysis of this problem was under way: this alert's starts, and ends when the guard
+    /// drops, however the handler ends.
+    Started(InFlight<'a>),
+    /// Another alert (this id) is being analysed for the same problem: fold into it.
+    Joins(String),
+    /// This very alert is being analysed by another delivery of it (a copy published twice, an
+    /// entry reclaimed while still in hand); the token is cancelled when that analysis ends.
+    Copy(CancellationToken),
+}
+
+impl Analyses {
+    fn begin(&self, key: String, alert_id: &str) -> Begin<'_> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&key) {
+            Some(a) if a.alert_id == alert_id => Begin::Copy(a.done.clone()),
+            Some(a) => Begin::Joins(a.alert_id.clone()),
+            None => {
+                map.insert(
+                    key.clone(),
+                    Analysis {
+                        alert_id: alert_id.to_owned(),
+                        done: CancellationToken::new(),
+                    },
+                );
+                Begin::Started(InFlight {
+                    analyses: self,
+                    key,
+                })
+            }
+        }
+    }
+}
+
+/// Ends an analysis when dropped: removes its entry and wakes copies waiting on it.
 struct InFlight<'a> {
-    set: &'a Mutex<HashSet<String>>,
+    analyses: &'a Analyses,
     key: String,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
-        set.remove(&self.key);
+        let mut map = self.analyses.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = map.remove(&self.key) {
+            a.done.cancel();
+        }
     }
 }
 
-/// Redis key that says a remediation for this container is in flight.
-fn inflight_key(host: &str, container_id: &str) -> String {
-    format!("hemostat:inflight:{host}:{container_id}")
+/// What a folded alert joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Joined {
+    /// The analysis of another alert for the same problem, in this process.
+    Analysis,
+    /// The remediation requested for the same problem, not reported yet.
+    Remediation,
+}
+
+impl Joined {
+    fn reason(self) -> &'static str {
+        match self {
+            Joined::Analysis => "the same problem is already being analysed",
+            Joined::Remediation => "the same problem is already being remediated",
+        }
+    }
 }
 
 impl Analyzer {
@@ -119,7 +234,7 @@ impl Analyzer {
             bus,
             llm,
             agent: agent.to_owned(),
-            in_flight: Mutex::default(),
+            analyses: Analyses::default(),
             recent_metrics: RecentWindow::new(Channel::Metrics, 60),
             recent_remediations: RecentWindow::new(Channel::RemediationComplete, 500),
             recent_alerts: RecentWindow::new(Channel::HealthAlert, 500),
@@ -136,7 +251,7 @@ impl Analyzer {
             );
             r.register(
                 "hemostat_analyzer_folded",
-                "Alerts folded into an analysis or remediation already in flight",
+                "Alerts folded into an analysis or remediation of the same problem already in flight",
                 self.metrics.folded.clone(),
             );
             r.register(
@@ -175,16 +290,64 @@ impl Analyzer {
         }
     }
 
-    /// Clears the in-flight mark when the responder reports on a container.
+    /// Clears the in-flight mark of the request the responder reports on: the key of the
+    /// result's problem, or, from a responder that does not name the problem, the key of every
+    /// problem of that container. Either way only a key that still holds this request's id is
+    /// deleted, so a late result never clears the mark of a newer request.
     pub async fn remediation_done(&self, env: Envelope) -> anyhow::Result<()> {
-        if let Payload::RemediationComplete(r) = &env.payload
-            && let Some(c) = &r.container
+        let Payload::RemediationComplete(r) = &env.payload else {
+            return Ok(());
+        };
+        let Some(c) = &r.container else {
+            return Ok(());
+        };
+        let kinds = match r.problem {
+            Some(k) => vec![k],
+            None => CONTAINER_PROBLEMS.to_vec(),
+        };
+        static CLEAR: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(CLEAR_SCRIPT));
+        let mut inv = CLEAR.prepare_invoke();
+        for k in kinds {
+            inv.key(inflight_key(&env.host, &c.id, k));
+        }
+        inv.arg(&r.request_id);
+        let mut conn = self.bus.connection();
+        let cleared: i64 = inv.invoke_async(&mut conn).await?;
+        tracing::debug!(request_id = %r.request_id, cleared, "remediation reported");
+        Ok(())
+    }
+
+    /// Records that `env` joined `into` instead of getting a verdict of its own, once: the
+    /// record is published with the alert's answered marker, so a redelivery records nothing.
+    async fn fold(
+        &self,
+        env: &Envelope,
+        a: &ContainerAlert,
+        marker: &str,
+        into: String,
+        joined: Joined,
+    ) -> anyhow::Result<()> {
+        let record = Envelope::new(
+            &self.agent,
+            &env.host,
+            Payload::AlertFolded(Fold {
+                container: a.container.clone(),
+                alert_id: env.id.clone(),
+                kind: a.kind,
+                into: into.clone(),
+                reason: joined.reason().to_owned(),
+            }),
+        );
+        if self
+            .bus
+            .publish_once(marker, ANSWERED_TTL, std::slice::from_ref(&record))
+            .await?
         {
-            let mut conn = self.bus.connection();
-            let _: () = redis::cmd("DEL")
-                .arg(inflight_key(&env.host, &c.id))
-                .query_async(&mut conn)
-                .await?;
+            self.metrics.folded.inc();
+            tracing::info!(into, joined = ?joined, "folded");
+        } else {
+            self.metrics.duplicates.inc();
         }
         Ok(())
     }
@@ -196,38 +359,48 @@ impl Analyzer {
         a: &ContainerAlert,
         marker: &str,
     ) -> anyhow::Result<()> {
-        let key = format!("{}/{}", env.host, a.container.id);
-        // Fold: one analysis per container at a time, and none while a remediation is running.
-        let _guard = {
-            let mut set = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            if !set.insert(key.clone()) {
-                self.metrics.folded.inc();
-                tracing::info!("folded into the analysis in flight");
-                return Ok(());
-            }
-            InFlight {
-                set: &self.in_flight,
-                key,
-            }
+        // Fold: one analysis per problem of a container at a time, and none while a remediation
+        // of that problem is in flight. A different problem is analysed on its own.
+        let kind = fold_kind(a);
+        let _guard = match kind {
+            None => None,
+            Some(k) => match self
+                .analyses
+                .begin(analysis_key(&env.host, &a.container.id, k), &env.id)
+            {
+                Begin::Started(guard) => Some(guard),
+                Begin::Joins(into) => {
+                    return self.fold(env, a, marker, into, Joined::Analysis).await;
+                }
+                Begin::Copy(done) => {
+                    // Acking this copy now would release the entry before its effect is
+                    // recorded; wait for the other delivery instead, then see what it did.
+                    done.cancelled().await;
+                    return self.after_copy(env, marker).await;
+                }
+            },
         };
-        let mut conn = self.bus.connection();
-        let remediating: bool = redis::cmd("EXISTS")
-            .arg(inflight_key(&env.host, &a.container.id))
-            .query_async(&mut conn)
-            .await?;
-        if remediating && !a.user_initiated {
-            self.metrics.folded.inc();
-            tracing::info!("folded into the remediation in flight");
-            return Ok(());
+        let inflight = kind.map(|k| inflight_key(&env.host, &a.container.id, k));
+        if let Some(key) = &inflight {
+            let mut conn = self.bus.connection();
+            let request: Option<String> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
+            if let Some(into) = request {
+                return self.fold(env, a, marker, into, Joined::Remediation).await;
+            }
         }
 
         let facts = self.gather(env, a).await;
         let rules = rules::decide(&facts);
-        let decided = self.consult(rules, a, &facts).await;
-        let mut out = Vec::new();
-        let request = verdict_payload(&self.cfg, env, Some(&a.container), &decided);
-        let remediation = matches!(request, Payload::RemediationNeeded(_));
-        out.push(request);
+        let decided = consult(self.llm.as_ref(), rules, self.document(a, &facts)).await;
+        if decided.method == AnalysisMethod::RulesFallback {
+            self.metrics.llm_fallbacks.inc();
+        }
+        let mut out = vec![verdict_payload(
+            &self.cfg,
+            env,
+            Some(&a.container),
+            &decided,
+        )];
         if decided.rules.escalate {
             out.push(Payload::Escalation(Escalation {
                 kind: EscalationKind::CrashLoop,
@@ -240,12 +413,28 @@ impl Analyzer {
                 ),
             }));
         }
-        // The in-flight mark goes out with the request: the responder may answer before a
-        // separate SET would land, and the mark would then outlive the remediation.
-        let inflight = inflight_key(&env.host, &a.container.id);
-        let flag =
-            remediation.then_some((inflight.as_str(), env.id.as_str(), self.cfg.coalesce_window));
-        self.publish(env, marker, out, &decided, flag).await
+        self.publish(env, marker, out, &decided, inflight.as_deref())
+            .await
+    }
+
+    /// After another delivery of the same alert finished its analysis: answered means this
+    /// copy is a duplicate; not answered means that analysis failed, and this copy is left
+    /// pending to be tried again.
+    async fn after_copy(&self, env: &Envelope, marker: &str) -> anyhow::Result<()> {
+        let mut conn = self.bus.connection();
+        let answered: bool = redis::cmd("EXISTS")
+            .arg(marker)
+            .query_async(&mut conn)
+            .await?;
+        if !answered {
+            anyhow::bail!(
+                "alert {} was being analysed by another delivery, which did not answer it",
+                env.id
+            );
+        }
+        self.metrics.duplicates.inc();
+        tracing::debug!("answered by another delivery of the same alert");
+        Ok(())
     }
 
     async fn host(&self, env: &Envelope, h: &HostAlert, marker: &str) -> anyhow::Result<()> {
@@ -270,20 +459,27 @@ impl Analyzer {
         self.publish(env, marker, out, &decided, None).await
     }
 
-    /// Publishes the verdict (and any escalation) exactly once per alert, with `flag` set in the
-    /// same step.
+    /// Publishes the verdict (and any escalation) exactly once per alert. A `remediation_needed`
+    /// sets `inflight` to its own id in the same step: the responder may answer before a
+    /// separate SET would land, and the mark would then outlive the remediation.
     async fn publish(
         &self,
         env: &Envelope,
         marker: &str,
         payloads: Vec<Payload>,
         d: &Decided,
-        flag: Option<(&str, &str, Duration)>,
+        inflight: Option<&str>,
     ) -> anyhow::Result<()> {
         let envs: Vec<Envelope> = payloads
             .into_iter()
             .map(|p| Envelope::new(&self.agent, &env.host, p))
             .collect();
+        let request = envs
+            .first()
+            .filter(|e| matches!(e.payload, Payload::RemediationNeeded(_)));
+        let flag = inflight
+            .zip(request)
+            .map(|(key, e)| (key, e.id.as_str(), self.cfg.coalesce_window));
         let published = self
             .bus
             .publish_once_flagged(marker, ANSWERED_TTL, &envs, &[], flag)
@@ -303,36 +499,6 @@ impl Analyzer {
         tracing::info!(verdict, action = ?d.action, confidence = d.confidence, method = method_name(d.method),
             rule = d.rules.rule, fallback = d.fallback_reason.as_deref(), "verdict");
         Ok(())
-    }
-
-    /// Asks the LLM when one is configured and the rules leave room for judgement.
-    async fn consult(&self, rules: Verdict, a: &ContainerAlert, facts: &Facts) -> Decided {
-        // A person's action and a crash loop are safety verdicts: no LLM can overrule them.
-        let binding = matches!(rules.rule, "user_initiated" | "crash_loop");
-        let Some(llm) = self.llm.as_ref().filter(|_| !binding) else {
-            return Decided::from_rules(rules);
-        };
-        let document = self.document(a, facts).await;
-        match llm.verdict(&document).await {
-            Ok(v) => Decided {
-                action: v.action,
-                confidence: v.confidence,
-                root_cause: v.root_cause,
-                reason: format!("{} (model {})", v.reasoning, llm.model()),
-                false_alarm: v.false_alarm,
-                method: AnalysisMethod::Llm,
-                fallback_reason: None,
-                rules,
-            },
-            Err(failure) => {
-                self.metrics.llm_fallbacks.inc();
-                tracing::warn!(reason = %failure.0, "llm verdict unusable; rules decide");
-                let mut d = Decided::from_rules(rules);
-                d.method = AnalysisMethod::RulesFallback;
-                d.fallback_reason = Some(failure.0);
-                d
-            }
-        }
     }
 
     /// Collects the facts for the rules.
@@ -503,6 +669,40 @@ impl Analyzer {
     }
 }
 
+/// The decision: the rules' verdict when no LLM is configured or the deciding rule binds
+/// ([`rules::Rule::binding`]), else the LLM's validated answer, or the rules' verdict marked
+/// `rules_fallback` with the reason when that answer is unusable. `document` (the log read and
+/// the prompt) is only awaited when the LLM is asked.
+async fn consult(
+    llm: Option<&Llm>,
+    rules: Verdict,
+    document: impl Future<Output = String>,
+) -> Decided {
+    let Some(llm) = llm.filter(|_| !rules.binding) else {
+        return Decided::from_rules(rules);
+    };
+    let document = document.await;
+    match llm.verdict(&document).await {
+        Ok(v) => Decided {
+            action: v.action,
+            confidence: v.confidence,
+            root_cause: v.root_cause,
+            reason: format!("{} (model {})", v.reasoning, llm.model()),
+            false_alarm: v.false_alarm,
+            method: AnalysisMethod::Llm,
+            fallback_reason: None,
+            rules,
+        },
+        Err(failure) => {
+            tracing::warn!(reason = %failure.0, "llm verdict unusable; rules decide");
+            let mut d = Decided::from_rules(rules);
+            d.method = AnalysisMethod::RulesFallback;
+            d.fallback_reason = Some(failure.0);
+            d
+        }
+    }
+}
+
 fn tail(mut v: Vec<f64>, n: usize) -> Vec<f64> {
     let start = v.len().saturating_sub(n);
     v.drain(..start);
@@ -596,7 +796,8 @@ pub fn verdict_payload(
     }
 }
 
-/// Starts the analyzer's consumers on `ctx.tracker`.
+/// Starts the analyzer's consumers as critical tasks: if either ends before shutdown, the
+/// agent stops rather than run half alive.
 pub fn spawn(analyzer: Arc<Analyzer>, ctx: &AgentContext) {
     analyzer.register(ctx);
     let consumer = ctx.identity.instance.clone();
@@ -615,7 +816,7 @@ pub fn spawn(analyzer: Arc<Analyzer>, ctx: &AgentContext) {
         let a = analyzer.clone();
         let bus = ctx.bus.clone();
         let shutdown = ctx.shutdown.clone();
-        ctx.tracker.spawn(async move {
+        ctx.spawn_critical("health_alert consumer", async move {
             consume(&bus, alerts, shutdown, |env| {
                 let a = a.clone();
                 async move { a.handle(env).await }
@@ -626,7 +827,7 @@ pub fn spawn(analyzer: Arc<Analyzer>, ctx: &AgentContext) {
     let done = ConsumerConfig::new(Channel::RemediationComplete, AGENT, &consumer);
     let bus = ctx.bus.clone();
     let shutdown = ctx.shutdown.clone();
-    ctx.tracker.spawn(async move {
+    ctx.spawn_critical("remediation_complete consumer", async move {
         consume(&bus, done, shutdown, |env| {
             let a = analyzer.clone();
             async move { a.remediation_done(env).await }
@@ -639,7 +840,7 @@ pub fn spawn(analyzer: Arc<Analyzer>, ctx: &AgentContext) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use hemostat_common::events::{AlertKind, Detection};
+    use hemostat_common::events::{AlertKind, Breach, Detection, HostAlertKind, HostSample};
 
     fn cfg() -> AnalyzerConfig {
         AnalyzerConfig {
@@ -654,29 +855,33 @@ mod tests {
         }
     }
 
+    fn container_alert(kind: AlertKind) -> ContainerAlert {
+        ContainerAlert {
+            container: ContainerRef {
+                id: "c1".into(),
+                name: "web".into(),
+                ..ContainerRef::default()
+            },
+            kind,
+            severity: Severity::Critical,
+            user_initiated: false,
+            reminder: false,
+            detected_by: Detection::Event,
+            summary: kind.as_str().into(),
+            state: None,
+            metrics: None,
+            breach: None,
+            since: None,
+            docker_event_time: None,
+            protected: false,
+        }
+    }
+
     fn alert_env() -> Envelope {
         Envelope::new(
             "monitor",
             "host-a",
-            Payload::ContainerUnhealthy(ContainerAlert {
-                container: ContainerRef {
-                    id: "c1".into(),
-                    name: "web".into(),
-                    ..ContainerRef::default()
-                },
-                kind: AlertKind::Died,
-                severity: Severity::Critical,
-                user_initiated: false,
-                reminder: false,
-                detected_by: Detection::Event,
-                summary: "died".into(),
-                state: None,
-                metrics: None,
-                breach: None,
-                since: None,
-                docker_event_time: None,
-                protected: false,
-            }),
+            Payload::ContainerUnhealthy(container_alert(AlertKind::Died)),
         )
     }
 
@@ -729,6 +934,334 @@ mod tests {
             f.reason.contains("below the threshold 0.70"),
             "{}",
             f.reason
+        );
+    }
+
+    /// One key per problem of a container: same kind, same key; another kind or another
+    /// container, another key; a person's action has none.
+    #[test]
+    fn keys_are_per_problem() {
+        let key = |kind: AlertKind, user: bool| {
+            let mut a = container_alert(kind);
+            a.user_initiated = user;
+            fold_kind(&a).map(|k| {
+                (
+                    analysis_key("host-a", &a.container.id, k),
+                    inflight_key("host-a", &a.container.id, k),
+                )
+            })
+        };
+        let cases = [
+            (
+                AlertKind::Died,
+                false,
+                Some(("host-a/c1/died", "hemostat:inflight:host-a:c1:died")),
+            ),
+            (
+                AlertKind::OomKilled,
+                false,
+                Some((
+                    "host-a/c1/oom_killed",
+                    "hemostat:inflight:host-a:c1:oom_killed",
+                )),
+            ),
+            (
+                AlertKind::MemoryHigh,
+                false,
+                Some((
+                    "host-a/c1/memory_high",
+                    "hemostat:inflight:host-a:c1:memory_high",
+                )),
+            ),
+            (
+                AlertKind::Unhealthy,
+                false,
+                Some((
+                    "host-a/c1/unhealthy",
+                    "hemostat:inflight:host-a:c1:unhealthy",
+                )),
+            ),
+            (AlertKind::Stopped, true, None),
+            (AlertKind::Paused, true, None),
+            (AlertKind::Unpaused, true, None),
+            // Whatever its kind, a person's action is never folded.
+            (AlertKind::Died, true, None),
+        ];
+        for (kind, user, want) in cases {
+            let got = key(kind, user);
+            let want = want.map(|(a, r)| (a.to_owned(), r.to_owned()));
+            assert_eq!(got, want, "{kind:?} user_initiated={user}");
+        }
+        assert_ne!(
+            inflight_key("host-a", "c1", ProblemKind::Died),
+            inflight_key("host-b", "c1", ProblemKind::Died)
+        );
+        assert_ne!(
+            analysis_key("host-a", "c1", ProblemKind::Died),
+            analysis_key("host-a", "c2", ProblemKind::Died)
+        );
+    }
+
+    /// A result that names no problem clears the keys of every problem an alert can name.
+    #[test]
+    fn every_container_problem_has_a_key_to_clear() {
+        use AlertKind::*;
+        let all = [
+            Died, OomKilled, Oom, Unhealthy, CpuHigh, MemoryHigh, Anomaly, Stopped, Paused,
+            Unpaused,
+        ];
+        for k in all {
+            // Exhaustive: a new alert kind does not compile until it is listed above.
+            match k {
+                Died | OomKilled | Oom | Unhealthy | CpuHigh | MemoryHigh | Anomaly | Stopped
+                | Paused | Unpaused => {}
+            }
+            if let Some(p) = ProblemKind::of_alert(k) {
+                assert!(CONTAINER_PROBLEMS.contains(&p), "{p:?} has no key to clear");
+            }
+        }
+        let named: std::collections::BTreeSet<_> = all
+            .iter()
+            .filter_map(|k| ProblemKind::of_alert(*k))
+            .collect();
+        assert_eq!(named.len(), CONTAINER_PROBLEMS.len());
+    }
+
+    #[test]
+    fn analyses_fold_only_the_same_problem() {
+        let analyses = Analyses::default();
+        let mem = analysis_key("h", "c1", ProblemKind::MemoryHigh);
+        let oom = analysis_key("h", "c1", ProblemKind::OomKilled);
+        let Begin::Started(first) = analyses.begin(mem.clone(), "alert-1") else {
+            panic!("the first analysis starts")
+        };
+        // Another problem of the same container starts its own analysis.
+        assert!(matches!(
+            analyses.begin(oom.clone(), "alert-2"),
+            Begin::Started(_)
+        ));
+        // The same problem again joins the alert being analysed, by its id.
+        assert!(matches!(
+            analyses.begin(mem.clone(), "alert-3"),
+            Begin::Joins(into) if into == "alert-1"
+        ));
+        // A copy of the alert being analysed waits for it; ending it wakes the copy.
+        let Begin::Copy(done) = analyses.begin(mem.clone(), "alert-1") else {
+            panic!("a copy of the same alert is not a fold")
+        };
+        assert!(!done.is_cancelled());
+        drop(first);
+        assert!(done.is_cancelled());
+        // Ended: the next alert of that problem starts again.
+        assert!(matches!(analyses.begin(mem, "alert-4"), Begin::Started(_)));
+    }
+
+    /// A container alert's facts that make each binding rule decide.
+    fn binding_cases() -> Vec<(&'static str, Facts)> {
+        vec![
+            (
+                "user_initiated",
+                Facts {
+                    kind: Some(AlertKind::Stopped),
+                    user_initiated: true,
+                    crash_loop_budget: 5,
+                    ..Facts::default()
+                },
+            ),
+            (
+                "crash_loop",
+                Facts {
+                    kind: Some(AlertKind::Died),
+                    exit_code: Some(1),
+                    recent_remediations: 5,
+                    crash_loop_budget: 5,
+                    ..Facts::default()
+                },
+            ),
+            (
+                "host_pressure",
+                Facts {
+                    host_kind: Some(HostAlertKind::MemoryPressure),
+                    crash_loop_budget: 5,
+                    ..Facts::default()
+                },
+            ),
+        ]
+    }
+
+    /// With an LLM configured, a binding rule's verdict is the decision and the LLM is not
+    /// asked (not even the logs are read); a rule that does not bind asks it.
+    #[tokio::test]
+    async fn binding_rules_are_not_put_to_the_llm() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let llm = Llm::new(crate::llm::LlmConfig {
+            base_url: format!("http://127.0.0.1:{port}/v1"),
+            api_key: "none".into(),
+            model: "m".into(),
+            timeout: Duration::from_secs(3),
+            requests_per_minute: 1000,
+            concurrency: 4,
+        })
+        .unwrap();
+        let cases = binding_cases();
+        let covered: Vec<&str> = cases.iter().map(|(r, _)| *r).collect();
+        let binding: Vec<&str> = rules::RULES
+            .iter()
+            .filter(|r| r.binding)
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(covered, binding, "a case for every binding rule");
+        for (rule, facts) in cases {
+            let v = rules::decide(&facts);
+            assert_eq!(v.rule, rule);
+            let asked = std::sync::atomic::AtomicBool::new(false);
+            let d = consult(Some(&llm), v.clone(), async {
+                asked.store(true, std::sync::atomic::Ordering::SeqCst);
+                String::new()
+            })
+            .await;
+            assert!(!asked.into_inner(), "{rule}: the document was built");
+            assert_eq!(d.method, AnalysisMethod::Rules, "{rule}");
+            assert_eq!(
+                (d.action, d.confidence, d.false_alarm, d.reason.as_str()),
+                (v.action, v.confidence, v.false_alarm, v.reason.as_str()),
+                "{rule}"
+            );
+        }
+        // A crash is judgement: the LLM is asked (here it is unreachable, so rules fall back).
+        let crash = rules::decide(&Facts {
+            kind: Some(AlertKind::Died),
+            exit_code: Some(1),
+            crash_loop_budget: 5,
+            ..Facts::default()
+        });
+        assert!(!crash.binding);
+        let asked = std::sync::atomic::AtomicBool::new(false);
+        let d = consult(Some(&llm), crash, async {
+            asked.store(true, std::sync::atomic::Ordering::SeqCst);
+            "{}".to_owned()
+        })
+        .await;
+        assert!(asked.into_inner());
+        assert_eq!(d.method, AnalysisMethod::RulesFallback);
+        assert!(d.fallback_reason.is_some());
+    }
+
+    fn problem_of(p: &Payload) -> Option<Problem> {
+        match p {
+            Payload::RemediationNeeded(r) => r.problem.clone(),
+            other => panic!("not a remediation_needed: {other:?}"),
+        }
+    }
+
+    /// A `remediation_needed` names the problem it answers: the alert's kind, when it began,
+    /// and for a threshold alert the metric and the limit it crossed.
+    #[test]
+    fn verdicts_name_their_problem() {
+        let t0 = chrono::DateTime::parse_from_rfc3339("2026-11-22T06:00:00.379114Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let t1 = t0 + chrono::Duration::seconds(2);
+        let breach = |metric: &str, threshold: f64| Breach {
+            metric: metric.into(),
+            value: threshold + 5.0,
+            threshold,
+            samples: 3,
+            baseline_mean: None,
+            baseline_stddev: None,
+        };
+        let restart = decided(Action::Restart, 0.9, false);
+        let cases: Vec<(ContainerAlert, Problem)> = vec![
+            (
+                ContainerAlert {
+                    since: Some(t0),
+                    docker_event_time: Some(t1),
+                    ..container_alert(AlertKind::Died)
+                },
+                Problem {
+                    since: Some(t0),
+                    ..Problem::new(ProblemKind::Died)
+                },
+            ),
+            // No `since`: the Docker event's time is when it began.
+            (
+                ContainerAlert {
+                    docker_event_time: Some(t1),
+                    ..container_alert(AlertKind::OomKilled)
+                },
+                Problem {
+                    since: Some(t1),
+                    ..Problem::new(ProblemKind::OomKilled)
+                },
+            ),
+            (
+                ContainerAlert {
+                    since: Some(t0),
+                    ..container_alert(AlertKind::Unhealthy)
+                },
+                Problem {
+                    since: Some(t0),
+                    ..Problem::new(ProblemKind::Unhealthy)
+                },
+            ),
+            (
+                ContainerAlert {
+                    since: Some(t0),
+                    breach: Some(breach("memory_percent", 90.0)),
+                    ..container_alert(AlertKind::MemoryHigh)
+                },
+                Problem {
+                    since: Some(t0),
+                    metric: Some("memory_percent".into()),
+                    threshold: Some(90.0),
+                    ..Problem::new(ProblemKind::MemoryHigh)
+                },
+            ),
+            (
+                ContainerAlert {
+                    breach: Some(breach("cpu_percent", 85.0)),
+                    ..container_alert(AlertKind::CpuHigh)
+                },
+                Problem {
+                    metric: Some("cpu_percent".into()),
+                    threshold: Some(85.0),
+                    ..Problem::new(ProblemKind::CpuHigh)
+                },
+            ),
+        ];
+        for (a, want) in cases {
+            let kind = a.kind;
+            let c = a.container.clone();
+            let env = Envelope::new("monitor", "host-a", Payload::ContainerUnhealthy(a));
+            let p = verdict_payload(&cfg(), &env, Some(&c), &restart);
+            assert_eq!(problem_of(&p), Some(want), "{kind:?}");
+        }
+
+        // A host alert names its problem and the limit it crossed.
+        let host = Envelope::new(
+            "monitor",
+            "host-a",
+            Payload::HostUnhealthy(HostAlert {
+                kind: HostAlertKind::DiskPressure,
+                severity: Severity::Warning,
+                summary: "disk".into(),
+                reminder: false,
+                sample: HostSample::default(),
+                threshold: Some(90.0),
+            }),
+        );
+        let cleanup = decided(Action::Cleanup, 0.8, false);
+        let p = verdict_payload(&cfg(), &host, None, &cleanup);
+        assert_eq!(
+            problem_of(&p),
+            Some(Problem {
+                metric: Some("disk_percent".into()),
+                threshold: Some(90.0),
+                ..Problem::new(ProblemKind::DiskPressure)
+            })
         );
     }
 

@@ -90,6 +90,8 @@ pub struct Verdict {
     pub false_alarm: bool,
     /// True when a person must look (the analyzer also publishes an escalation).
     pub escalate: bool,
+    /// True when this verdict is final: no LLM is asked, whatever it would say.
+    pub binding: bool,
 }
 
 /// One row of the table.
@@ -102,6 +104,11 @@ pub struct Rule {
     pub confidence: f64,
     pub false_alarm: bool,
     pub escalate: bool,
+    /// A safety verdict no LLM may overrule: with this rule deciding, the LLM is not even
+    /// asked (and the container's logs are not read). Every escalating rule is binding: an
+    /// escalation says "not acting: a person must look", and an LLM's restart published beside
+    /// it would contradict it.
+    pub binding: bool,
     pub root_cause: fn(&Facts) -> String,
 }
 
@@ -124,6 +131,8 @@ pub const RULES: &[Rule] = &[
         confidence: 1.0,
         false_alarm: true,
         escalate: false,
+        // Safety rule 4: a person's stop or pause is never "failed", whatever the logs say.
+        binding: true,
         root_cause: |_| {
             "a person stopped or paused the container; hemostat never overrides that".into()
         },
@@ -142,6 +151,9 @@ pub const RULES: &[Rule] = &[
         confidence: 0.9,
         false_alarm: false,
         escalate: true,
+        // Safety rules 3 and 11: restarting a container that keeps failing does not fix it;
+        // the escalation asks a person instead, and no model may talk it into another restart.
+        binding: true,
         root_cause: |f| {
             format!(
                 "crash loop: {} remediations recently and {} restarts; restarting again will not fix it",
@@ -157,6 +169,7 @@ pub const RULES: &[Rule] = &[
         confidence: 0.9,
         false_alarm: false,
         escalate: false,
+        binding: false,
         root_cause: |f| {
             format!(
                 "the container was OOM-killed: the {} memory limit is too low for its load (or it leaks)",
@@ -172,6 +185,7 @@ pub const RULES: &[Rule] = &[
         confidence: 0.6,
         false_alarm: false,
         escalate: false,
+        binding: false,
         root_cause: |f| {
             format!(
                 "a process inside the container hit the {} memory limit and was killed; the container kept running",
@@ -187,6 +201,7 @@ pub const RULES: &[Rule] = &[
         confidence: 0.85,
         false_alarm: true,
         escalate: false,
+        binding: false,
         root_cause: |_| {
             "the process exited cleanly (exit code 0): a finished job, not a crash".into()
         },
@@ -199,6 +214,7 @@ pub const RULES: &[Rule] = &[
         confidence: 0.85,
         false_alarm: false,
         escalate: false,
+        binding: false,
         root_cause: |f| match f.exit_code {
             Some(137) => "the process was killed with SIGKILL (exit code 137)".into(),
             Some(139) => "the process crashed with a segmentation fault (exit code 139)".into(),
@@ -217,6 +233,7 @@ pub const RULES: &[Rule] = &[
         confidence: 0.8,
         false_alarm: false,
         escalate: false,
+        binding: false,
         root_cause: |f| match f
             .health_output
             .as_deref()
@@ -235,6 +252,7 @@ pub const RULES: &[Rule] = &[
         confidence: 0.75,
         false_alarm: false,
         escalate: false,
+        binding: false,
         root_cause: |_| {
             "CPU is over its threshold and still rising: a runaway loop or a stuck worker".into()
         },
@@ -247,6 +265,7 @@ pub const RULES: &[Rule] = &[
         confidence: 0.6,
         false_alarm: false,
         escalate: false,
+        binding: false,
         root_cause: |_| {
             "CPU is high but steady: likely real load; restarting would only drop work".into()
         },
@@ -259,6 +278,7 @@ pub const RULES: &[Rule] = &[
         confidence: 0.8,
         false_alarm: false,
         escalate: false,
+        binding: false,
         root_cause: |f| {
             format!(
                 "memory keeps growing towards the {} limit: a leak; a restart buys time before an OOM kill",
@@ -274,6 +294,7 @@ pub const RULES: &[Rule] = &[
         confidence: 0.6,
         false_alarm: false,
         escalate: false,
+        binding: false,
         root_cause: |_| "memory is high but not growing: watch it; no action yet".into(),
     },
     Rule {
@@ -284,6 +305,7 @@ pub const RULES: &[Rule] = &[
         confidence: 0.5,
         false_alarm: false,
         escalate: false,
+        binding: false,
         root_cause: |_| {
             "the container is far outside its usual behaviour; worth a look, not an action".into()
         },
@@ -296,6 +318,7 @@ pub const RULES: &[Rule] = &[
         confidence: 0.8,
         false_alarm: false,
         escalate: false,
+        binding: false,
         root_cause: |_| {
             "the host's disk is nearly full: exited containers and dangling images can be removed"
                 .into()
@@ -309,6 +332,9 @@ pub const RULES: &[Rule] = &[
         confidence: 0.7,
         false_alarm: false,
         escalate: true,
+        // Safety rule 5: a host-wide problem pauses remediation and escalates. (Host alerts are
+        // decided by the rules alone anyway: there is no container log to ask about.)
+        binding: true,
         root_cause: |f| {
             format!(
                 "the whole host is under {} pressure: restarting containers would not help",
@@ -327,6 +353,7 @@ pub const RULES: &[Rule] = &[
         confidence: 0.3,
         false_alarm: false,
         escalate: false,
+        binding: false,
         root_cause: |_| "no rule explains this alert".into(),
     },
 ];
@@ -349,6 +376,7 @@ pub fn decide(f: &Facts) -> Verdict {
         },
         false_alarm: rule.false_alarm,
         escalate: rule.escalate,
+        binding: rule.binding,
     }
 }
 
@@ -536,6 +564,50 @@ mod tests {
             ..facts(AlertKind::Unhealthy)
         });
         assert_eq!(v.root_cause, "the health check keeps failing: db down");
+    }
+
+    /// The binding column, row by row: exactly the safety verdicts bind, and every rule that
+    /// escalates is one of them.
+    #[test]
+    fn binding_rules() {
+        let binding: Vec<&str> = RULES.iter().filter(|r| r.binding).map(|r| r.name).collect();
+        assert_eq!(binding, ["user_initiated", "crash_loop", "host_pressure"]);
+        for r in RULES {
+            assert!(
+                !r.escalate || r.binding,
+                "{} escalates but does not bind",
+                r.name
+            );
+        }
+        // The verdict carries its rule's column.
+        for (f, want) in [
+            (
+                Facts {
+                    user_initiated: true,
+                    ..facts(AlertKind::Stopped)
+                },
+                true,
+            ),
+            (
+                Facts {
+                    restart_count: 9,
+                    ..facts(AlertKind::Died)
+                },
+                true,
+            ),
+            (
+                Facts {
+                    host_kind: Some(HostAlertKind::CpuPressure),
+                    ..Facts::default()
+                },
+                true,
+            ),
+            (facts(AlertKind::Died), false),
+            (facts(AlertKind::MemoryHigh), false),
+            (Facts::default(), false),
+        ] {
+            assert_eq!(decide(&f).binding, want, "{f:?}");
+        }
     }
 
     #[test]

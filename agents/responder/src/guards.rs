@@ -325,12 +325,8 @@ fn restart_policy(f: &Facts, p: &Policies) -> Option<Refusal> {
     }
     let c = container(f)?;
     let policy = c.restart_policy.as_deref()?;
-    if c.status == "restarting" {
-        return Some(Refusal::Skip(format!(
-            "Docker's restart policy ({policy}) is restarting it; hemostat does not fight it"
-        )));
-    }
     // A loop is many policy restarts and a recent death; five restarts a month ago are not one.
+    // It is checked first: a looping container is "restarting" most of the time.
     let recent_death = c
         .finished_at_ms
         .is_some_and(|t| f.now_ms.saturating_sub(t) <= p.breaker.window.as_millis() as u64);
@@ -345,6 +341,11 @@ fn restart_policy(f: &Facts, p: &Policies) -> Option<Refusal> {
                 restarts: c.restart_count,
             }),
         ));
+    }
+    if c.status == "restarting" {
+        return Some(Refusal::Skip(format!(
+            "Docker's restart policy ({policy}) is restarting it; hemostat does not fight it"
+        )));
     }
     None
 }
@@ -616,12 +617,32 @@ pub enum Check {
     Pending(String),
 }
 
-/// Judges one look at the container after `action` was done at `acted_at_ms`. `person` is a
-/// person's pause, or a `stop` of theirs after `acted_at_ms`.
+/// When an action was recorded as begun, and the container's start time just before it: a
+/// start time that differs from it is a start since (Docker's clock against Docker's clock,
+/// whatever ours says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acted {
+    pub at_ms: u64,
+    pub started_before_ms: Option<u64>,
+}
+
+impl Acted {
+    /// Whether the container started since the action began.
+    fn started_since(&self, c: &Container) -> bool {
+        match (c.started_at_ms, self.started_before_ms) {
+            (Some(now), Some(before)) => now != before,
+            (Some(now), None) => now >= self.at_ms,
+            (None, _) => false,
+        }
+    }
+}
+
+/// Judges one look at the container after `action` was done. `person` is a person's pause, or
+/// a `stop` of theirs since the container's last start.
 pub fn verify_step(
     action: Action,
     target: &Target,
-    acted_at_ms: u64,
+    acted: Acted,
     person: Option<PersonAction>,
 ) -> Check {
     let c = match target {
@@ -661,9 +682,7 @@ pub fn verify_step(
             }
         };
     }
-    // Docker's start time and ours: allow a second of clock difference.
-    let fresh = c.started_at_ms.is_some_and(|t| t + 1000 >= acted_at_ms);
-    if !(c.running() && fresh) {
+    if !(c.running() && acted.started_since(c)) {
         return Check::Pending(match c.exit_code {
             Some(code) if c.down() => format!("{} (exit code {code})", c.status),
             _ => c.status.clone(),
@@ -683,8 +702,8 @@ pub fn verify_step(
     }
 }
 
-/// Whether an action recorded as begun at `acted_at_ms` reached Docker, judged after its
-/// responder died: from the container's start time and Docker's events since then.
+/// Whether an action recorded as begun reached Docker, judged after its responder died: from
+/// the container's start time and Docker's events since the action began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reached {
     /// It happened (or is happening): verify it, never do it again.
@@ -694,13 +713,13 @@ pub enum Reached {
 }
 
 /// `events` are the actions (`kill`, `die`, `stop`, `start`, `restart`) Docker recorded for the
-/// container since `acted_at_ms`.
-pub fn reached(action: Action, c: &Target, acted_at_ms: u64, events: &[String]) -> Reached {
+/// container since the action began.
+pub fn reached(action: Action, c: &Target, acted: Acted, events: &[String]) -> Reached {
     let Target::Found(c) = c else {
         // Gone: nothing more can be done to it; verification says so.
         return Reached::Yes;
     };
-    let started_since = c.started_at_ms.is_some_and(|t| t + 1000 >= acted_at_ms);
+    let started_since = acted.started_since(c);
     let touched = events
         .iter()
         .any(|e| matches!(e.as_str(), "kill" | "die" | "stop" | "start" | "restart"));
@@ -888,6 +907,17 @@ mod tests {
                     if let Target::Found(c) = &mut f.target {
                         c.restart_policy = Some("always".into());
                         c.restart_count = 7;
+                    }
+                }),
+                Some((G::RestartPolicy, "reject")),
+            ),
+            (
+                "Docker's policy loops, caught while restarting it",
+                with(|f| {
+                    if let Target::Found(c) = &mut f.target {
+                        c.restart_policy = Some("on-failure".into());
+                        c.restart_count = 7;
+                        c.status = "restarting".into();
                     }
                 }),
                 Some((G::RestartPolicy, "reject")),
@@ -1279,6 +1309,10 @@ mod tests {
                 "verified",
             ),
         ];
+        let acted = Acted {
+            at_ms: acted,
+            started_before_ms: Some(acted - 60 * S),
+        };
         for (what, action, target, person, want) in cases {
             assert_eq!(
                 kind(verify_step(action, &target, acted, person)),
@@ -1335,9 +1369,23 @@ mod tests {
                 Reached::Yes,
             ),
         ];
+        let acted = Acted {
+            at_ms: acted,
+            started_before_ms: Some(acted - 60 * S),
+        };
         for (what, action, target, events, want) in cases {
             assert_eq!(reached(action, &target, acted, &events), want, "{what}");
         }
+        // Started a moment before the action began, and not since: not reached, whatever
+        // the clocks say.
+        let just_before = Acted {
+            at_ms: acted.at_ms,
+            started_before_ms: Some(acted.at_ms - 200),
+        };
+        assert_eq!(
+            reached(Action::Restart, &c(acted.at_ms - 200), just_before, &[]),
+            Reached::No
+        );
     }
 
     #[test]

@@ -827,6 +827,10 @@ impl Responder {
                 self.cfg.dry_run,
                 cleanup,
                 verify_until,
+                match &facts.target {
+                    Target::Found(c) => c.started_at_ms,
+                    _ => None,
+                },
             )
             .await?
         {
@@ -864,6 +868,10 @@ impl Responder {
         let job = Job {
             phase: Phase::Acting,
             acted_at_ms: Some(now),
+            started_before_ms: match &facts.target {
+                Target::Found(c) => c.started_at_ms,
+                _ => None,
+            },
             verify_until_ms: Some(verify_until),
             ..job.clone()
         };
@@ -937,7 +945,7 @@ impl Responder {
             Target::Found(c) => docker_ops::events_since(&self.docker, &c.id, acted).await,
             _ => Vec::new(),
         };
-        match guards::reached(job.req.action, &target, acted, &events) {
+        match guards::reached(job.req.action, &target, job.acted(), &events) {
             Reached::Yes => {
                 tracing::info!(request = %job.id, "taking over an action that reached Docker; verifying it");
                 if !self.queue.set_phase(job, Phase::Verifying).await? {
@@ -974,7 +982,7 @@ impl Responder {
         };
         let name = job.name().to_owned();
         let waited_ms = now.saturating_sub(acted);
-        let check = guards::verify_step(job.req.action, &target, acted, person);
+        let check = guards::verify_step(job.req.action, &target, job.acted(), person);
         let report = match check {
             Check::Verified { healthy, detail } => {
                 let mut r = Report::new(

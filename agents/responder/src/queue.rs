@@ -106,6 +106,8 @@ pub struct Job {
     pub phase: Phase,
     pub admitted_at_ms: u64,
     pub acted_at_ms: Option<u64>,
+    /// The container's start time when the action began (ms), if it had one.
+    pub started_before_ms: Option<u64>,
     pub verify_until_ms: Option<u64>,
     /// Verification looks so far.
     pub looks: u32,
@@ -116,6 +118,14 @@ pub struct Job {
 }
 
 impl Job {
+    /// When its action began, as the guards judge verification by.
+    pub fn acted(&self) -> crate::guards::Acted {
+        crate::guards::Acted {
+            at_ms: self.acted_at_ms.unwrap_or(self.admitted_at_ms),
+            started_before_ms: self.started_before_ms,
+        }
+    }
+
     /// The container's name, or the cleanup's.
     pub fn name(&self) -> &str {
         self.req
@@ -380,9 +390,11 @@ impl Queue {
         dry_run: bool,
         cleanup_cooldown: Option<Duration>,
         verify_until_ms: u64,
+        started_before_ms: Option<u64>,
     ) -> Result<Intent, BusError> {
         // KEYS: job, lock, history, writes, cleanup. ARGV: owner, id, now, lock ttl, history
-        // horizon, rate, dry ('1'), cleanup cooldown s ('0' = none), verify until.
+        // horizon, rate, dry ('1'), cleanup cooldown s ('0' = none), verify until, the
+        // container's start time ('0' = none).
         const SCRIPT: &str = r#"
             if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 'lost' end
             if redis.call('HGET', KEYS[1], 'phase') ~= 'queued' then return 'lost' end
@@ -401,7 +413,7 @@ impl Queue {
             redis.call('PEXPIRE', KEYS[3], ARGV[5])
             if ARGV[8] ~= '0' then redis.call('SET', KEYS[5], now, 'EX', ARGV[8]) end
             redis.call('HSET', KEYS[1], 'phase', 'acting', 'acted_at', now, 'lock', KEYS[2],
-                'verify_until', ARGV[9])
+                'verify_until', ARGV[9], 'started_before', ARGV[10])
             return 'ok'
         "#;
         static COMPILED: std::sync::LazyLock<redis::Script> =
@@ -420,7 +432,8 @@ impl Queue {
             .arg(write_rate)
             .arg(if dry_run { "1" } else { "0" })
             .arg(cleanup_cooldown.map_or(0, |d| d.as_secs().max(1)))
-            .arg(verify_until_ms);
+            .arg(verify_until_ms)
+            .arg(started_before_ms.unwrap_or(0));
         let mut conn = self.bus.connection();
         let r: redis::RedisResult<String> = inv.invoke_async(&mut conn).await;
         let r = r.map_err(BusError::from)?;
@@ -600,6 +613,7 @@ fn decode(id: &str, f: &HashMap<String, String>) -> Result<Job, String> {
             .unwrap_or(Phase::Queued),
         admitted_at_ms: num("admitted_at").unwrap_or(0),
         acted_at_ms: num("acted_at"),
+        started_before_ms: num("started_before").filter(|t| *t > 0),
         verify_until_ms: num("verify_until"),
         looks: num("looks").unwrap_or(0) as u32,
         last_look: f.get("last_look").cloned().unwrap_or_default(),

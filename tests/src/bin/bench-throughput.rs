@@ -4,8 +4,8 @@
 //! same run on the same Redis and engine.
 //!
 //! The load is closed-loop per container: each of `--containers` real, running patient
-//! containers has one alert in flight at a time, because the analyzer folds a second alert for a
-//! container whose analysis or remediation is still in flight (by design: one remediation per
+//! containers has one alert in flight at a time, because the analyzer folds a second alert of the
+//! same problem of a container whose analysis or remediation is still in flight (by design: one remediation per
 //! container at a time). When the responder's `remediation_complete` for a container arrives and
 //! the analyzer has cleared its in-flight mark, the next alert for that container is published.
 //! The alert agent is measured open-loop: it must have delivered every notification by the end.
@@ -261,7 +261,7 @@ struct Cleared {
     early: HashSet<String>,
 }
 
-/// Follows the deletions of `hemostat:inflight:<host>:<id>` keys.
+/// Follows the deletions of `hemostat:inflight:<host>:<id>:<kind>` keys.
 async fn cleared_reader(redis: redis::Client, cleared: Arc<Mutex<Cleared>>) -> anyhow::Result<()> {
     let mut conn = redis.get_multiplexed_async_connection().await?;
     let _: () = redis::cmd("CONFIG")
@@ -279,7 +279,11 @@ async fn cleared_reader(redis: redis::Client, cleared: Arc<Mutex<Cleared>>) -> a
         if event != "del" && event != "expired" {
             continue;
         }
-        let Some(id) = m.get_channel_name().strip_prefix(&prefix) else {
+        let Some(id) = m
+            .get_channel_name()
+            .strip_prefix(&prefix)
+            .map(|rest| rest.split_once(':').map_or(rest, |(id, _kind)| id))
+        else {
             continue;
         };
         let mut c = cleared.lock().await;

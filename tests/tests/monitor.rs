@@ -14,16 +14,25 @@ use hemostat_tests::{
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Sets up redis, docker and a monitor, or returns early (skip outside CI).
+/// Sets up redis, docker and a monitor that watches only this test's containers (those
+/// labelled `hemostat.test=<prefix>`), or returns early (skip outside CI).
 macro_rules! setup {
     ($($flag:expr),* $(,)?) => {{
         init_logs();
         let Some(redis) = TestRedis::start() else { return };
         let Some(docker) = docker().await else { return };
-        let monitor = RunningMonitor::start(&redis.url(), &[$($flag),*]).await;
+        let prefix = format!("hstest-{}", random_id());
+        let scope = scope_label(&prefix);
+        let monitor =
+            RunningMonitor::start(&redis.url(), &["--scope-label", &scope, $($flag),*]).await;
         let reader = StreamReader::new(&redis, Channel::HealthAlert);
-        (redis, docker, monitor, reader, format!("hstest-{}", random_id()))
+        (redis, docker, monitor, reader, prefix)
     }};
+}
+
+/// The scope label that selects the patients of the test with this prefix.
+fn scope_label(prefix: &str) -> String {
+    format!("hemostat.test={prefix}")
 }
 
 /// `event_type` and kind for a container's alert.
@@ -429,9 +438,14 @@ async fn a_lost_event_stream_is_re_established_and_nothing_is_missed() {
     let Some(docker) = docker().await else { return };
     let mut proxy = DockerProxy::start();
     let host = proxy.docker_host();
-    let monitor = RunningMonitor::start(&redis.url(), &["--docker-host", &host]).await;
-    let mut reader = StreamReader::new(&redis, Channel::HealthAlert);
     let prefix = format!("hstest-{}", random_id());
+    let scope = scope_label(&prefix);
+    let monitor = RunningMonitor::start(
+        &redis.url(),
+        &["--docker-host", &host, "--scope-label", &scope],
+    )
+    .await;
+    let mut reader = StreamReader::new(&redis, Channel::HealthAlert);
     let before = Patient::start(&docker, &prefix, "before", PatientSpec::watched(&[])).await;
     let blind = Patient::start(&docker, &prefix, "blind", PatientSpec::watched(&[])).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -514,5 +528,29 @@ async fn containers_in_their_health_check_start_period_are_not_judged() {
         premature.is_empty(),
         "judged during its start period: {premature:#?}"
     );
+    assert!(monitor.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_without_the_scope_label_is_not_watched() {
+    // The monitor watches `hemostat.test=<prefix>`; the other container opts in with
+    // `hemostat.enable=true` but carries another test's label.
+    let (_redis, docker, monitor, mut reader, prefix) = setup!();
+    let inside = Patient::start(&docker, &prefix, "inside", PatientSpec::watched(&[])).await;
+    let other_prefix = format!("{prefix}-other");
+    let outside =
+        Patient::start(&docker, &other_prefix, "outside", PatientSpec::watched(&[])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    outside.cli(&["kill"]);
+    inside.cli(&["kill"]);
+    reader
+        .wait_for(WAIT, "the labelled container's alert", |e| {
+            is(e, &inside.name, "container_unhealthy", AlertKind::Died)
+        })
+        .await;
+    let outside_alerts = reader
+        .collect_for(Duration::from_secs(2), |e| about(e, &outside.name))
+        .await;
+    assert!(outside_alerts.is_empty(), "{outside_alerts:#?}");
     assert!(monitor.stop().await);
 }

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use clap::builder::BoolishValueParser;
-use hemostat_common::config::{CommonArgs, ConfigError, parse_duration, parse_percent};
+use hemostat_common::config::{CommonArgs, ConfigError, ScopeArgs, parse_duration, parse_percent};
+use hemostat_common::scope::Scope;
 
 use crate::detect::DetectConfig;
 use crate::judge::{BaselineConfig, Threshold};
@@ -23,11 +23,9 @@ pub struct MonitorArgs {
     #[arg(long, env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
 
-    /// Watch every container, not only those labelled `hemostat.enable=true`
-    /// (`hemostat.enable=false` still excludes).
-    #[arg(long, env = "HEMOSTAT_MONITOR_ALL", default_value = "false", value_parser = BoolishValueParser::new(),
-          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub monitor_all: bool,
+    /// Which containers are watched: `HEMOSTAT_MONITOR_ALL` and `HEMOSTAT_SCOPE_LABEL`.
+    #[command(flatten)]
+    pub scope: ScopeArgs,
 
     /// How often container stats are sampled.
     #[arg(long, env = "HEMOSTAT_STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
@@ -115,7 +113,7 @@ pub struct MonitorArgs {
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct MonitorConfig {
-    pub monitor_all: bool,
+    pub scope: Scope,
     pub stats_interval: Duration,
     pub stats_concurrency: StatsConcurrency,
     pub cpu: Threshold,
@@ -206,7 +204,7 @@ impl MonitorArgs {
         }
         let ms = Duration::from_millis;
         Ok(MonitorConfig {
-            monitor_all: self.monitor_all,
+            scope: self.scope.scope()?,
             stats_interval: at_least("HEMOSTAT_STATS_INTERVAL", self.stats_interval, ms(500))?,
             stats_concurrency: self.stats_concurrency,
             cpu: Threshold {
@@ -268,6 +266,24 @@ mod tests {
         assert_eq!(c.cpu.warning, 85.0);
         assert_eq!(c.memory.warning, 80.0);
         assert_eq!(c.breach_samples, 3);
+        assert_eq!(c.scope, Scope::default());
+    }
+
+    #[test]
+    fn a_scope_label_narrows_the_scope() {
+        let c = parse(&[
+            "--monitor-all",
+            "--scope-label",
+            "com.docker.compose.project=shop",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.scope,
+            Scope {
+                monitor_all: true,
+                require: Some(("com.docker.compose.project".into(), "shop".into())),
+            }
+        );
     }
 
     #[test]
@@ -316,6 +332,8 @@ mod tests {
             ),
             (&["--breach-samples", "0"], "HEMOSTAT_BREACH_SAMPLES"),
             (&["--monitor-all", "perhaps"], "HEMOSTAT_MONITOR_ALL"),
+            (&["--scope-label", "shop"], "HEMOSTAT_SCOPE_LABEL"),
+            (&["--scope-label", "=shop"], "HEMOSTAT_SCOPE_LABEL"),
             (&["--baseline-z", "0.1"], "HEMOSTAT_BASELINE_Z"),
             (&["--redis-url", "mysql://x"], "REDIS_URL"),
             (&["--stats-concurrency", "0"], "HEMOSTAT_STATS_CONCURRENCY"),

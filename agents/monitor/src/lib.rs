@@ -38,6 +38,7 @@ use hemostat_common::events::{
     Severity,
 };
 use hemostat_common::http::Health;
+use hemostat_common::scope::Scope;
 use hemostat_common::shutdown::Shutdown;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -411,7 +412,7 @@ fn listed(c: &ContainerSummary) -> Option<Listed> {
 async fn list_in_scope(
     docker: &Docker,
     all: bool,
-    monitor_all: bool,
+    scope: &Scope,
 ) -> Result<Vec<Listed>, bollard::errors::Error> {
     let list = docker
         .list_containers(Some(ListContainersOptionsBuilder::new().all(all).build()))
@@ -419,7 +420,7 @@ async fn list_in_scope(
     Ok(list
         .iter()
         .filter_map(listed)
-        .filter(|l| scope::in_scope(&l.labels, monitor_all))
+        .filter(|l| scope.contains(&l.labels))
         .collect())
 }
 
@@ -441,7 +442,7 @@ async fn watch_events(
         // of this listing on are then replayed by Docker (`since`), so there is no gap between
         // the listing and the stream.
         let listed_at = Utc::now();
-        match list_in_scope(&docker, true, cfg.monitor_all).await {
+        match list_in_scope(&docker, true, &cfg.scope).await {
             Ok(listed) => {
                 out.docker_ok(true);
                 for d in detector.resync(&listed, initial) {
@@ -505,7 +506,7 @@ async fn watch_events(
                     if ev.action == "destroy" {
                         out.forget(&ev.id);
                     }
-                    if !scope::in_scope(&ev.attributes, cfg.monitor_all) {
+                    if !cfg.scope.contains(&ev.attributes) {
                         continue;
                     }
                     tracing::debug!(container = ev.name(), action = %ev.action,
@@ -583,7 +584,7 @@ async fn watch_stats(cfg: Arc<MonitorConfig>, docker: Docker, out: Out, shutdown
             _ = tick.tick() => {}
         }
         let started = Instant::now();
-        let listed = match list_in_scope(&docker, false, cfg.monitor_all).await {
+        let listed = match list_in_scope(&docker, false, &cfg.scope).await {
             Ok(l) => {
                 out.docker_ok(true);
                 l

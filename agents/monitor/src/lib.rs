@@ -129,7 +129,8 @@ pub async fn host_id(docker: &Docker, configured: Option<&str>) -> anyhow::Resul
         .context("docker info has no name; set HEMOSTAT_HOST_ID")
 }
 
-/// Starts the monitor's loops on `ctx.tracker`. They run until `ctx.shutdown`.
+/// Starts the monitor's loops on `ctx.tracker`. They run until `ctx.shutdown`; one that ends
+/// or panics before that stops the agent.
 pub fn spawn(cfg: MonitorConfig, docker: Docker, ctx: &AgentContext) {
     let cfg = Arc::new(cfg);
     let metrics = MonitorMetrics::new(ctx);
@@ -141,21 +142,29 @@ pub fn spawn(cfg: MonitorConfig, docker: Docker, ctx: &AgentContext) {
         docker_up: ctx.metrics.docker_up.clone(),
         known: Arc::default(),
     };
-    ctx.tracker.spawn(watch_events(
-        cfg.clone(),
-        docker.clone(),
-        out.clone(),
-        ctx.health.clone(),
-        ctx.shutdown.clone(),
-    ));
-    ctx.tracker.spawn(watch_stats(
-        cfg.clone(),
-        docker.clone(),
-        out.clone(),
-        ctx.shutdown.clone(),
-    ));
-    ctx.tracker
-        .spawn(watch_host(cfg, docker, out, ctx.shutdown.clone()));
+    ctx.spawn_critical(
+        "watch_events",
+        watch_events(
+            cfg.clone(),
+            docker.clone(),
+            out.clone(),
+            ctx.health.clone(),
+            ctx.shutdown.clone(),
+        ),
+    );
+    ctx.spawn_critical(
+        "watch_stats",
+        watch_stats(
+            cfg.clone(),
+            docker.clone(),
+            out.clone(),
+            ctx.shutdown.clone(),
+        ),
+    );
+    ctx.spawn_critical(
+        "watch_host",
+        watch_host(cfg, docker, out, ctx.shutdown.clone()),
+    );
 }
 
 /// Where the loops send what they produce.

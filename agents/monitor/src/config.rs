@@ -105,6 +105,12 @@ pub struct MonitorArgs {
     #[arg(long, env = "HEMOSTAT_HOST_CPU_THRESHOLD", default_value = "95", value_parser = parse_percent)]
     pub host_cpu_threshold: f64,
 
+    /// Consecutive host samples over (or back under) a host threshold (disk, memory, CPU)
+    /// before it fires (or clears). Default: `HEMOSTAT_BREACH_SAMPLES`.
+    #[arg(long, env = "HEMOSTAT_HOST_BREACH_SAMPLES",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub host_breach_samples: Option<u32>,
+
     /// How often Docker's own disk use (images, stopped containers) is measured.
     #[arg(long, env = "HEMOSTAT_DOCKER_DF_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub docker_df_interval: Duration,
@@ -127,6 +133,7 @@ pub struct MonitorConfig {
     pub disk_threshold: f64,
     pub host_memory_threshold: f64,
     pub host_cpu_threshold: f64,
+    pub host_breach_samples: u32,
     pub docker_df_interval: Duration,
 }
 
@@ -237,6 +244,7 @@ impl MonitorArgs {
             disk_threshold: self.disk_threshold,
             host_memory_threshold: self.host_memory_threshold,
             host_cpu_threshold: self.host_cpu_threshold,
+            host_breach_samples: self.host_breach_samples.unwrap_or(self.breach_samples),
             docker_df_interval: at_least(
                 "HEMOSTAT_DOCKER_DF_INTERVAL",
                 self.docker_df_interval,
@@ -266,6 +274,7 @@ mod tests {
         assert_eq!(c.cpu.warning, 85.0);
         assert_eq!(c.memory.warning, 80.0);
         assert_eq!(c.breach_samples, 3);
+        assert_eq!(c.host_breach_samples, 3);
         assert_eq!(c.scope, Scope::default());
     }
 
@@ -284,6 +293,14 @@ mod tests {
                 require: Some(("com.docker.compose.project".into(), "shop".into())),
             }
         );
+    }
+
+    #[test]
+    fn host_breach_samples_follow_breach_samples_unless_set() {
+        let c = parse(&["--breach-samples", "5"]).unwrap();
+        assert_eq!((c.breach_samples, c.host_breach_samples), (5, 5));
+        let c = parse(&["--breach-samples", "5", "--host-breach-samples", "2"]).unwrap();
+        assert_eq!((c.breach_samples, c.host_breach_samples), (5, 2));
     }
 
     #[test]
@@ -334,6 +351,10 @@ mod tests {
             (&["--monitor-all", "perhaps"], "HEMOSTAT_MONITOR_ALL"),
             (&["--scope-label", "shop"], "HEMOSTAT_SCOPE_LABEL"),
             (&["--scope-label", "=shop"], "HEMOSTAT_SCOPE_LABEL"),
+            (
+                &["--host-breach-samples", "0"],
+                "HEMOSTAT_HOST_BREACH_SAMPLES",
+            ),
             (&["--baseline-z", "0.1"], "HEMOSTAT_BASELINE_Z"),
             (&["--redis-url", "mysql://x"], "REDIS_URL"),
             (&["--stats-concurrency", "0"], "HEMOSTAT_STATS_CONCURRENCY"),

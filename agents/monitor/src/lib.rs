@@ -906,72 +906,85 @@ async fn watch_host(cfg: Arc<MonitorConfig>, docker: Docker, out: Out, shutdown:
                 .count() as u32;
         }
 
-        let now = Instant::now();
-        let checks = [
-            (
-                HostAlertKind::DiskPressure,
-                Some(sample.disk_percent),
-                cfg.disk_threshold,
-                "disk",
-            ),
-            (
-                HostAlertKind::MemoryPressure,
-                Some(sample.memory_percent),
-                cfg.host_memory_threshold,
-                "memory",
-            ),
-            (
-                HostAlertKind::CpuPressure,
-                sample.cpu_percent,
-                cfg.host_cpu_threshold,
-                "CPU",
-            ),
-        ];
-        for (kind, value, threshold, what) in checks {
-            let Some(value) = value else { continue };
-            let breach = (value >= threshold).then_some(if value >= (threshold + 100.0) / 2.0 {
-                Severity::Critical
-            } else {
-                Severity::Warning
-            });
-            // Disk and memory are slow-moving states: one sample is enough. CPU needs a run.
-            let sustain = if kind == HostAlertKind::CpuPressure {
-                cfg.breach_samples
-            } else {
-                1
-            };
-            let watch = watches.entry(kind).or_default();
-            let Some(t) = watch.observe(breach, sustain, cfg.detect.reminder_interval, now) else {
-                continue;
-            };
-            let (payload_recovered, severity, reminder) = match t {
-                Transition::Fire { severity, .. } => (false, severity, false),
-                Transition::Remind { severity, .. } => (false, severity, true),
-                Transition::Clear => (true, Severity::Info, false),
-            };
-            let summary = if payload_recovered {
-                format!("host {what} use is back under {threshold:.0} % ({value:.1} %)")
-            } else {
-                format!("host {what} use is {value:.1} %, over {threshold:.0} %")
-            };
-            let alert = HostAlert {
-                kind,
-                severity,
-                summary,
-                reminder,
-                sample: sample.clone(),
-                threshold: Some(threshold),
-            };
-            tracing::info!(kind = ?kind, value, threshold, recovered = payload_recovered, "host alert");
-            out.alert(if payload_recovered {
-                Payload::HostRecovered(alert)
-            } else {
-                Payload::HostUnhealthy(alert)
-            })
-            .await;
+        for alert in judge_host(&mut watches, &cfg, &sample, Instant::now()) {
+            out.alert(alert).await;
         }
         out.sample(Payload::HostMetrics(sample));
     }
+}
+
+/// Runs one host sample through the disk, memory and CPU thresholds; returns the alerts to
+/// publish. Each must hold for `host_breach_samples` consecutive samples to fire (a disk that
+/// fills for one sample while a big image is unpacked is not pressure) and to clear.
+fn judge_host(
+    watches: &mut HashMap<HostAlertKind, Watch>,
+    cfg: &MonitorConfig,
+    sample: &HostSample,
+    now: Instant,
+) -> Vec<Payload> {
+    let checks = [
+        (
+            HostAlertKind::DiskPressure,
+            Some(sample.disk_percent),
+            cfg.disk_threshold,
+            "disk",
+        ),
+        (
+            HostAlertKind::MemoryPressure,
+            Some(sample.memory_percent),
+            cfg.host_memory_threshold,
+            "memory",
+        ),
+        (
+            HostAlertKind::CpuPressure,
+            sample.cpu_percent,
+            cfg.host_cpu_threshold,
+            "CPU",
+        ),
+    ];
+    let mut alerts = Vec::new();
+    for (kind, value, threshold, what) in checks {
+        let Some(value) = value else { continue };
+        let breach = (value >= threshold).then_some(if value >= (threshold + 100.0) / 2.0 {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        });
+        let watch = watches.entry(kind).or_default();
+        let Some(t) = watch.observe(
+            breach,
+            cfg.host_breach_samples,
+            cfg.detect.reminder_interval,
+            now,
+        ) else {
+            continue;
+        };
+        let (recovered, severity, reminder) = match t {
+            Transition::Fire { severity, .. } => (false, severity, false),
+            Transition::Remind { severity, .. } => (false, severity, true),
+            Transition::Clear => (true, Severity::Info, false),
+        };
+        let summary = if recovered {
+            format!("host {what} use is back under {threshold:.0} % ({value:.1} %)")
+        } else {
+            format!("host {what} use is {value:.1} %, over {threshold:.0} %")
+        };
+        let alert = HostAlert {
+            kind,
+            severity,
+            summary,
+            reminder,
+            sample: sample.clone(),
+            threshold: Some(threshold),
+        };
+        tracing::info!(kind = ?kind, value, threshold, recovered, reminder, "host alert");
+        alerts.push(if recovered {
+            Payload::HostRecovered(alert)
+        } else {
+            Payload::HostUnhealthy(alert)
+        });
+    }
+    alerts
 }
 
 fn pct(used: u64, total: u64) -> f64 {
@@ -1080,6 +1093,82 @@ mod tests {
             severity_of(AlertKind::CpuHigh, Class::Problem, None),
             Severity::Warning
         );
+    }
+
+    fn config(args: &[&str]) -> MonitorConfig {
+        let mut all = vec!["hemostat-monitor"];
+        all.extend_from_slice(args);
+        let a: config::MonitorArgs =
+            hemostat_common::config::parse_from(all).unwrap_or_else(|e| panic!("{e}"));
+        a.validate().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn host_pressure_must_last_and_every_host_alert_carries_its_threshold() {
+        let cfg = config(&[
+            "--disk-threshold",
+            "50",
+            "--host-memory-threshold",
+            "90",
+            "--host-breach-samples",
+            "3",
+            "--reminder-interval",
+            "60s",
+        ]);
+        // (seconds since start, disk %, memory %) → (event_type, kind, reminder, threshold)
+        type Row = (u64, f64, f64, Vec<(&'static str, HostAlertKind, bool, f64)>);
+        use HostAlertKind::{DiskPressure as Disk, MemoryPressure as Mem};
+        let rows: Vec<Row> = vec![
+            (0, 60.0, 10.0, vec![]),
+            (1, 10.0, 95.0, vec![]),
+            (2, 60.0, 95.0, vec![]),
+            (3, 60.0, 95.0, vec![("host_unhealthy", Mem, false, 90.0)]),
+            (4, 60.0, 95.0, vec![("host_unhealthy", Disk, false, 50.0)]),
+            (5, 60.0, 95.0, vec![]),
+            (30, 60.0, 10.0, vec![]),
+            (64, 60.0, 10.0, vec![("host_unhealthy", Disk, true, 50.0)]),
+            (65, 10.0, 10.0, vec![("host_recovered", Mem, false, 90.0)]),
+            (66, 10.0, 10.0, vec![]),
+            (67, 10.0, 10.0, vec![("host_recovered", Disk, false, 50.0)]),
+            (68, 10.0, 10.0, vec![]),
+        ];
+        let mut watches = HashMap::new();
+        let t0 = Instant::now();
+        for (secs, disk, mem, want) in rows {
+            let sample = HostSample {
+                disk_percent: disk,
+                memory_percent: mem,
+                ..HostSample::default()
+            };
+            let got: Vec<_> =
+                judge_host(&mut watches, &cfg, &sample, t0 + Duration::from_secs(secs))
+                    .into_iter()
+                    .map(|p| {
+                        let event_type = p.event_type();
+                        match p {
+                            Payload::HostUnhealthy(a) | Payload::HostRecovered(a) => (
+                                event_type,
+                                a.kind,
+                                a.reminder,
+                                a.threshold.unwrap_or(f64::NAN),
+                            ),
+                            other => panic!("not a host alert: {other:?}"),
+                        }
+                    })
+                    .collect();
+            assert_eq!(got, want, "at {secs} s");
+        }
+    }
+
+    #[test]
+    fn host_breach_samples_follow_the_container_setting_by_default() {
+        let cfg = config(&["--disk-threshold", "50", "--breach-samples", "1"]);
+        let sample = HostSample {
+            disk_percent: 60.0,
+            ..HostSample::default()
+        };
+        let fired = judge_host(&mut HashMap::new(), &cfg, &sample, Instant::now());
+        assert_eq!(fired.len(), 1, "{fired:?}");
     }
 
     #[test]

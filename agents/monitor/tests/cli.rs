@@ -33,6 +33,7 @@ fn bad_settings_exit_2_naming_the_variable() {
         ("LOG_FORMAT", "xml", "json"),
         ("HEMOSTAT_LISTEN", "not-an-address", "not-an-address"),
         ("HEMOSTAT_BREACH_SAMPLES", "0", "1..=1000"),
+        ("HEMOSTAT_HOST_BREACH_SAMPLES", "0", "1..=1000"),
         ("HEMOSTAT_SCOPE_LABEL", "shop", "key=value"),
     ];
     for (var, value, hint) in cases {
@@ -71,6 +72,7 @@ fn help_lists_every_variable() {
         "HEMOSTAT_LISTEN",
         "HEMOSTAT_MONITOR_ALL",
         "HEMOSTAT_SCOPE_LABEL",
+        "HEMOSTAT_HOST_BREACH_SAMPLES",
         "HEMOSTAT_STATS_INTERVAL",
         "HEMOSTAT_CPU_THRESHOLD",
         "HEMOSTAT_MEMORY_THRESHOLD",

@@ -554,3 +554,47 @@ async fn a_container_without_the_scope_label_is_not_watched() {
     assert!(outside_alerts.is_empty(), "{outside_alerts:#?}");
     assert!(monitor.stop().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_restart_is_neither_a_stop_nor_a_failure_but_docker_stop_still_is_a_stop() {
+    let (_redis, docker, monitor, mut reader, prefix) = setup!();
+    let p = Patient::start(&docker, &prefix, "restarted", PatientSpec::watched(&[])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Exactly what the responder does, and what a person's `docker restart` does: kill(15),
+    // die, stop, start, restart.
+    p.cli(&["restart", "-t", "5"]);
+    // Longer than every settle window (stop 300 ms, restart 1 s) several times over.
+    let after_restart = reader
+        .collect_for(Duration::from_secs(4), |e| {
+            about(e, &p.name)
+                && matches!(
+                    e.event_type(),
+                    "container_user_action" | "container_unhealthy"
+                )
+        })
+        .await;
+    assert!(
+        after_restart.is_empty(),
+        "a restart was reported: {after_restart:#?}"
+    );
+    // The same container, still watched: a person's stop is one `stopped`, and no failure.
+    p.cli(&["stop", "-t", "5"]);
+    reader
+        .wait_for(WAIT, "the stop as a person's action", |e| {
+            is(e, &p.name, "container_user_action", AlertKind::Stopped)
+        })
+        .await;
+    let stops = reader
+        .collect_for(Duration::from_secs(2), |e| {
+            is(e, &p.name, "container_user_action", AlertKind::Stopped)
+        })
+        .await;
+    assert_eq!(stops.len(), 1, "{stops:#?}");
+    let failures = reader
+        .collect_for(Duration::ZERO, |e| {
+            about(e, &p.name) && e.event_type() == "container_unhealthy"
+        })
+        .await;
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(monitor.stop().await);
+}

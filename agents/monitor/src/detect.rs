@@ -6,6 +6,10 @@
 //! `die`; a crash, `docker kill` or an OOM kill has no `stop` at all. So a `die` that followed
 //! a non-SIGKILL `kill` is held for a short settle window to see whether `stop` follows; every
 //! other `die` is reported at once, which keeps crash detection instant.
+//!
+//! A `stop` is not yet a person's stop either: `docker restart` (and so every restart hemostat
+//! makes) is `kill` → `die` → `stop` → `start` → `restart`. So a `stop` is held for the restart
+//! settle window, and a `start` inside it makes the whole sequence a restart: nothing to report.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -101,6 +105,17 @@ struct Open {
     last_notified: Instant,
 }
 
+/// A `stop` held for the restart settle window, with what its report would say.
+#[derive(Debug)]
+struct HeldStop {
+    deadline: Instant,
+    stop: DockerEvent,
+    /// The exit code of the `die` that came before it.
+    exit: Option<i64>,
+    /// When the container stopped: its `die`, else the `stop` itself.
+    time_nano: i64,
+}
+
 #[derive(Debug, Default)]
 struct Tracked {
     name: String,
@@ -112,6 +127,8 @@ struct Tracked {
     pending_die: Option<(Instant, DockerEvent)>,
     /// An `oom` waiting to see whether `die` follows.
     pending_oom: Option<(Instant, DockerEvent)>,
+    /// A `stop` waiting to see whether `start` follows (then it was a restart).
+    pending_stop: Option<HeldStop>,
     running: bool,
     open: BTreeMap<AlertKind, Open>,
 }
@@ -123,6 +140,8 @@ pub struct DetectConfig {
     pub stop_settle: Duration,
     /// How long after a SIGTERM a `die` may still be that stop's (covers `docker stop -t`).
     pub stop_window: Duration,
+    /// How long a `stop` waits for the `start` that makes it a restart, not a person's stop.
+    pub restart_settle: Duration,
     /// How long an `oom` waits for the `die` that would make it an OOM kill.
     pub oom_settle: Duration,
     /// How often a problem that is still open is reported again.
@@ -134,6 +153,7 @@ impl Default for DetectConfig {
         DetectConfig {
             stop_settle: Duration::from_millis(300),
             stop_window: Duration::from_secs(600),
+            restart_settle: Duration::from_secs(1),
             oom_settle: Duration::from_millis(500),
             reminder_interval: Duration::from_secs(600),
         }
@@ -232,26 +252,24 @@ impl Detector {
                 }
             }
             "stop" => {
-                let pending = t.pending_die.take();
-                // A person took over: whatever failure was open is theirs now.
-                t.open.remove(&AlertKind::Died);
-                t.open.remove(&AlertKind::OomKilled);
-                let (exit, time) = match &pending {
-                    Some((_, die)) => (exit_code(die), die.time_nano),
+                // The `die` it follows is not a failure; whether it was a person's stop or a
+                // restart, the `start` that may follow decides.
+                let (exit, time_nano) = match t.pending_die.take() {
+                    Some((_, die)) => (exit_code(&die), die.time_nano),
                     None => (None, ev.time_nano),
                 };
-                out.push(decision(
-                    t,
-                    &ev,
-                    AlertKind::Stopped,
-                    Class::UserAction,
+                t.pending_stop = Some(HeldStop {
+                    deadline: now + self.cfg.restart_settle,
+                    stop: ev,
                     exit,
-                    time,
-                ));
+                    time_nano,
+                });
             }
             "start" => {
                 t.running = true;
                 t.term_kill_at = None;
+                // A `stop` then a `start` is a restart: neither a person's stop nor a failure.
+                t.pending_stop = None;
                 out.extend(settle_die(t, now));
                 for kind in [AlertKind::Died, AlertKind::OomKilled] {
                     if let Some(open) = t.open.remove(&kind) {
@@ -307,13 +325,15 @@ impl Detector {
         out
     }
 
-    /// Resolves a pending `die` (no `stop` came: a failure) and a pending `oom`.
+    /// Resolves a pending `die` (no `stop` came: a failure), a pending `stop` (no `start` came:
+    /// a person's stop) and a pending `oom`.
     fn flush_pending(&mut self, id: &str, now: Instant, include_oom: bool) -> Vec<Decision> {
         let mut out = Vec::new();
         let Some(t) = self.containers.get_mut(id) else {
             return out;
         };
         out.extend(settle_die(t, now));
+        out.extend(settle_stop(t));
         if include_oom && let Some((_, oom)) = t.pending_oom.take() {
             out.extend(problem(t, &oom, AlertKind::Oom, now));
         }
@@ -333,6 +353,7 @@ impl Detector {
                     .iter()
                     .map(|(d, _)| *d)
                     .chain(t.pending_oom.iter().map(|(d, _)| *d))
+                    .chain(t.pending_stop.iter().map(|s| s.deadline))
                     .chain(reminders)
             })
             .min()
@@ -348,6 +369,9 @@ impl Detector {
                 .is_some_and(|(deadline, _)| *deadline <= now)
             {
                 out.extend(settle_die(t, now));
+            }
+            if t.pending_stop.as_ref().is_some_and(|s| s.deadline <= now) {
+                out.extend(settle_stop(t));
             }
             if let Some((deadline, _)) = &t.pending_oom
                 && *deadline <= now
@@ -482,6 +506,22 @@ impl Detector {
     }
 }
 
+/// A held `stop` whose `start` never came: a person's stop. Whatever failure was open is
+/// theirs now.
+fn settle_stop(t: &mut Tracked) -> Option<Decision> {
+    let held = t.pending_stop.take()?;
+    t.open.remove(&AlertKind::Died);
+    t.open.remove(&AlertKind::OomKilled);
+    Some(decision(
+        t,
+        &held.stop,
+        AlertKind::Stopped,
+        Class::UserAction,
+        held.exit,
+        held.time_nano,
+    ))
+}
+
 /// A held `die` whose `stop` never came: a failure (an OOM kill if an `oom` preceded it).
 fn settle_die(t: &mut Tracked, now: Instant) -> Option<Decision> {
     let (_, die) = t.pending_die.take()?;
@@ -563,8 +603,8 @@ mod tests {
         }
     }
 
-    /// Feeds `(ms offset, action, attributes)` in order, ticking between events and after
-    /// the last one long enough for every settle window, and returns `(kind, class, exit)`.
+    /// Feeds `(ms offset, action, attributes)` in order, ticking between events and, 5 s after
+    /// the last one, long enough for every settle window; returns `(kind, class, exit)`.
     type Step<'a> = (u64, &'a str, &'a [(&'a str, &'a str)]);
 
     fn check(steps: &[Step<'_>]) -> Vec<(AlertKind, Class, Option<i64>)> {
@@ -576,7 +616,8 @@ mod tests {
             out.extend(d.on_tick(now));
             out.extend(d.on_event(ev(action, attrs, *ms as i64 + 1), now));
         }
-        let end = t0 + Duration::from_secs(5);
+        let last = steps.last().map_or(0, |(ms, _, _)| *ms);
+        let end = t0 + MS * (last as u32) + Duration::from_secs(5);
         out.extend(d.on_tick(end));
         out.into_iter()
             .map(|d| (d.kind, d.class, d.exit_code))
@@ -695,8 +736,8 @@ mod tests {
     }
 
     #[test]
-    fn docker_restart_is_a_person() {
-        // docker restart: kill(15), die, stop, start, restart
+    fn docker_restart_is_not_a_stop_and_not_a_failure() {
+        // docker restart (and every restart hemostat makes): kill(15), die, stop, start, restart
         assert_eq!(
             check(&[
                 (0, "kill", &[("signal", "15")]),
@@ -705,8 +746,113 @@ mod tests {
                 (40, "start", &[]),
                 (41, "restart", &[]),
             ]),
-            [(Stopped, UserAction, Some(0))]
+            []
         );
+    }
+
+    #[test]
+    fn restarts_and_stops_are_told_apart_by_the_start() {
+        type Case<'a> = (
+            &'a str,
+            &'a [Step<'a>],
+            &'a [(AlertKind, Class, Option<i64>)],
+        );
+        let cases: &[Case<'_>] = &[
+            (
+                "restart that needs SIGKILL after the stop timeout",
+                &[
+                    (0, "kill", &[("signal", "15")]),
+                    (10_000, "kill", &[("signal", "9")]),
+                    (10_005, "die", &[("exitCode", "137")]),
+                    (10_013, "stop", &[]),
+                    (10_250, "start", &[]),
+                    (10_251, "restart", &[]),
+                ],
+                &[],
+            ),
+            (
+                "stop, then a start after the window: a stop, nothing for the start",
+                &[
+                    (0, "kill", &[("signal", "15")]),
+                    (20, "die", &[("exitCode", "0")]),
+                    (28, "stop", &[]),
+                    (1_500, "start", &[]),
+                ],
+                &[(Stopped, UserAction, Some(0))],
+            ),
+            (
+                "stop, then destroy: the stop",
+                &[
+                    (0, "kill", &[("signal", "15")]),
+                    (20, "die", &[("exitCode", "143")]),
+                    (28, "stop", &[]),
+                    (30, "destroy", &[]),
+                ],
+                &[(Stopped, UserAction, Some(143))],
+            ),
+            (
+                "restart of an unhealthy container: the problem stays open until healthy",
+                &[
+                    (0, "health_status: unhealthy", &[]),
+                    (100, "kill", &[("signal", "15")]),
+                    (110, "die", &[("exitCode", "0")]),
+                    (118, "stop", &[]),
+                    (300, "start", &[]),
+                    (301, "restart", &[]),
+                    (3_000, "health_status: healthy", &[]),
+                ],
+                &[(Unhealthy, Problem, None), (Unhealthy, Recovered, None)],
+            ),
+            (
+                "restart of a crashed container (no stop: it was not running)",
+                &[
+                    (0, "die", &[("exitCode", "1")]),
+                    (500, "start", &[]),
+                    (501, "restart", &[]),
+                ],
+                &[(Died, Problem, Some(1)), (Died, Recovered, None)],
+            ),
+        ];
+        for (what, steps, want) in cases {
+            assert_eq!(check(steps), *want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_stop_is_reported_when_the_restart_window_closes_or_at_once_on_destroy() {
+        let mut d = Detector::new(DetectConfig::default());
+        let t0 = Instant::now();
+        assert!(
+            d.on_event(ev("kill", &[("signal", "15")], 1), t0)
+                .is_empty()
+        );
+        assert!(
+            d.on_event(ev("die", &[("exitCode", "0")], 2), t0 + MS)
+                .is_empty()
+        );
+        assert!(d.on_event(ev("stop", &[], 3), t0 + 9 * MS).is_empty());
+        let window = t0 + 9 * MS + DetectConfig::default().restart_settle;
+        assert_eq!(d.next_deadline(), Some(window));
+        assert!(d.on_tick(window - MS).is_empty(), "inside the window");
+        let out = d.on_tick(window);
+        assert_eq!(
+            out.iter()
+                .map(|d| (d.kind, d.class, d.exit_code, d.event_time_nano))
+                .collect::<Vec<_>>(),
+            [(Stopped, UserAction, Some(0), Some(2_000_000))],
+            "the stop, timed at its die"
+        );
+        assert_eq!(out[0].container_id, "c1");
+
+        let mut d = Detector::new(DetectConfig::default());
+        d.on_event(ev("stop", &[], 3), t0);
+        let out = d.on_event(ev("destroy", &[], 4), t0 + MS);
+        assert_eq!(
+            out.iter().map(|d| (d.kind, d.class)).collect::<Vec<_>>(),
+            [(Stopped, UserAction)],
+            "a destroy settles a held stop at once"
+        );
+        assert!(d.on_tick(t0 + Duration::from_secs(5)).is_empty());
     }
 
     #[test]

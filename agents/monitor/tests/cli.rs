@@ -35,6 +35,7 @@ fn bad_settings_exit_2_naming_the_variable() {
         ("HEMOSTAT_BREACH_SAMPLES", "0", "1..=1000"),
         ("HEMOSTAT_HOST_BREACH_SAMPLES", "0", "1..=1000"),
         ("HEMOSTAT_SCOPE_LABEL", "shop", "key=value"),
+        ("HEMOSTAT_RESTART_SETTLE", "100ms", "at least 250ms"),
     ];
     for (var, value, hint) in cases {
         let (code, text) = monitor(&[(var, value)]);
@@ -72,6 +73,7 @@ fn help_lists_every_variable() {
         "HEMOSTAT_LISTEN",
         "HEMOSTAT_MONITOR_ALL",
         "HEMOSTAT_SCOPE_LABEL",
+        "HEMOSTAT_RESTART_SETTLE",
         "HEMOSTAT_HOST_BREACH_SAMPLES",
         "HEMOSTAT_STATS_INTERVAL",
         "HEMOSTAT_CPU_THRESHOLD",

@@ -598,3 +598,168 @@ async fn docker_restart_is_neither_a_stop_nor_a_failure_but_docker_stop_still_is
     assert!(failures.is_empty(), "{failures:#?}");
     assert!(monitor.stop().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deaths_while_the_monitor_was_down_are_reported_once_at_start_up() {
+    init_logs();
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let Some(docker) = docker().await else { return };
+    let prefix = format!("hstest-{}", random_id());
+    let scope = scope_label(&prefix);
+    let mut reader = StreamReader::new(&redis, Channel::HealthAlert);
+
+    // No monitor runs: one container crashes, a person stops another (which ignores SIGTERM,
+    // so it ends with 137 like a kill), a third ends cleanly.
+    let crashed = Patient::start(
+        &docker,
+        &prefix,
+        "crashed",
+        PatientSpec::watched(&["run", "--exit-code", "3", "--after", "1"]),
+    )
+    .await;
+    let stopped = Patient::start(
+        &docker,
+        &prefix,
+        "stopped",
+        PatientSpec::watched(&["run", "--ignore-sigterm"]),
+    )
+    .await;
+    let clean = Patient::start(
+        &docker,
+        &prefix,
+        "clean",
+        PatientSpec::watched(&["run", "--exit-code", "0", "--after", "1"]),
+    )
+    .await;
+    stopped.cli(&["stop", "-t", "1"]);
+    let crashed_state = crashed.wait_for_exit(&docker, WAIT).await;
+    assert_eq!(crashed_state.exit_code, Some(3));
+    assert_eq!(
+        stopped.wait_for_exit(&docker, WAIT).await.exit_code,
+        Some(137)
+    );
+    assert_eq!(clean.wait_for_exit(&docker, WAIT).await.exit_code, Some(0));
+
+    let monitor = RunningMonitor::start(&redis.url(), &["--scope-label", &scope]).await;
+    let e = reader
+        .wait_for(WAIT, "the crash reported at start-up", |e| {
+            is(e, &crashed.name, "container_unhealthy", AlertKind::Died)
+        })
+        .await;
+    let a = container_alert(&e).unwrap();
+    assert_eq!(a.detected_by, Detection::Resync);
+    assert!(!a.user_initiated);
+    let finished: chrono::DateTime<chrono::Utc> = crashed_state
+        .finished_at
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let since = a.since.expect("since");
+    assert!(
+        (since - finished).num_milliseconds().abs() < 1,
+        "since {since} is not FinishedAt {finished}"
+    );
+    let state = a.state.as_ref().expect("state from inspect");
+    assert_eq!((state.exit_code, state.running), (Some(3), false));
+    assert_eq!(state.status, "exited");
+    let first_run = reader
+        .collect_for(Duration::from_secs(3), |e| {
+            about(e, &crashed.name) || about(e, &stopped.name) || about(e, &clean.name)
+        })
+        .await;
+    assert_eq!(
+        first_run.len(),
+        1,
+        "exactly one report, for the crash: {first_run:#?}"
+    );
+    assert!(monitor.stop().await);
+
+    // A redeploy: the monitor starts again. Another container crashed meanwhile; its report
+    // shows the second start-up has made its decisions, and the first crash is not among them.
+    let crashed_later = Patient::start(
+        &docker,
+        &prefix,
+        "crashed-later",
+        PatientSpec::watched(&["run", "--exit-code", "4", "--after", "0"]),
+    )
+    .await;
+    crashed_later.wait_for_exit(&docker, WAIT).await;
+    let monitor = RunningMonitor::start(&redis.url(), &["--scope-label", &scope]).await;
+    reader
+        .wait_for(WAIT, "the crash while the monitor was redeployed", |e| {
+            is(
+                e,
+                &crashed_later.name,
+                "container_unhealthy",
+                AlertKind::Died,
+            )
+        })
+        .await;
+    let all = reader
+        .collect_for(Duration::from_secs(2), |e| {
+            about(e, &crashed.name) || about(e, &stopped.name) || about(e, &clean.name)
+        })
+        .await;
+    assert_eq!(all.len(), 1, "reported again after the redeploy: {all:#?}");
+    assert!(monitor.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_death_reported_as_it_happened_is_not_reported_again_after_a_redeploy() {
+    let (redis, docker, monitor, mut reader, prefix) = setup!();
+    let crashed = Patient::start(
+        &docker,
+        &prefix,
+        "crashed",
+        PatientSpec::watched(&["run", "--exit-code", "3", "--after", "1"]),
+    )
+    .await;
+    let e = reader
+        .wait_for(WAIT, "the crash as it happened", |e| {
+            is(e, &crashed.name, "container_unhealthy", AlertKind::Died)
+        })
+        .await;
+    assert_eq!(container_alert(&e).unwrap().detected_by, Detection::Event);
+    assert!(monitor.stop().await);
+
+    // The container is still down when the monitor comes back. Another one crashed meanwhile:
+    // its report shows the new monitor has made its start-up decisions.
+    let crashed_later = Patient::start(
+        &docker,
+        &prefix,
+        "crashed-later",
+        PatientSpec::watched(&["run", "--exit-code", "4", "--after", "0"]),
+    )
+    .await;
+    crashed_later.wait_for_exit(&docker, WAIT).await;
+    let scope = scope_label(&prefix);
+    let monitor = RunningMonitor::start(&redis.url(), &["--scope-label", &scope]).await;
+    reader
+        .wait_for(WAIT, "the crash while the monitor was away", |e| {
+            is(
+                e,
+                &crashed_later.name,
+                "container_unhealthy",
+                AlertKind::Died,
+            )
+        })
+        .await;
+    let reports = reader
+        .collect_for(Duration::from_secs(2), |e| {
+            is(e, &crashed.name, "container_unhealthy", AlertKind::Died)
+        })
+        .await;
+    assert_eq!(reports.len(), 1, "reported again: {reports:#?}");
+    // It is still tracked: starting it again closes the problem.
+    crashed.cli(&["start"]);
+    let e = reader
+        .wait_for(WAIT, "the recovery of the death reported before", |e| {
+            is(e, &crashed.name, "container_recovered", AlertKind::Died)
+        })
+        .await;
+    assert!(container_alert(&e).unwrap().since.is_some());
+    assert!(monitor.stop().await);
+}

@@ -86,6 +86,12 @@ pub struct MonitorArgs {
     #[arg(long, env = "HEMOSTAT_RESTART_SETTLE", default_value = "1s", value_parser = parse_duration)]
     pub restart_settle: Duration,
 
+    /// At start-up, a container that died (non-zero exit or OOM kill) at most this long ago
+    /// while the monitor was not running is reported, once; older deaths are history. `0`
+    /// turns this off.
+    #[arg(long, env = "HEMOSTAT_STARTUP_LOOKBACK", default_value = "1h", value_parser = parse_duration)]
+    pub startup_lookback: Duration,
+
     /// How often host CPU, memory and disk are sampled.
     #[arg(long, env = "HEMOSTAT_HOST_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub host_interval: Duration,
@@ -139,6 +145,7 @@ pub struct MonitorConfig {
     pub host_memory_threshold: f64,
     pub host_cpu_threshold: f64,
     pub host_breach_samples: u32,
+    pub startup_lookback: Duration,
     pub docker_df_interval: Duration,
 }
 
@@ -275,6 +282,15 @@ impl MonitorArgs {
             host_memory_threshold: self.host_memory_threshold,
             host_cpu_threshold: self.host_cpu_threshold,
             host_breach_samples: self.host_breach_samples.unwrap_or(self.breach_samples),
+            // A death older than a week is history on any reading; Docker's event history
+            // (its newest 256 events), which tells a crash from a person's stop, rarely
+            // reaches back that far.
+            startup_lookback: within(
+                "HEMOSTAT_STARTUP_LOOKBACK",
+                self.startup_lookback,
+                Duration::ZERO,
+                Duration::from_secs(7 * 86_400),
+            )?,
             docker_df_interval: at_least(
                 "HEMOSTAT_DOCKER_DF_INTERVAL",
                 self.docker_df_interval,
@@ -306,6 +322,7 @@ mod tests {
         assert_eq!(c.breach_samples, 3);
         assert_eq!(c.host_breach_samples, 3);
         assert_eq!(c.detect.restart_settle, Duration::from_secs(1));
+        assert_eq!(c.startup_lookback, Duration::from_secs(3600));
         assert_eq!(c.scope, Scope::default());
     }
 
@@ -332,6 +349,12 @@ mod tests {
         assert_eq!((c.breach_samples, c.host_breach_samples), (5, 5));
         let c = parse(&["--breach-samples", "5", "--host-breach-samples", "2"]).unwrap();
         assert_eq!((c.breach_samples, c.host_breach_samples), (5, 2));
+    }
+
+    #[test]
+    fn a_startup_lookback_of_zero_turns_it_off() {
+        let c = parse(&["--startup-lookback", "0"]).unwrap();
+        assert_eq!(c.startup_lookback, Duration::ZERO);
     }
 
     #[test]
@@ -385,6 +408,11 @@ mod tests {
             (&["--restart-settle", "10ms"], "HEMOSTAT_RESTART_SETTLE"),
             (&["--restart-settle", "5m"], "HEMOSTAT_RESTART_SETTLE"),
             (&["--restart-settle", "soon"], "HEMOSTAT_RESTART_SETTLE"),
+            (&["--startup-lookback", "200h"], "HEMOSTAT_STARTUP_LOOKBACK"),
+            (
+                &["--startup-lookback", "an hour"],
+                "HEMOSTAT_STARTUP_LOOKBACK",
+            ),
             (
                 &["--host-breach-samples", "0"],
                 "HEMOSTAT_HOST_BREACH_SAMPLES",

@@ -10,11 +10,17 @@
 //! A `stop` is not yet a person's stop either: `docker restart` (and so every restart hemostat
 //! makes) is `kill` → `die` → `stop` → `start` → `restart`. So a `stop` is held for the restart
 //! settle window, and a `start` inside it makes the whole sequence a restart: nothing to report.
+//!
+//! At start-up the detector is told what the monitor's glue found out about containers that
+//! died while no monitor was watching ([`crate::startup`]); it reports and tracks them like any
+//! other problem.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use hemostat_common::events::{AlertKind, Detection};
+
+use crate::startup::{Startup, Verdict};
 
 /// The parts of a Docker event the detector needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -421,44 +427,77 @@ impl Detector {
         out
     }
 
-    /// Compares a fresh listing of in-scope containers with what the detector believed, after
-    /// the event stream was lost (`initial` = false) or at start-up (`initial` = true), and
-    /// reports what changed meanwhile. At start-up only current trouble (unhealthy) is
-    /// reported: an old exit is history, not news.
-    pub fn resync(&mut self, listed: &[Listed], initial: bool) -> Vec<Decision> {
+    /// The first listing, at start-up. Takes in every in-scope container; reports the deaths
+    /// that [`crate::startup::decide`] said to report and the containers unhealthy now; and
+    /// tracks, without reporting them again, the problems an earlier monitor already reported,
+    /// so that their reminders and recoveries still come.
+    pub fn start(&mut self, listed: &[Listed], startup: &Startup, now: Instant) -> Vec<Decision> {
+        self.containers.clear();
         let mut out = Vec::new();
-        let now = Instant::now();
+        for l in listed {
+            let t = self.track(l);
+            let death = startup.deaths.get(&l.id);
+            let open = death.and_then(|d| match d.verdict {
+                Verdict::Report(kind) => Some((d, kind, true)),
+                Verdict::AlreadyReported(kind) => Some((d, kind, false)),
+                Verdict::Skip(_) => None,
+            });
+            if let Some((death, kind, report)) = open {
+                t.open.insert(
+                    kind,
+                    Open {
+                        since_nano: death.finished_at_nano,
+                        last_notified: now,
+                    },
+                );
+                if report {
+                    out.push(listed_decision(
+                        l,
+                        t,
+                        kind,
+                        Class::Problem,
+                        death.exit_code,
+                        death.finished_at_nano,
+                    ));
+                }
+            }
+            if t.running && l.health.as_deref() == Some("unhealthy") {
+                let known = startup.open_unhealthy.get(&l.id);
+                t.open.insert(
+                    AlertKind::Unhealthy,
+                    Open {
+                        since_nano: known.copied().flatten(),
+                        last_notified: now,
+                    },
+                );
+                if known.is_none() {
+                    out.push(listed_decision(
+                        l,
+                        t,
+                        AlertKind::Unhealthy,
+                        Class::Problem,
+                        None,
+                        None,
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Compares a fresh listing of in-scope containers with what the detector believed, after
+    /// the event stream was lost, and reports what changed meanwhile.
+    pub fn resync(&mut self, listed: &[Listed], now: Instant) -> Vec<Decision> {
+        let mut out = Vec::new();
         let present: HashSet<&str> = listed.iter().map(|l| l.id.as_str()).collect();
         self.containers
             .retain(|id, _| present.contains(id.as_str()));
         for l in listed {
             let known = self.containers.contains_key(&l.id);
-            let t = self.containers.entry(l.id.clone()).or_default();
-            t.name = l.name.clone();
-            t.image = l.image.clone();
-            if t.attributes.is_empty() {
-                t.attributes = l.labels.clone();
-                t.attributes.insert("name".into(), l.name.clone());
-                t.attributes.insert("image".into(), l.image.clone());
-            }
-            let running = l.state == "running";
-            let was_running = t.running;
-            t.running = running;
-            let mk = |t: &Tracked, kind, class, exit| Decision {
-                container_id: l.id.clone(),
-                name: t.name.clone(),
-                image: t.image.clone(),
-                attributes: t.attributes.clone(),
-                kind,
-                class,
-                detected_by: Detection::Resync,
-                exit_code: exit,
-                reminder: false,
-                event_time_nano: None,
-                since_nano: None,
-            };
-            if !initial
-                && known
+            let was_running = self.containers.get(&l.id).is_some_and(|t| t.running);
+            let t = self.track(l);
+            let running = t.running;
+            if known
                 && was_running
                 && !running
                 && l.state != "paused"
@@ -471,12 +510,19 @@ impl Detector {
                         last_notified: now,
                     },
                 );
-                out.push(mk(t, AlertKind::Died, Class::Problem, l.exit_code));
+                out.push(listed_decision(
+                    l,
+                    t,
+                    AlertKind::Died,
+                    Class::Problem,
+                    l.exit_code,
+                    None,
+                ));
             }
             if running {
                 for kind in [AlertKind::Died, AlertKind::OomKilled] {
                     if t.open.remove(&kind).is_some() {
-                        out.push(mk(t, kind, Class::Recovered, None));
+                        out.push(listed_decision(l, t, kind, Class::Recovered, None, None));
                     }
                 }
             }
@@ -489,20 +535,72 @@ impl Detector {
                         last_notified: now,
                     },
                 );
-                out.push(mk(t, AlertKind::Unhealthy, Class::Problem, None));
+                out.push(listed_decision(
+                    l,
+                    t,
+                    AlertKind::Unhealthy,
+                    Class::Problem,
+                    None,
+                    None,
+                ));
             } else if !unhealthy
                 && l.health.as_deref() == Some("healthy")
                 && t.open.remove(&AlertKind::Unhealthy).is_some()
             {
-                out.push(mk(t, AlertKind::Unhealthy, Class::Recovered, None));
+                out.push(listed_decision(
+                    l,
+                    t,
+                    AlertKind::Unhealthy,
+                    Class::Recovered,
+                    None,
+                    None,
+                ));
             }
         }
         out
     }
 
+    /// Takes in a listed container's name, image, labels and whether it runs.
+    fn track(&mut self, l: &Listed) -> &mut Tracked {
+        let t = self.containers.entry(l.id.clone()).or_default();
+        t.name = l.name.clone();
+        t.image = l.image.clone();
+        if t.attributes.is_empty() {
+            t.attributes = l.labels.clone();
+            t.attributes.insert("name".into(), l.name.clone());
+            t.attributes.insert("image".into(), l.image.clone());
+        }
+        t.running = l.state == "running";
+        t
+    }
+
     /// Number of containers with state (for metrics).
     pub fn tracked(&self) -> usize {
         self.containers.len()
+    }
+}
+
+/// A decision from a listing rather than an event.
+fn listed_decision(
+    l: &Listed,
+    t: &Tracked,
+    kind: AlertKind,
+    class: Class,
+    exit: Option<i64>,
+    since_nano: Option<i64>,
+) -> Decision {
+    Decision {
+        container_id: l.id.clone(),
+        name: t.name.clone(),
+        image: t.image.clone(),
+        attributes: t.attributes.clone(),
+        kind,
+        class,
+        detected_by: Detection::Resync,
+        exit_code: exit,
+        reminder: false,
+        event_time_nano: None,
+        since_nano,
     }
 }
 
@@ -901,10 +999,8 @@ mod tests {
         assert!(d.on_tick(t0 + Duration::from_secs(90)).is_empty());
     }
 
-    #[test]
-    fn resync_reports_what_happened_while_blind() {
-        let mut d = Detector::new(DetectConfig::default());
-        let listed = |state: &str, health: Option<&str>, exit| Listed {
+    fn listed(state: &str, health: Option<&str>, exit: Option<i64>) -> Listed {
+        Listed {
             id: "c1".into(),
             name: "web".into(),
             image: "patient".into(),
@@ -912,23 +1008,161 @@ mod tests {
             state: state.into(),
             exit_code: exit,
             health: health.map(str::to_owned),
-        };
-        assert!(d.resync(&[listed("running", None, None)], true).is_empty());
-        let out = d.resync(&[listed("exited", None, Some(2))], false);
+        }
+    }
+
+    #[test]
+    fn resync_reports_what_happened_while_blind() {
+        let mut d = Detector::new(DetectConfig::default());
+        let now = Instant::now();
+        assert!(
+            d.start(&[listed("running", None, None)], &Startup::default(), now)
+                .is_empty()
+        );
+        let out = d.resync(&[listed("exited", None, Some(2))], now);
         assert_eq!(
             out.iter()
                 .map(|d| (d.kind, d.class, d.exit_code, d.detected_by))
                 .collect::<Vec<_>>(),
             [(Died, Problem, Some(2), Detection::Resync)]
         );
-        let out = d.resync(&[listed("running", Some("unhealthy"), None)], false);
+        let out = d.resync(&[listed("running", Some("unhealthy"), None)], now);
         assert_eq!(
             out.iter().map(|d| (d.kind, d.class)).collect::<Vec<_>>(),
             [(Died, Recovered), (Unhealthy, Problem)]
         );
         assert!(
-            d.resync(&[listed("running", Some("unhealthy"), None)], false)
+            d.resync(&[listed("running", Some("unhealthy"), None)], now)
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn start_up_reports_what_it_was_told_and_tracks_the_rest() {
+        use crate::startup::{Death, Skip};
+        const FINISHED: i64 = 1_800_000_000_000_000_000;
+        let death = |verdict| Death {
+            verdict,
+            exit_code: Some(3),
+            finished_at_nano: Some(FINISHED),
+        };
+        let with_death = |verdict| Startup {
+            deaths: HashMap::from([("c1".to_owned(), death(verdict))]),
+            ..Startup::default()
+        };
+        let exited = listed("exited", None, Some(3));
+        let sick = listed("running", Some("unhealthy"), None);
+        let open_since = Some(5);
+        // (what, listing, start-up facts, reported at start-up, then the event, its decisions)
+        type Row<'a> = (
+            &'a str,
+            Listed,
+            Startup,
+            Vec<(AlertKind, Class, Option<i64>, Option<i64>)>,
+            &'a str,
+            Vec<(AlertKind, Class, Option<i64>)>,
+        );
+        let cases: Vec<Row<'_>> = vec![
+            (
+                "a death to report, then its recovery",
+                exited.clone(),
+                with_death(Verdict::Report(Died)),
+                vec![(Died, Problem, Some(3), Some(FINISHED))],
+                "start",
+                vec![(Died, Recovered, Some(FINISHED))],
+            ),
+            (
+                "an OOM kill to report",
+                exited.clone(),
+                with_death(Verdict::Report(OomKilled)),
+                vec![(OomKilled, Problem, Some(3), Some(FINISHED))],
+                "start",
+                vec![(OomKilled, Recovered, Some(FINISHED))],
+            ),
+            (
+                "a death reported before: silent, but its recovery comes",
+                exited.clone(),
+                with_death(Verdict::AlreadyReported(Died)),
+                vec![],
+                "start",
+                vec![(Died, Recovered, Some(FINISHED))],
+            ),
+            (
+                "a death not to report: nothing, and nothing on start",
+                exited.clone(),
+                with_death(Verdict::Skip(Skip::CannotTell)),
+                vec![],
+                "start",
+                vec![],
+            ),
+            (
+                "unhealthy now and not open in the stream: reported",
+                sick.clone(),
+                Startup::default(),
+                vec![(Unhealthy, Problem, None, None)],
+                "health_status: healthy",
+                vec![(Unhealthy, Recovered, None)],
+            ),
+            (
+                "unhealthy now and open in the stream: silent, the recovery keeps its since",
+                sick.clone(),
+                Startup {
+                    open_unhealthy: HashMap::from([("c1".to_owned(), open_since)]),
+                    ..Startup::default()
+                },
+                vec![],
+                "health_status: healthy",
+                vec![(Unhealthy, Recovered, open_since)],
+            ),
+        ];
+        for (what, l, startup, want_start, action, want_after) in cases {
+            let mut d = Detector::new(DetectConfig::default());
+            let now = Instant::now();
+            let out = d.start(&[l], &startup, now);
+            assert_eq!(
+                out.iter()
+                    .map(|d| (d.kind, d.class, d.exit_code, d.since_nano))
+                    .collect::<Vec<_>>(),
+                want_start,
+                "{what}"
+            );
+            assert!(
+                out.iter().all(|d| d.detected_by == Detection::Resync),
+                "{what}"
+            );
+            let out = d.on_event(ev(action, &[], 10), now);
+            assert_eq!(
+                out.iter()
+                    .map(|d| (d.kind, d.class, d.since_nano))
+                    .collect::<Vec<_>>(),
+                want_after,
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_problem_tracked_silently_at_start_up_is_reminded() {
+        let cfg = DetectConfig {
+            reminder_interval: Duration::from_secs(60),
+            ..DetectConfig::default()
+        };
+        let mut d = Detector::new(cfg);
+        let t0 = Instant::now();
+        let startup = Startup {
+            open_unhealthy: HashMap::from([("c1".to_owned(), Some(5))]),
+            ..Startup::default()
+        };
+        assert!(
+            d.start(&[listed("running", Some("unhealthy"), None)], &startup, t0)
+                .is_empty()
+        );
+        let r = d.on_tick(t0 + Duration::from_secs(61));
+        assert_eq!(
+            r.iter()
+                .map(|d| (d.kind, d.reminder, d.since_nano, d.container_id.as_str()))
+                .collect::<Vec<_>>(),
+            [(Unhealthy, true, Some(5), "c1")]
         );
     }
 

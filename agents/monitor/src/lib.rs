@@ -1,7 +1,8 @@
 //! hemostat-monitor: watches Docker containers and the host and publishes what goes wrong.
 //!
 //! Three loops run side by side, each owning its own state:
-//! - [`watch_events`]: Docker's event stream → [`detect::Detector`] → `health_alert`, at once.
+//! - [`watch_events`]: Docker's event stream → [`detect::Detector`] → `health_alert`, at once;
+//!   at start-up, also the deaths that happened while no monitor was running ([`startup`]).
 //! - [`watch_stats`]: one-shot stats for every watched container, concurrently → samples on
 //!   `hemostat:metrics`, thresholds and baselines ([`judge`]) → `health_alert` on transitions.
 //! - [`watch_host`]: host CPU, memory, disk and Docker's disk use → samples and host alerts.
@@ -13,6 +14,7 @@ pub mod detect;
 pub mod host;
 pub mod judge;
 pub use hemostat_common::scope;
+pub mod startup;
 pub mod stats;
 
 use std::collections::{HashMap, HashSet};
@@ -29,13 +31,13 @@ use bollard::query_parameters::{
 use chrono::{DateTime, TimeZone, Utc};
 use futures::StreamExt;
 use hemostat_common::agent::AgentContext;
-use hemostat_common::bus::Backoff;
+use hemostat_common::bus::{Backoff, Bus};
 pub use hemostat_common::docker::connect_docker;
 use hemostat_common::docker::container_state;
 use hemostat_common::events::{
-    AlertKind, Breach, ContainerAlert, ContainerRef, ContainerSample, ContainerState, Detection,
-    DockerDiskUsage, Envelope, HostAlert, HostAlertKind, HostSample, MetricsBatch, Payload,
-    Severity,
+    AlertKind, Breach, Channel, ContainerAlert, ContainerRef, ContainerSample, ContainerState,
+    Detection, DockerDiskUsage, Envelope, HostAlert, HostAlertKind, HostSample, MetricsBatch,
+    Payload, Severity,
 };
 use hemostat_common::http::Health;
 use hemostat_common::scope::Scope;
@@ -47,6 +49,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use crate::config::MonitorConfig;
 use crate::detect::{Class, Decision, Detector, DockerEvent, Listed};
 use crate::judge::{Baseline, Threshold, Transition, Watch};
+use crate::startup::{EventHistory, Exit, Reported, Startup, Triage, Verdict};
 
 /// The agent's name on the bus.
 pub const AGENT: &str = "monitor";
@@ -148,6 +151,7 @@ pub fn spawn(cfg: MonitorConfig, docker: Docker, ctx: &AgentContext) {
             cfg.clone(),
             docker.clone(),
             out.clone(),
+            ctx.bus.clone(),
             ctx.health.clone(),
             ctx.shutdown.clone(),
         ),
@@ -433,6 +437,198 @@ async fn list_in_scope(
         .collect())
 }
 
+/// Gathers what [`Detector::start`] needs, once, at start-up: what the `health_alert` stream
+/// already holds, and for each container found dead, its inspect and, only for those still
+/// undecided after that, Docker's event history. The decisions are [`startup`]'s.
+async fn gather_startup(
+    docker: &Docker,
+    out: &Out,
+    bus: &Bus,
+    listed: &[Listed],
+    lookback: Duration,
+) -> Startup {
+    let started = Instant::now();
+    let reported = read_reported(bus, &out.host).await;
+    let mut facts = Startup::default();
+    for l in listed
+        .iter()
+        .filter(|l| l.state == "running" && l.health.as_deref() == Some("unhealthy"))
+    {
+        if let Some(since) = reported.open_unhealthy(&l.id) {
+            tracing::info!(container = %l.name, "unhealthy, and already reported before this start");
+            facts.open_unhealthy.insert(l.id.clone(), since);
+        }
+    }
+    if lookback.is_zero() {
+        return facts;
+    }
+    let dead: Vec<Listed> = listed
+        .iter()
+        .filter(|l| matches!(l.state.as_str(), "exited" | "dead") && l.exit_code != Some(0))
+        .cloned()
+        .collect();
+    let inspected: Vec<(Listed, Option<Exit>)> = futures::stream::iter(dead)
+        .map(|l| async move {
+            let exit = inspect_exit(docker, out, &l.id).await;
+            (l, exit)
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let now_nano = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    // Asked at most once, and only if some death needs it.
+    let mut history: Option<Option<EventHistory>> = None;
+    for (l, exit) in inspected {
+        let Some(exit) = exit else { continue };
+        let verdict = match startup::triage(&l.id, &exit, &reported, now_nano, lookback) {
+            Triage::Decided(v) => v,
+            Triage::AskHistory(kind) => {
+                if history.is_none() {
+                    history = Some(event_history(docker).await);
+                }
+                let stop = match (
+                    history.as_ref().and_then(Option::as_ref),
+                    exit.finished_at_nano,
+                ) {
+                    (Some(h), Some(finished)) => h.stop_history(&l.id, finished),
+                    _ => startup::StopHistory::CannotTell,
+                };
+                startup::settle(kind, stop)
+            }
+        };
+        match verdict {
+            Verdict::Report(kind) => {
+                tracing::info!(container = %l.name, kind = kind.as_str(), exit_code = exit.exit_code,
+                    "died while the monitor was not running; reporting it");
+            }
+            Verdict::AlreadyReported(kind) => {
+                tracing::debug!(container = %l.name, kind = kind.as_str(), "death already reported");
+            }
+            Verdict::Skip(skip @ (startup::Skip::CannotTell | startup::Skip::StoppedByAPerson)) => {
+                tracing::info!(container = %l.name, exit_code = exit.exit_code, "{}", skip.reason());
+            }
+            Verdict::Skip(skip) => {
+                tracing::debug!(container = %l.name, exit_code = exit.exit_code, "{}", skip.reason());
+            }
+        }
+        facts.deaths.insert(
+            l.id.clone(),
+            startup::Death {
+                verdict,
+                exit_code: exit.exit_code,
+                finished_at_nano: exit.finished_at_nano,
+            },
+        );
+    }
+    tracing::info!(
+        dead = facts.deaths.len(),
+        reported = facts
+            .deaths
+            .values()
+            .filter(|d| matches!(d.verdict, Verdict::Report(_)))
+            .count(),
+        took_ms = started.elapsed().as_secs_f64() * 1e3,
+        "checked for deaths while the monitor was not running"
+    );
+    facts
+}
+
+/// The newest [`startup::HISTORY_ENTRIES`] of the `health_alert` stream, read once. If Redis
+/// does not answer, start-up goes on without it: a death may then be reported a second time,
+/// which the responder answers with `skipped` if the container runs again by then, while a
+/// death never reported would never be healed.
+async fn read_reported(bus: &Bus, host: &str) -> Reported {
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(2));
+    for attempt in 1..=4 {
+        match bus
+            .recent(Channel::HealthAlert, startup::HISTORY_ENTRIES)
+            .await
+        {
+            Ok(envs) => return Reported::from_envelopes(&envs, host),
+            Err(e) if attempt < 4 => {
+                tracing::debug!(error = %e, "cannot read the health_alert stream yet");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e,
+                    "cannot read the health_alert stream; problems found at start-up are reported even if an earlier monitor reported them");
+            }
+        }
+    }
+    Reported::default()
+}
+
+/// How a container that is not running ended, from inspect; `None` if it is gone or runs again.
+async fn inspect_exit(docker: &Docker, out: &Out, id: &str) -> Option<Exit> {
+    let i = docker
+        .inspect_container(id, None::<InspectContainerOptions>)
+        .await
+        .ok()?;
+    out.remember(id, container_state(&i));
+    let st = i.state.as_ref()?;
+    if st.running == Some(true) {
+        return None;
+    }
+    Some(Exit {
+        exit_code: st.exit_code,
+        oom_killed: st.oom_killed.unwrap_or(false),
+        finished_at_nano: st
+            .finished_at
+            .as_deref()
+            .and_then(|t| t.parse::<DateTime<Utc>>().ok())
+            .and_then(|t| t.timestamp_nanos_opt()),
+    })
+}
+
+/// Everything Docker's event history still holds (its newest 256 events), in one call, so the
+/// oldest event and each container's `start`s and `stop`s come from one consistent snapshot.
+/// `None` if Docker could not be asked.
+async fn event_history(docker: &Docker) -> Option<EventHistory> {
+    let now = Utc::now();
+    let opts = EventsOptionsBuilder::new()
+        .since("1")
+        // Now, to the nanosecond: Docker holds an events call open until `until` has passed.
+        .until(&format!(
+            "{}.{:09}",
+            now.timestamp(),
+            now.timestamp_subsec_nanos()
+        ))
+        .build();
+    let all = tokio::time::timeout(
+        Duration::from_secs(5),
+        docker.events(Some(opts)).take(10_000).collect::<Vec<_>>(),
+    )
+    .await;
+    let all = match all {
+        Ok(all) => all,
+        Err(_) => {
+            tracing::warn!("docker's event history did not answer in 5 s");
+            return None;
+        }
+    };
+    let mut oldest = None;
+    let mut containers = Vec::new();
+    for msg in all {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read docker's event history");
+                return None;
+            }
+        };
+        let time = msg
+            .time_nano
+            .or_else(|| msg.time.map(|t| t.saturating_mul(1_000_000_000)));
+        oldest = oldest.or(time);
+        if msg.typ == Some(bollard::models::EventMessageTypeEnum::CONTAINER)
+            && let (Some(id), Some(action)) = (msg.actor.and_then(|a| a.id), msg.action)
+        {
+            containers.push((id, action));
+        }
+    }
+    Some(EventHistory::new(oldest, containers))
+}
+
 /// Follows Docker's event stream, re-establishing it with backoff when it drops. Each
 /// (re)connection first lists containers and reconciles, then asks Docker to replay events
 /// since the last one seen, so nothing that happened in between is missed silently.
@@ -440,6 +636,7 @@ async fn watch_events(
     cfg: Arc<MonitorConfig>,
     docker: Docker,
     out: Out,
+    bus: Bus,
     health: Health,
     shutdown: Shutdown,
 ) {
@@ -454,7 +651,18 @@ async fn watch_events(
         match list_in_scope(&docker, true, &cfg.scope).await {
             Ok(listed) => {
                 out.docker_ok(true);
-                for d in detector.resync(&listed, initial) {
+                let decisions = if initial {
+                    let startup = tokio::select! {
+                        // A shutdown need not wait for start-up's Docker and Redis calls.
+                        () = shutdown.cancelled() => return,
+                        // What died while no monitor was running, and what was reported then.
+                        s = gather_startup(&docker, &out, &bus, &listed, cfg.startup_lookback) => s,
+                    };
+                    detector.start(&listed, &startup, Instant::now())
+                } else {
+                    detector.resync(&listed, Instant::now())
+                };
+                for d in decisions {
                     tokio::spawn(publish_decision(docker.clone(), out.clone(), d));
                 }
                 initial = false;

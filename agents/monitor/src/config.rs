@@ -117,10 +117,9 @@ pub struct MonitorArgs {
     pub host_cpu_threshold: f64,
 
     /// Consecutive host samples over (or back under) a host threshold (disk, memory, CPU)
-    /// before it fires (or clears). Default: `HEMOSTAT_BREACH_SAMPLES`.
-    #[arg(long, env = "HEMOSTAT_HOST_BREACH_SAMPLES",
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub host_breach_samples: Option<u32>,
+    /// before it fires (or clears), 1 to 1000. Unset or empty: `HEMOSTAT_BREACH_SAMPLES`.
+    #[arg(long, env = "HEMOSTAT_HOST_BREACH_SAMPLES", value_parser = parse_optional_samples)]
+    pub host_breach_samples: Option<OptionalSamples>,
 
     /// How often Docker's own disk use (images, stopped containers) is measured.
     #[arg(long, env = "HEMOSTAT_DOCKER_DF_INTERVAL", default_value = "5m", value_parser = parse_duration)]
@@ -167,6 +166,23 @@ impl StatsConcurrency {
             StatsConcurrency::Auto => containers.clamp(1, Self::AUTO_MAX),
             StatsConcurrency::Fixed(n) => n.max(1),
         }
+    }
+}
+
+/// A sample count that may be given empty, meaning "not set": compose passes `VAR=` for a
+/// variable the user left out, and that must fall back to the default, not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalSamples(pub Option<u32>);
+
+fn parse_optional_samples(s: &str) -> Result<OptionalSamples, String> {
+    if s.trim().is_empty() {
+        return Ok(OptionalSamples(None));
+    }
+    match s.trim().parse::<u32>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(OptionalSamples(Some(n))),
+        _ => Err(format!(
+            "{s:?} is not valid; expected a number from 1 to 1000, or empty for the default"
+        )),
     }
 }
 
@@ -281,7 +297,10 @@ impl MonitorArgs {
             disk_threshold: self.disk_threshold,
             host_memory_threshold: self.host_memory_threshold,
             host_cpu_threshold: self.host_cpu_threshold,
-            host_breach_samples: self.host_breach_samples.unwrap_or(self.breach_samples),
+            host_breach_samples: self
+                .host_breach_samples
+                .and_then(|s| s.0)
+                .unwrap_or(self.breach_samples),
             // A death older than a week is history on any reading; Docker's event history
             // (its newest 256 events), which tells a crash from a person's stop, rarely
             // reaches back that far.
@@ -349,6 +368,8 @@ mod tests {
         assert_eq!((c.breach_samples, c.host_breach_samples), (5, 5));
         let c = parse(&["--breach-samples", "5", "--host-breach-samples", "2"]).unwrap();
         assert_eq!((c.breach_samples, c.host_breach_samples), (5, 2));
+        let c = parse(&["--breach-samples", "5", "--host-breach-samples", ""]).unwrap();
+        assert_eq!(c.host_breach_samples, 5, "empty is unset");
     }
 
     #[test]
@@ -415,6 +436,14 @@ mod tests {
             ),
             (
                 &["--host-breach-samples", "0"],
+                "HEMOSTAT_HOST_BREACH_SAMPLES",
+            ),
+            (
+                &["--host-breach-samples", "1001"],
+                "HEMOSTAT_HOST_BREACH_SAMPLES",
+            ),
+            (
+                &["--host-breach-samples", "many"],
                 "HEMOSTAT_HOST_BREACH_SAMPLES",
             ),
             (&["--baseline-z", "0.1"], "HEMOSTAT_BASELINE_Z"),

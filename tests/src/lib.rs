@@ -328,6 +328,41 @@ impl Patient {
         Ok(patient)
     }
 
+    /// Waits (up to `timeout`) until the container is no longer running and returns its state
+    /// then (exit code, `OOMKilled`, `FinishedAt`); panics on timeout.
+    pub async fn wait_for_exit(
+        &self,
+        docker: &Docker,
+        timeout: Duration,
+    ) -> bollard::models::ContainerState {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let state = docker
+                .inspect_container(
+                    &self.id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+                .ok()
+                .and_then(|i| i.state);
+            if let Some(st) = state
+                && st.running == Some(false)
+                && st
+                    .finished_at
+                    .as_deref()
+                    .is_some_and(|f| !f.starts_with("0001"))
+            {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {} still running after {timeout:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Runs a docker CLI command against this container (as a person would).
     pub fn cli(&self, verb: &[&str]) {
         let status = Command::new("docker")

@@ -14,16 +14,25 @@ use hemostat_tests::{
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Sets up redis, docker and a monitor, or returns early (skip outside CI).
+/// Sets up redis, docker and a monitor that watches only this test's containers (those
+/// labelled `hemostat.test=<prefix>`), or returns early (skip outside CI).
 macro_rules! setup {
     ($($flag:expr),* $(,)?) => {{
         init_logs();
         let Some(redis) = TestRedis::start() else { return };
         let Some(docker) = docker().await else { return };
-        let monitor = RunningMonitor::start(&redis.url(), &[$($flag),*]).await;
+        let prefix = format!("hstest-{}", random_id());
+        let scope = scope_label(&prefix);
+        let monitor =
+            RunningMonitor::start(&redis.url(), &["--scope-label", &scope, $($flag),*]).await;
         let reader = StreamReader::new(&redis, Channel::HealthAlert);
-        (redis, docker, monitor, reader, format!("hstest-{}", random_id()))
+        (redis, docker, monitor, reader, prefix)
     }};
+}
+
+/// The scope label that selects the patients of the test with this prefix.
+fn scope_label(prefix: &str) -> String {
+    format!("hemostat.test={prefix}")
 }
 
 /// `event_type` and kind for a container's alert.
@@ -429,9 +438,14 @@ async fn a_lost_event_stream_is_re_established_and_nothing_is_missed() {
     let Some(docker) = docker().await else { return };
     let mut proxy = DockerProxy::start();
     let host = proxy.docker_host();
-    let monitor = RunningMonitor::start(&redis.url(), &["--docker-host", &host]).await;
-    let mut reader = StreamReader::new(&redis, Channel::HealthAlert);
     let prefix = format!("hstest-{}", random_id());
+    let scope = scope_label(&prefix);
+    let monitor = RunningMonitor::start(
+        &redis.url(),
+        &["--docker-host", &host, "--scope-label", &scope],
+    )
+    .await;
+    let mut reader = StreamReader::new(&redis, Channel::HealthAlert);
     let before = Patient::start(&docker, &prefix, "before", PatientSpec::watched(&[])).await;
     let blind = Patient::start(&docker, &prefix, "blind", PatientSpec::watched(&[])).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -514,5 +528,238 @@ async fn containers_in_their_health_check_start_period_are_not_judged() {
         premature.is_empty(),
         "judged during its start period: {premature:#?}"
     );
+    assert!(monitor.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_without_the_scope_label_is_not_watched() {
+    // The monitor watches `hemostat.test=<prefix>`; the other container opts in with
+    // `hemostat.enable=true` but carries another test's label.
+    let (_redis, docker, monitor, mut reader, prefix) = setup!();
+    let inside = Patient::start(&docker, &prefix, "inside", PatientSpec::watched(&[])).await;
+    let other_prefix = format!("{prefix}-other");
+    let outside =
+        Patient::start(&docker, &other_prefix, "outside", PatientSpec::watched(&[])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    outside.cli(&["kill"]);
+    inside.cli(&["kill"]);
+    reader
+        .wait_for(WAIT, "the labelled container's alert", |e| {
+            is(e, &inside.name, "container_unhealthy", AlertKind::Died)
+        })
+        .await;
+    let outside_alerts = reader
+        .collect_for(Duration::from_secs(2), |e| about(e, &outside.name))
+        .await;
+    assert!(outside_alerts.is_empty(), "{outside_alerts:#?}");
+    assert!(monitor.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_restart_is_neither_a_stop_nor_a_failure_but_docker_stop_still_is_a_stop() {
+    let (_redis, docker, monitor, mut reader, prefix) = setup!();
+    let p = Patient::start(&docker, &prefix, "restarted", PatientSpec::watched(&[])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Exactly what the responder does, and what a person's `docker restart` does: kill(15),
+    // die, stop, start, restart.
+    p.cli(&["restart", "-t", "5"]);
+    // Longer than every settle window (stop 300 ms, restart 1 s) several times over.
+    let after_restart = reader
+        .collect_for(Duration::from_secs(4), |e| {
+            about(e, &p.name)
+                && matches!(
+                    e.event_type(),
+                    "container_user_action" | "container_unhealthy"
+                )
+        })
+        .await;
+    assert!(
+        after_restart.is_empty(),
+        "a restart was reported: {after_restart:#?}"
+    );
+    // The same container, still watched: a person's stop is one `stopped`, and no failure.
+    p.cli(&["stop", "-t", "5"]);
+    reader
+        .wait_for(WAIT, "the stop as a person's action", |e| {
+            is(e, &p.name, "container_user_action", AlertKind::Stopped)
+        })
+        .await;
+    let stops = reader
+        .collect_for(Duration::from_secs(2), |e| {
+            is(e, &p.name, "container_user_action", AlertKind::Stopped)
+        })
+        .await;
+    assert_eq!(stops.len(), 1, "{stops:#?}");
+    let failures = reader
+        .collect_for(Duration::ZERO, |e| {
+            about(e, &p.name) && e.event_type() == "container_unhealthy"
+        })
+        .await;
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(monitor.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deaths_while_the_monitor_was_down_are_reported_once_at_start_up() {
+    init_logs();
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let Some(docker) = docker().await else { return };
+    let prefix = format!("hstest-{}", random_id());
+    let scope = scope_label(&prefix);
+    let mut reader = StreamReader::new(&redis, Channel::HealthAlert);
+
+    // No monitor runs: one container crashes, a person stops another (which ignores SIGTERM,
+    // so it ends with 137 like a kill), a third ends cleanly.
+    let crashed = Patient::start(
+        &docker,
+        &prefix,
+        "crashed",
+        PatientSpec::watched(&["run", "--exit-code", "3", "--after", "1"]),
+    )
+    .await;
+    let stopped = Patient::start(
+        &docker,
+        &prefix,
+        "stopped",
+        PatientSpec::watched(&["run", "--ignore-sigterm"]),
+    )
+    .await;
+    let clean = Patient::start(
+        &docker,
+        &prefix,
+        "clean",
+        PatientSpec::watched(&["run", "--exit-code", "0", "--after", "1"]),
+    )
+    .await;
+    stopped.cli(&["stop", "-t", "1"]);
+    let crashed_state = crashed.wait_for_exit(&docker, WAIT).await;
+    assert_eq!(crashed_state.exit_code, Some(3));
+    assert_eq!(
+        stopped.wait_for_exit(&docker, WAIT).await.exit_code,
+        Some(137)
+    );
+    assert_eq!(clean.wait_for_exit(&docker, WAIT).await.exit_code, Some(0));
+
+    let monitor = RunningMonitor::start(&redis.url(), &["--scope-label", &scope]).await;
+    let e = reader
+        .wait_for(WAIT, "the crash reported at start-up", |e| {
+            is(e, &crashed.name, "container_unhealthy", AlertKind::Died)
+        })
+        .await;
+    let a = container_alert(&e).unwrap();
+    assert_eq!(a.detected_by, Detection::Resync);
+    assert!(!a.user_initiated);
+    let finished: chrono::DateTime<chrono::Utc> = crashed_state
+        .finished_at
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let since = a.since.expect("since");
+    assert!(
+        (since - finished).num_milliseconds().abs() < 1,
+        "since {since} is not FinishedAt {finished}"
+    );
+    let state = a.state.as_ref().expect("state from inspect");
+    assert_eq!((state.exit_code, state.running), (Some(3), false));
+    assert_eq!(state.status, "exited");
+    let first_run = reader
+        .collect_for(Duration::from_secs(3), |e| {
+            about(e, &crashed.name) || about(e, &stopped.name) || about(e, &clean.name)
+        })
+        .await;
+    assert_eq!(
+        first_run.len(),
+        1,
+        "exactly one report, for the crash: {first_run:#?}"
+    );
+    assert!(monitor.stop().await);
+
+    // A redeploy: the monitor starts again. Another container crashed meanwhile; its report
+    // shows the second start-up has made its decisions, and the first crash is not among them.
+    let crashed_later = Patient::start(
+        &docker,
+        &prefix,
+        "crashed-later",
+        PatientSpec::watched(&["run", "--exit-code", "4", "--after", "0"]),
+    )
+    .await;
+    crashed_later.wait_for_exit(&docker, WAIT).await;
+    let monitor = RunningMonitor::start(&redis.url(), &["--scope-label", &scope]).await;
+    reader
+        .wait_for(WAIT, "the crash while the monitor was redeployed", |e| {
+            is(
+                e,
+                &crashed_later.name,
+                "container_unhealthy",
+                AlertKind::Died,
+            )
+        })
+        .await;
+    let all = reader
+        .collect_for(Duration::from_secs(2), |e| {
+            about(e, &crashed.name) || about(e, &stopped.name) || about(e, &clean.name)
+        })
+        .await;
+    assert_eq!(all.len(), 1, "reported again after the redeploy: {all:#?}");
+    assert!(monitor.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_death_reported_as_it_happened_is_not_reported_again_after_a_redeploy() {
+    let (redis, docker, monitor, mut reader, prefix) = setup!();
+    let crashed = Patient::start(
+        &docker,
+        &prefix,
+        "crashed",
+        PatientSpec::watched(&["run", "--exit-code", "3", "--after", "1"]),
+    )
+    .await;
+    let e = reader
+        .wait_for(WAIT, "the crash as it happened", |e| {
+            is(e, &crashed.name, "container_unhealthy", AlertKind::Died)
+        })
+        .await;
+    assert_eq!(container_alert(&e).unwrap().detected_by, Detection::Event);
+    assert!(monitor.stop().await);
+
+    // The container is still down when the monitor comes back. Another one crashed meanwhile:
+    // its report shows the new monitor has made its start-up decisions.
+    let crashed_later = Patient::start(
+        &docker,
+        &prefix,
+        "crashed-later",
+        PatientSpec::watched(&["run", "--exit-code", "4", "--after", "0"]),
+    )
+    .await;
+    crashed_later.wait_for_exit(&docker, WAIT).await;
+    let scope = scope_label(&prefix);
+    let monitor = RunningMonitor::start(&redis.url(), &["--scope-label", &scope]).await;
+    reader
+        .wait_for(WAIT, "the crash while the monitor was away", |e| {
+            is(
+                e,
+                &crashed_later.name,
+                "container_unhealthy",
+                AlertKind::Died,
+            )
+        })
+        .await;
+    let reports = reader
+        .collect_for(Duration::from_secs(2), |e| {
+            is(e, &crashed.name, "container_unhealthy", AlertKind::Died)
+        })
+        .await;
+    assert_eq!(reports.len(), 1, "reported again: {reports:#?}");
+    // It is still tracked: starting it again closes the problem.
+    crashed.cli(&["start"]);
+    let e = reader
+        .wait_for(WAIT, "the recovery of the death reported before", |e| {
+            is(e, &crashed.name, "container_recovered", AlertKind::Died)
+        })
+        .await;
+    assert!(container_alert(&e).unwrap().since.is_some());
     assert!(monitor.stop().await);
 }

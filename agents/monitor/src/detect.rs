@@ -6,11 +6,21 @@
 //! `die`; a crash, `docker kill` or an OOM kill has no `stop` at all. So a `die` that followed
 //! a non-SIGKILL `kill` is held for a short settle window to see whether `stop` follows; every
 //! other `die` is reported at once, which keeps crash detection instant.
+//!
+//! A `stop` is not yet a person's stop either: `docker restart` (and so every restart hemostat
+//! makes) is `kill` → `die` → `stop` → `start` → `restart`. So a `stop` is held for the restart
+//! settle window, and a `start` inside it makes the whole sequence a restart: nothing to report.
+//!
+//! At start-up the detector is told what the monitor's glue found out about containers that
+//! died while no monitor was watching ([`crate::startup`]); it reports and tracks them like any
+//! other problem.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use hemostat_common::events::{AlertKind, Detection};
+
+use crate::startup::{Startup, Verdict};
 
 /// The parts of a Docker event the detector needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +111,17 @@ struct Open {
     last_notified: Instant,
 }
 
+/// A `stop` held for the restart settle window, with what its report would say.
+#[derive(Debug)]
+struct HeldStop {
+    deadline: Instant,
+    stop: DockerEvent,
+    /// The exit code of the `die` that came before it.
+    exit: Option<i64>,
+    /// When the container stopped: its `die`, else the `stop` itself.
+    time_nano: i64,
+}
+
 #[derive(Debug, Default)]
 struct Tracked {
     name: String,
@@ -112,6 +133,8 @@ struct Tracked {
     pending_die: Option<(Instant, DockerEvent)>,
     /// An `oom` waiting to see whether `die` follows.
     pending_oom: Option<(Instant, DockerEvent)>,
+    /// A `stop` waiting to see whether `start` follows (then it was a restart).
+    pending_stop: Option<HeldStop>,
     running: bool,
     open: BTreeMap<AlertKind, Open>,
 }
@@ -123,6 +146,8 @@ pub struct DetectConfig {
     pub stop_settle: Duration,
     /// How long after a SIGTERM a `die` may still be that stop's (covers `docker stop -t`).
     pub stop_window: Duration,
+    /// How long a `stop` waits for the `start` that makes it a restart, not a person's stop.
+    pub restart_settle: Duration,
     /// How long an `oom` waits for the `die` that would make it an OOM kill.
     pub oom_settle: Duration,
     /// How often a problem that is still open is reported again.
@@ -134,6 +159,7 @@ impl Default for DetectConfig {
         DetectConfig {
             stop_settle: Duration::from_millis(300),
             stop_window: Duration::from_secs(600),
+            restart_settle: Duration::from_secs(1),
             oom_settle: Duration::from_millis(500),
             reminder_interval: Duration::from_secs(600),
         }
@@ -232,26 +258,24 @@ impl Detector {
                 }
             }
             "stop" => {
-                let pending = t.pending_die.take();
-                // A person took over: whatever failure was open is theirs now.
-                t.open.remove(&AlertKind::Died);
-                t.open.remove(&AlertKind::OomKilled);
-                let (exit, time) = match &pending {
-                    Some((_, die)) => (exit_code(die), die.time_nano),
+                // The `die` it follows is not a failure; whether it was a person's stop or a
+                // restart, the `start` that may follow decides.
+                let (exit, time_nano) = match t.pending_die.take() {
+                    Some((_, die)) => (exit_code(&die), die.time_nano),
                     None => (None, ev.time_nano),
                 };
-                out.push(decision(
-                    t,
-                    &ev,
-                    AlertKind::Stopped,
-                    Class::UserAction,
+                t.pending_stop = Some(HeldStop {
+                    deadline: now + self.cfg.restart_settle,
+                    stop: ev,
                     exit,
-                    time,
-                ));
+                    time_nano,
+                });
             }
             "start" => {
                 t.running = true;
                 t.term_kill_at = None;
+                // A `stop` then a `start` is a restart: neither a person's stop nor a failure.
+                t.pending_stop = None;
                 out.extend(settle_die(t, now));
                 for kind in [AlertKind::Died, AlertKind::OomKilled] {
                     if let Some(open) = t.open.remove(&kind) {
@@ -307,13 +331,15 @@ impl Detector {
         out
     }
 
-    /// Resolves a pending `die` (no `stop` came: a failure) and a pending `oom`.
+    /// Resolves a pending `die` (no `stop` came: a failure), a pending `stop` (no `start` came:
+    /// a person's stop) and a pending `oom`.
     fn flush_pending(&mut self, id: &str, now: Instant, include_oom: bool) -> Vec<Decision> {
         let mut out = Vec::new();
         let Some(t) = self.containers.get_mut(id) else {
             return out;
         };
         out.extend(settle_die(t, now));
+        out.extend(settle_stop(t));
         if include_oom && let Some((_, oom)) = t.pending_oom.take() {
             out.extend(problem(t, &oom, AlertKind::Oom, now));
         }
@@ -333,6 +359,7 @@ impl Detector {
                     .iter()
                     .map(|(d, _)| *d)
                     .chain(t.pending_oom.iter().map(|(d, _)| *d))
+                    .chain(t.pending_stop.iter().map(|s| s.deadline))
                     .chain(reminders)
             })
             .min()
@@ -348,6 +375,9 @@ impl Detector {
                 .is_some_and(|(deadline, _)| *deadline <= now)
             {
                 out.extend(settle_die(t, now));
+            }
+            if t.pending_stop.as_ref().is_some_and(|s| s.deadline <= now) {
+                out.extend(settle_stop(t));
             }
             if let Some((deadline, _)) = &t.pending_oom
                 && *deadline <= now
@@ -397,44 +427,77 @@ impl Detector {
         out
     }
 
-    /// Compares a fresh listing of in-scope containers with what the detector believed, after
-    /// the event stream was lost (`initial` = false) or at start-up (`initial` = true), and
-    /// reports what changed meanwhile. At start-up only current trouble (unhealthy) is
-    /// reported: an old exit is history, not news.
-    pub fn resync(&mut self, listed: &[Listed], initial: bool) -> Vec<Decision> {
+    /// The first listing, at start-up. Takes in every in-scope container; reports the deaths
+    /// that [`crate::startup::decide`] said to report and the containers unhealthy now; and
+    /// tracks, without reporting them again, the problems an earlier monitor already reported,
+    /// so that their reminders and recoveries still come.
+    pub fn start(&mut self, listed: &[Listed], startup: &Startup, now: Instant) -> Vec<Decision> {
+        self.containers.clear();
         let mut out = Vec::new();
-        let now = Instant::now();
+        for l in listed {
+            let t = self.track(l);
+            let death = startup.deaths.get(&l.id);
+            let open = death.and_then(|d| match d.verdict {
+                Verdict::Report(kind) => Some((d, kind, true)),
+                Verdict::AlreadyReported(kind) => Some((d, kind, false)),
+                Verdict::Skip(_) => None,
+            });
+            if let Some((death, kind, report)) = open {
+                t.open.insert(
+                    kind,
+                    Open {
+                        since_nano: death.finished_at_nano,
+                        last_notified: now,
+                    },
+                );
+                if report {
+                    out.push(listed_decision(
+                        l,
+                        t,
+                        kind,
+                        Class::Problem,
+                        death.exit_code,
+                        death.finished_at_nano,
+                    ));
+                }
+            }
+            if t.running && l.health.as_deref() == Some("unhealthy") {
+                let known = startup.open_unhealthy.get(&l.id);
+                t.open.insert(
+                    AlertKind::Unhealthy,
+                    Open {
+                        since_nano: known.copied().flatten(),
+                        last_notified: now,
+                    },
+                );
+                if known.is_none() {
+                    out.push(listed_decision(
+                        l,
+                        t,
+                        AlertKind::Unhealthy,
+                        Class::Problem,
+                        None,
+                        None,
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Compares a fresh listing of in-scope containers with what the detector believed, after
+    /// the event stream was lost, and reports what changed meanwhile.
+    pub fn resync(&mut self, listed: &[Listed], now: Instant) -> Vec<Decision> {
+        let mut out = Vec::new();
         let present: HashSet<&str> = listed.iter().map(|l| l.id.as_str()).collect();
         self.containers
             .retain(|id, _| present.contains(id.as_str()));
         for l in listed {
             let known = self.containers.contains_key(&l.id);
-            let t = self.containers.entry(l.id.clone()).or_default();
-            t.name = l.name.clone();
-            t.image = l.image.clone();
-            if t.attributes.is_empty() {
-                t.attributes = l.labels.clone();
-                t.attributes.insert("name".into(), l.name.clone());
-                t.attributes.insert("image".into(), l.image.clone());
-            }
-            let running = l.state == "running";
-            let was_running = t.running;
-            t.running = running;
-            let mk = |t: &Tracked, kind, class, exit| Decision {
-                container_id: l.id.clone(),
-                name: t.name.clone(),
-                image: t.image.clone(),
-                attributes: t.attributes.clone(),
-                kind,
-                class,
-                detected_by: Detection::Resync,
-                exit_code: exit,
-                reminder: false,
-                event_time_nano: None,
-                since_nano: None,
-            };
-            if !initial
-                && known
+            let was_running = self.containers.get(&l.id).is_some_and(|t| t.running);
+            let t = self.track(l);
+            let running = t.running;
+            if known
                 && was_running
                 && !running
                 && l.state != "paused"
@@ -447,12 +510,19 @@ impl Detector {
                         last_notified: now,
                     },
                 );
-                out.push(mk(t, AlertKind::Died, Class::Problem, l.exit_code));
+                out.push(listed_decision(
+                    l,
+                    t,
+                    AlertKind::Died,
+                    Class::Problem,
+                    l.exit_code,
+                    None,
+                ));
             }
             if running {
                 for kind in [AlertKind::Died, AlertKind::OomKilled] {
                     if t.open.remove(&kind).is_some() {
-                        out.push(mk(t, kind, Class::Recovered, None));
+                        out.push(listed_decision(l, t, kind, Class::Recovered, None, None));
                     }
                 }
             }
@@ -465,21 +535,89 @@ impl Detector {
                         last_notified: now,
                     },
                 );
-                out.push(mk(t, AlertKind::Unhealthy, Class::Problem, None));
+                out.push(listed_decision(
+                    l,
+                    t,
+                    AlertKind::Unhealthy,
+                    Class::Problem,
+                    None,
+                    None,
+                ));
             } else if !unhealthy
                 && l.health.as_deref() == Some("healthy")
                 && t.open.remove(&AlertKind::Unhealthy).is_some()
             {
-                out.push(mk(t, AlertKind::Unhealthy, Class::Recovered, None));
+                out.push(listed_decision(
+                    l,
+                    t,
+                    AlertKind::Unhealthy,
+                    Class::Recovered,
+                    None,
+                    None,
+                ));
             }
         }
         out
+    }
+
+    /// Takes in a listed container's name, image, labels and whether it runs.
+    fn track(&mut self, l: &Listed) -> &mut Tracked {
+        let t = self.containers.entry(l.id.clone()).or_default();
+        t.name = l.name.clone();
+        t.image = l.image.clone();
+        if t.attributes.is_empty() {
+            t.attributes = l.labels.clone();
+            t.attributes.insert("name".into(), l.name.clone());
+            t.attributes.insert("image".into(), l.image.clone());
+        }
+        t.running = l.state == "running";
+        t
     }
 
     /// Number of containers with state (for metrics).
     pub fn tracked(&self) -> usize {
         self.containers.len()
     }
+}
+
+/// A decision from a listing rather than an event.
+fn listed_decision(
+    l: &Listed,
+    t: &Tracked,
+    kind: AlertKind,
+    class: Class,
+    exit: Option<i64>,
+    since_nano: Option<i64>,
+) -> Decision {
+    Decision {
+        container_id: l.id.clone(),
+        name: t.name.clone(),
+        image: t.image.clone(),
+        attributes: t.attributes.clone(),
+        kind,
+        class,
+        detected_by: Detection::Resync,
+        exit_code: exit,
+        reminder: false,
+        event_time_nano: None,
+        since_nano,
+    }
+}
+
+/// A held `stop` whose `start` never came: a person's stop. Whatever failure was open is
+/// theirs now.
+fn settle_stop(t: &mut Tracked) -> Option<Decision> {
+    let held = t.pending_stop.take()?;
+    t.open.remove(&AlertKind::Died);
+    t.open.remove(&AlertKind::OomKilled);
+    Some(decision(
+        t,
+        &held.stop,
+        AlertKind::Stopped,
+        Class::UserAction,
+        held.exit,
+        held.time_nano,
+    ))
 }
 
 /// A held `die` whose `stop` never came: a failure (an OOM kill if an `oom` preceded it).
@@ -563,8 +701,8 @@ mod tests {
         }
     }
 
-    /// Feeds `(ms offset, action, attributes)` in order, ticking between events and after
-    /// the last one long enough for every settle window, and returns `(kind, class, exit)`.
+    /// Feeds `(ms offset, action, attributes)` in order, ticking between events and, 5 s after
+    /// the last one, long enough for every settle window; returns `(kind, class, exit)`.
     type Step<'a> = (u64, &'a str, &'a [(&'a str, &'a str)]);
 
     fn check(steps: &[Step<'_>]) -> Vec<(AlertKind, Class, Option<i64>)> {
@@ -576,7 +714,8 @@ mod tests {
             out.extend(d.on_tick(now));
             out.extend(d.on_event(ev(action, attrs, *ms as i64 + 1), now));
         }
-        let end = t0 + Duration::from_secs(5);
+        let last = steps.last().map_or(0, |(ms, _, _)| *ms);
+        let end = t0 + MS * (last as u32) + Duration::from_secs(5);
         out.extend(d.on_tick(end));
         out.into_iter()
             .map(|d| (d.kind, d.class, d.exit_code))
@@ -695,8 +834,8 @@ mod tests {
     }
 
     #[test]
-    fn docker_restart_is_a_person() {
-        // docker restart: kill(15), die, stop, start, restart
+    fn docker_restart_is_not_a_stop_and_not_a_failure() {
+        // docker restart (and every restart hemostat makes): kill(15), die, stop, start, restart
         assert_eq!(
             check(&[
                 (0, "kill", &[("signal", "15")]),
@@ -705,8 +844,113 @@ mod tests {
                 (40, "start", &[]),
                 (41, "restart", &[]),
             ]),
-            [(Stopped, UserAction, Some(0))]
+            []
         );
+    }
+
+    #[test]
+    fn restarts_and_stops_are_told_apart_by_the_start() {
+        type Case<'a> = (
+            &'a str,
+            &'a [Step<'a>],
+            &'a [(AlertKind, Class, Option<i64>)],
+        );
+        let cases: &[Case<'_>] = &[
+            (
+                "restart that needs SIGKILL after the stop timeout",
+                &[
+                    (0, "kill", &[("signal", "15")]),
+                    (10_000, "kill", &[("signal", "9")]),
+                    (10_005, "die", &[("exitCode", "137")]),
+                    (10_013, "stop", &[]),
+                    (10_250, "start", &[]),
+                    (10_251, "restart", &[]),
+                ],
+                &[],
+            ),
+            (
+                "stop, then a start after the window: a stop, nothing for the start",
+                &[
+                    (0, "kill", &[("signal", "15")]),
+                    (20, "die", &[("exitCode", "0")]),
+                    (28, "stop", &[]),
+                    (1_500, "start", &[]),
+                ],
+                &[(Stopped, UserAction, Some(0))],
+            ),
+            (
+                "stop, then destroy: the stop",
+                &[
+                    (0, "kill", &[("signal", "15")]),
+                    (20, "die", &[("exitCode", "143")]),
+                    (28, "stop", &[]),
+                    (30, "destroy", &[]),
+                ],
+                &[(Stopped, UserAction, Some(143))],
+            ),
+            (
+                "restart of an unhealthy container: the problem stays open until healthy",
+                &[
+                    (0, "health_status: unhealthy", &[]),
+                    (100, "kill", &[("signal", "15")]),
+                    (110, "die", &[("exitCode", "0")]),
+                    (118, "stop", &[]),
+                    (300, "start", &[]),
+                    (301, "restart", &[]),
+                    (3_000, "health_status: healthy", &[]),
+                ],
+                &[(Unhealthy, Problem, None), (Unhealthy, Recovered, None)],
+            ),
+            (
+                "restart of a crashed container (no stop: it was not running)",
+                &[
+                    (0, "die", &[("exitCode", "1")]),
+                    (500, "start", &[]),
+                    (501, "restart", &[]),
+                ],
+                &[(Died, Problem, Some(1)), (Died, Recovered, None)],
+            ),
+        ];
+        for (what, steps, want) in cases {
+            assert_eq!(check(steps), *want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_stop_is_reported_when_the_restart_window_closes_or_at_once_on_destroy() {
+        let mut d = Detector::new(DetectConfig::default());
+        let t0 = Instant::now();
+        assert!(
+            d.on_event(ev("kill", &[("signal", "15")], 1), t0)
+                .is_empty()
+        );
+        assert!(
+            d.on_event(ev("die", &[("exitCode", "0")], 2), t0 + MS)
+                .is_empty()
+        );
+        assert!(d.on_event(ev("stop", &[], 3), t0 + 9 * MS).is_empty());
+        let window = t0 + 9 * MS + DetectConfig::default().restart_settle;
+        assert_eq!(d.next_deadline(), Some(window));
+        assert!(d.on_tick(window - MS).is_empty(), "inside the window");
+        let out = d.on_tick(window);
+        assert_eq!(
+            out.iter()
+                .map(|d| (d.kind, d.class, d.exit_code, d.event_time_nano))
+                .collect::<Vec<_>>(),
+            [(Stopped, UserAction, Some(0), Some(2_000_000))],
+            "the stop, timed at its die"
+        );
+        assert_eq!(out[0].container_id, "c1");
+
+        let mut d = Detector::new(DetectConfig::default());
+        d.on_event(ev("stop", &[], 3), t0);
+        let out = d.on_event(ev("destroy", &[], 4), t0 + MS);
+        assert_eq!(
+            out.iter().map(|d| (d.kind, d.class)).collect::<Vec<_>>(),
+            [(Stopped, UserAction)],
+            "a destroy settles a held stop at once"
+        );
+        assert!(d.on_tick(t0 + Duration::from_secs(5)).is_empty());
     }
 
     #[test]
@@ -755,10 +999,8 @@ mod tests {
         assert!(d.on_tick(t0 + Duration::from_secs(90)).is_empty());
     }
 
-    #[test]
-    fn resync_reports_what_happened_while_blind() {
-        let mut d = Detector::new(DetectConfig::default());
-        let listed = |state: &str, health: Option<&str>, exit| Listed {
+    fn listed(state: &str, health: Option<&str>, exit: Option<i64>) -> Listed {
+        Listed {
             id: "c1".into(),
             name: "web".into(),
             image: "patient".into(),
@@ -766,23 +1008,161 @@ mod tests {
             state: state.into(),
             exit_code: exit,
             health: health.map(str::to_owned),
-        };
-        assert!(d.resync(&[listed("running", None, None)], true).is_empty());
-        let out = d.resync(&[listed("exited", None, Some(2))], false);
+        }
+    }
+
+    #[test]
+    fn resync_reports_what_happened_while_blind() {
+        let mut d = Detector::new(DetectConfig::default());
+        let now = Instant::now();
+        assert!(
+            d.start(&[listed("running", None, None)], &Startup::default(), now)
+                .is_empty()
+        );
+        let out = d.resync(&[listed("exited", None, Some(2))], now);
         assert_eq!(
             out.iter()
                 .map(|d| (d.kind, d.class, d.exit_code, d.detected_by))
                 .collect::<Vec<_>>(),
             [(Died, Problem, Some(2), Detection::Resync)]
         );
-        let out = d.resync(&[listed("running", Some("unhealthy"), None)], false);
+        let out = d.resync(&[listed("running", Some("unhealthy"), None)], now);
         assert_eq!(
             out.iter().map(|d| (d.kind, d.class)).collect::<Vec<_>>(),
             [(Died, Recovered), (Unhealthy, Problem)]
         );
         assert!(
-            d.resync(&[listed("running", Some("unhealthy"), None)], false)
+            d.resync(&[listed("running", Some("unhealthy"), None)], now)
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn start_up_reports_what_it_was_told_and_tracks_the_rest() {
+        use crate::startup::{Death, Skip};
+        const FINISHED: i64 = 1_800_000_000_000_000_000;
+        let death = |verdict| Death {
+            verdict,
+            exit_code: Some(3),
+            finished_at_nano: Some(FINISHED),
+        };
+        let with_death = |verdict| Startup {
+            deaths: HashMap::from([("c1".to_owned(), death(verdict))]),
+            ..Startup::default()
+        };
+        let exited = listed("exited", None, Some(3));
+        let sick = listed("running", Some("unhealthy"), None);
+        let open_since = Some(5);
+        // (what, listing, start-up facts, reported at start-up, then the event, its decisions)
+        type Row<'a> = (
+            &'a str,
+            Listed,
+            Startup,
+            Vec<(AlertKind, Class, Option<i64>, Option<i64>)>,
+            &'a str,
+            Vec<(AlertKind, Class, Option<i64>)>,
+        );
+        let cases: Vec<Row<'_>> = vec![
+            (
+                "a death to report, then its recovery",
+                exited.clone(),
+                with_death(Verdict::Report(Died)),
+                vec![(Died, Problem, Some(3), Some(FINISHED))],
+                "start",
+                vec![(Died, Recovered, Some(FINISHED))],
+            ),
+            (
+                "an OOM kill to report",
+                exited.clone(),
+                with_death(Verdict::Report(OomKilled)),
+                vec![(OomKilled, Problem, Some(3), Some(FINISHED))],
+                "start",
+                vec![(OomKilled, Recovered, Some(FINISHED))],
+            ),
+            (
+                "a death reported before: silent, but its recovery comes",
+                exited.clone(),
+                with_death(Verdict::AlreadyReported(Died)),
+                vec![],
+                "start",
+                vec![(Died, Recovered, Some(FINISHED))],
+            ),
+            (
+                "a death not to report: nothing, and nothing on start",
+                exited.clone(),
+                with_death(Verdict::Skip(Skip::CannotTell)),
+                vec![],
+                "start",
+                vec![],
+            ),
+            (
+                "unhealthy now and not open in the stream: reported",
+                sick.clone(),
+                Startup::default(),
+                vec![(Unhealthy, Problem, None, None)],
+                "health_status: healthy",
+                vec![(Unhealthy, Recovered, None)],
+            ),
+            (
+                "unhealthy now and open in the stream: silent, the recovery keeps its since",
+                sick.clone(),
+                Startup {
+                    open_unhealthy: HashMap::from([("c1".to_owned(), open_since)]),
+                    ..Startup::default()
+                },
+                vec![],
+                "health_status: healthy",
+                vec![(Unhealthy, Recovered, open_since)],
+            ),
+        ];
+        for (what, l, startup, want_start, action, want_after) in cases {
+            let mut d = Detector::new(DetectConfig::default());
+            let now = Instant::now();
+            let out = d.start(&[l], &startup, now);
+            assert_eq!(
+                out.iter()
+                    .map(|d| (d.kind, d.class, d.exit_code, d.since_nano))
+                    .collect::<Vec<_>>(),
+                want_start,
+                "{what}"
+            );
+            assert!(
+                out.iter().all(|d| d.detected_by == Detection::Resync),
+                "{what}"
+            );
+            let out = d.on_event(ev(action, &[], 10), now);
+            assert_eq!(
+                out.iter()
+                    .map(|d| (d.kind, d.class, d.since_nano))
+                    .collect::<Vec<_>>(),
+                want_after,
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_problem_tracked_silently_at_start_up_is_reminded() {
+        let cfg = DetectConfig {
+            reminder_interval: Duration::from_secs(60),
+            ..DetectConfig::default()
+        };
+        let mut d = Detector::new(cfg);
+        let t0 = Instant::now();
+        let startup = Startup {
+            open_unhealthy: HashMap::from([("c1".to_owned(), Some(5))]),
+            ..Startup::default()
+        };
+        assert!(
+            d.start(&[listed("running", Some("unhealthy"), None)], &startup, t0)
+                .is_empty()
+        );
+        let r = d.on_tick(t0 + Duration::from_secs(61));
+        assert_eq!(
+            r.iter()
+                .map(|d| (d.kind, d.reminder, d.since_nano, d.container_id.as_str()))
+                .collect::<Vec<_>>(),
+            [(Unhealthy, true, Some(5), "c1")]
         );
     }
 

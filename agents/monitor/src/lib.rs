@@ -1,7 +1,8 @@
 //! hemostat-monitor: watches Docker containers and the host and publishes what goes wrong.
 //!
 //! Three loops run side by side, each owning its own state:
-//! - [`watch_events`]: Docker's event stream → [`detect::Detector`] → `health_alert`, at once.
+//! - [`watch_events`]: Docker's event stream → [`detect::Detector`] → `health_alert`, at once;
+//!   at start-up, also the deaths that happened while no monitor was running ([`startup`]).
 //! - [`watch_stats`]: one-shot stats for every watched container, concurrently → samples on
 //!   `hemostat:metrics`, thresholds and baselines ([`judge`]) → `health_alert` on transitions.
 //! - [`watch_host`]: host CPU, memory, disk and Docker's disk use → samples and host alerts.
@@ -13,6 +14,7 @@ pub mod detect;
 pub mod host;
 pub mod judge;
 pub use hemostat_common::scope;
+pub mod startup;
 pub mod stats;
 
 use std::collections::{HashMap, HashSet};
@@ -29,15 +31,16 @@ use bollard::query_parameters::{
 use chrono::{DateTime, TimeZone, Utc};
 use futures::StreamExt;
 use hemostat_common::agent::AgentContext;
-use hemostat_common::bus::Backoff;
+use hemostat_common::bus::{Backoff, Bus};
 pub use hemostat_common::docker::connect_docker;
 use hemostat_common::docker::container_state;
 use hemostat_common::events::{
-    AlertKind, Breach, ContainerAlert, ContainerRef, ContainerSample, ContainerState, Detection,
-    DockerDiskUsage, Envelope, HostAlert, HostAlertKind, HostSample, MetricsBatch, Payload,
-    Severity,
+    AlertKind, Breach, Channel, ContainerAlert, ContainerRef, ContainerSample, ContainerState,
+    Detection, DockerDiskUsage, Envelope, HostAlert, HostAlertKind, HostSample, MetricsBatch,
+    Payload, Severity,
 };
 use hemostat_common::http::Health;
+use hemostat_common::scope::Scope;
 use hemostat_common::shutdown::Shutdown;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -46,6 +49,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use crate::config::MonitorConfig;
 use crate::detect::{Class, Decision, Detector, DockerEvent, Listed};
 use crate::judge::{Baseline, Threshold, Transition, Watch};
+use crate::startup::{EventHistory, Exit, Reported, Startup, Triage, Verdict};
 
 /// The agent's name on the bus.
 pub const AGENT: &str = "monitor";
@@ -128,7 +132,8 @@ pub async fn host_id(docker: &Docker, configured: Option<&str>) -> anyhow::Resul
         .context("docker info has no name; set HEMOSTAT_HOST_ID")
 }
 
-/// Starts the monitor's loops on `ctx.tracker`. They run until `ctx.shutdown`.
+/// Starts the monitor's loops on `ctx.tracker`. They run until `ctx.shutdown`; one that ends
+/// or panics before that stops the agent.
 pub fn spawn(cfg: MonitorConfig, docker: Docker, ctx: &AgentContext) {
     let cfg = Arc::new(cfg);
     let metrics = MonitorMetrics::new(ctx);
@@ -140,21 +145,30 @@ pub fn spawn(cfg: MonitorConfig, docker: Docker, ctx: &AgentContext) {
         docker_up: ctx.metrics.docker_up.clone(),
         known: Arc::default(),
     };
-    ctx.tracker.spawn(watch_events(
-        cfg.clone(),
-        docker.clone(),
-        out.clone(),
-        ctx.health.clone(),
-        ctx.shutdown.clone(),
-    ));
-    ctx.tracker.spawn(watch_stats(
-        cfg.clone(),
-        docker.clone(),
-        out.clone(),
-        ctx.shutdown.clone(),
-    ));
-    ctx.tracker
-        .spawn(watch_host(cfg, docker, out, ctx.shutdown.clone()));
+    ctx.spawn_critical(
+        "watch_events",
+        watch_events(
+            cfg.clone(),
+            docker.clone(),
+            out.clone(),
+            ctx.bus.clone(),
+            ctx.health.clone(),
+            ctx.shutdown.clone(),
+        ),
+    );
+    ctx.spawn_critical(
+        "watch_stats",
+        watch_stats(
+            cfg.clone(),
+            docker.clone(),
+            out.clone(),
+            ctx.shutdown.clone(),
+        ),
+    );
+    ctx.spawn_critical(
+        "watch_host",
+        watch_host(cfg, docker, out, ctx.shutdown.clone()),
+    );
 }
 
 /// Where the loops send what they produce.
@@ -411,7 +425,7 @@ fn listed(c: &ContainerSummary) -> Option<Listed> {
 async fn list_in_scope(
     docker: &Docker,
     all: bool,
-    monitor_all: bool,
+    scope: &Scope,
 ) -> Result<Vec<Listed>, bollard::errors::Error> {
     let list = docker
         .list_containers(Some(ListContainersOptionsBuilder::new().all(all).build()))
@@ -419,8 +433,200 @@ async fn list_in_scope(
     Ok(list
         .iter()
         .filter_map(listed)
-        .filter(|l| scope::in_scope(&l.labels, monitor_all))
+        .filter(|l| scope.contains(&l.labels))
         .collect())
+}
+
+/// Gathers what [`Detector::start`] needs, once, at start-up: what the `health_alert` stream
+/// already holds, and for each container found dead, its inspect and, only for those still
+/// undecided after that, Docker's event history. The decisions are [`startup`]'s.
+async fn gather_startup(
+    docker: &Docker,
+    out: &Out,
+    bus: &Bus,
+    listed: &[Listed],
+    lookback: Duration,
+) -> Startup {
+    let started = Instant::now();
+    let reported = read_reported(bus, &out.host).await;
+    let mut facts = Startup::default();
+    for l in listed
+        .iter()
+        .filter(|l| l.state == "running" && l.health.as_deref() == Some("unhealthy"))
+    {
+        if let Some(since) = reported.open_unhealthy(&l.id) {
+            tracing::info!(container = %l.name, "unhealthy, and already reported before this start");
+            facts.open_unhealthy.insert(l.id.clone(), since);
+        }
+    }
+    if lookback.is_zero() {
+        return facts;
+    }
+    let dead: Vec<Listed> = listed
+        .iter()
+        .filter(|l| matches!(l.state.as_str(), "exited" | "dead") && l.exit_code != Some(0))
+        .cloned()
+        .collect();
+    let inspected: Vec<(Listed, Option<Exit>)> = futures::stream::iter(dead)
+        .map(|l| async move {
+            let exit = inspect_exit(docker, out, &l.id).await;
+            (l, exit)
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let now_nano = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    // Asked at most once, and only if some death needs it.
+    let mut history: Option<Option<EventHistory>> = None;
+    for (l, exit) in inspected {
+        let Some(exit) = exit else { continue };
+        let verdict = match startup::triage(&l.id, &exit, &reported, now_nano, lookback) {
+            Triage::Decided(v) => v,
+            Triage::AskHistory(kind) => {
+                if history.is_none() {
+                    history = Some(event_history(docker).await);
+                }
+                let stop = match (
+                    history.as_ref().and_then(Option::as_ref),
+                    exit.finished_at_nano,
+                ) {
+                    (Some(h), Some(finished)) => h.stop_history(&l.id, finished),
+                    _ => startup::StopHistory::CannotTell,
+                };
+                startup::settle(kind, stop)
+            }
+        };
+        match verdict {
+            Verdict::Report(kind) => {
+                tracing::info!(container = %l.name, kind = kind.as_str(), exit_code = exit.exit_code,
+                    "died while the monitor was not running; reporting it");
+            }
+            Verdict::AlreadyReported(kind) => {
+                tracing::debug!(container = %l.name, kind = kind.as_str(), "death already reported");
+            }
+            Verdict::Skip(skip @ (startup::Skip::CannotTell | startup::Skip::StoppedByAPerson)) => {
+                tracing::info!(container = %l.name, exit_code = exit.exit_code, "{}", skip.reason());
+            }
+            Verdict::Skip(skip) => {
+                tracing::debug!(container = %l.name, exit_code = exit.exit_code, "{}", skip.reason());
+            }
+        }
+        facts.deaths.insert(
+            l.id.clone(),
+            startup::Death {
+                verdict,
+                exit_code: exit.exit_code,
+                finished_at_nano: exit.finished_at_nano,
+            },
+        );
+    }
+    tracing::info!(
+        dead = facts.deaths.len(),
+        reported = facts
+            .deaths
+            .values()
+            .filter(|d| matches!(d.verdict, Verdict::Report(_)))
+            .count(),
+        took_ms = started.elapsed().as_secs_f64() * 1e3,
+        "checked for deaths while the monitor was not running"
+    );
+    facts
+}
+
+/// The newest [`startup::HISTORY_ENTRIES`] of the `health_alert` stream, read once. If Redis
+/// does not answer, start-up goes on without it: a death may then be reported a second time,
+/// which the responder answers with `skipped` if the container runs again by then, while a
+/// death never reported would never be healed.
+async fn read_reported(bus: &Bus, host: &str) -> Reported {
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(2));
+    for attempt in 1..=4 {
+        match bus
+            .recent(Channel::HealthAlert, startup::HISTORY_ENTRIES)
+            .await
+        {
+            Ok(envs) => return Reported::from_envelopes(&envs, host),
+            Err(e) if attempt < 4 => {
+                tracing::debug!(error = %e, "cannot read the health_alert stream yet");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e,
+                    "cannot read the health_alert stream; problems found at start-up are reported even if an earlier monitor reported them");
+            }
+        }
+    }
+    Reported::default()
+}
+
+/// How a container that is not running ended, from inspect; `None` if it is gone or runs again.
+async fn inspect_exit(docker: &Docker, out: &Out, id: &str) -> Option<Exit> {
+    let i = docker
+        .inspect_container(id, None::<InspectContainerOptions>)
+        .await
+        .ok()?;
+    out.remember(id, container_state(&i));
+    let st = i.state.as_ref()?;
+    if st.running == Some(true) {
+        return None;
+    }
+    Some(Exit {
+        exit_code: st.exit_code,
+        oom_killed: st.oom_killed.unwrap_or(false),
+        finished_at_nano: st
+            .finished_at
+            .as_deref()
+            .and_then(|t| t.parse::<DateTime<Utc>>().ok())
+            .and_then(|t| t.timestamp_nanos_opt()),
+    })
+}
+
+/// Everything Docker's event history still holds (its newest 256 events), in one call, so the
+/// oldest event and each container's `start`s and `stop`s come from one consistent snapshot.
+/// `None` if Docker could not be asked.
+async fn event_history(docker: &Docker) -> Option<EventHistory> {
+    let now = Utc::now();
+    let opts = EventsOptionsBuilder::new()
+        .since("1")
+        // Now, to the nanosecond: Docker holds an events call open until `until` has passed.
+        .until(&format!(
+            "{}.{:09}",
+            now.timestamp(),
+            now.timestamp_subsec_nanos()
+        ))
+        .build();
+    let all = tokio::time::timeout(
+        Duration::from_secs(5),
+        docker.events(Some(opts)).take(10_000).collect::<Vec<_>>(),
+    )
+    .await;
+    let all = match all {
+        Ok(all) => all,
+        Err(_) => {
+            tracing::warn!("docker's event history did not answer in 5 s");
+            return None;
+        }
+    };
+    let mut oldest = None;
+    let mut containers = Vec::new();
+    for msg in all {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read docker's event history");
+                return None;
+            }
+        };
+        let time = msg
+            .time_nano
+            .or_else(|| msg.time.map(|t| t.saturating_mul(1_000_000_000)));
+        oldest = oldest.or(time);
+        if msg.typ == Some(bollard::models::EventMessageTypeEnum::CONTAINER)
+            && let (Some(id), Some(action)) = (msg.actor.and_then(|a| a.id), msg.action)
+        {
+            containers.push((id, action));
+        }
+    }
+    Some(EventHistory::new(oldest, containers))
 }
 
 /// Follows Docker's event stream, re-establishing it with backoff when it drops. Each
@@ -430,6 +636,7 @@ async fn watch_events(
     cfg: Arc<MonitorConfig>,
     docker: Docker,
     out: Out,
+    bus: Bus,
     health: Health,
     shutdown: Shutdown,
 ) {
@@ -441,10 +648,21 @@ async fn watch_events(
         // of this listing on are then replayed by Docker (`since`), so there is no gap between
         // the listing and the stream.
         let listed_at = Utc::now();
-        match list_in_scope(&docker, true, cfg.monitor_all).await {
+        match list_in_scope(&docker, true, &cfg.scope).await {
             Ok(listed) => {
                 out.docker_ok(true);
-                for d in detector.resync(&listed, initial) {
+                let decisions = if initial {
+                    let startup = tokio::select! {
+                        // A shutdown need not wait for start-up's Docker and Redis calls.
+                        () = shutdown.cancelled() => return,
+                        // What died while no monitor was running, and what was reported then.
+                        s = gather_startup(&docker, &out, &bus, &listed, cfg.startup_lookback) => s,
+                    };
+                    detector.start(&listed, &startup, Instant::now())
+                } else {
+                    detector.resync(&listed, Instant::now())
+                };
+                for d in decisions {
                     tokio::spawn(publish_decision(docker.clone(), out.clone(), d));
                 }
                 initial = false;
@@ -505,7 +723,7 @@ async fn watch_events(
                     if ev.action == "destroy" {
                         out.forget(&ev.id);
                     }
-                    if !scope::in_scope(&ev.attributes, cfg.monitor_all) {
+                    if !cfg.scope.contains(&ev.attributes) {
                         continue;
                     }
                     tracing::debug!(container = ev.name(), action = %ev.action,
@@ -583,7 +801,7 @@ async fn watch_stats(cfg: Arc<MonitorConfig>, docker: Docker, out: Out, shutdown
             _ = tick.tick() => {}
         }
         let started = Instant::now();
-        let listed = match list_in_scope(&docker, false, cfg.monitor_all).await {
+        let listed = match list_in_scope(&docker, false, &cfg.scope).await {
             Ok(l) => {
                 out.docker_ok(true);
                 l
@@ -896,72 +1114,85 @@ async fn watch_host(cfg: Arc<MonitorConfig>, docker: Docker, out: Out, shutdown:
                 .count() as u32;
         }
 
-        let now = Instant::now();
-        let checks = [
-            (
-                HostAlertKind::DiskPressure,
-                Some(sample.disk_percent),
-                cfg.disk_threshold,
-                "disk",
-            ),
-            (
-                HostAlertKind::MemoryPressure,
-                Some(sample.memory_percent),
-                cfg.host_memory_threshold,
-                "memory",
-            ),
-            (
-                HostAlertKind::CpuPressure,
-                sample.cpu_percent,
-                cfg.host_cpu_threshold,
-                "CPU",
-            ),
-        ];
-        for (kind, value, threshold, what) in checks {
-            let Some(value) = value else { continue };
-            let breach = (value >= threshold).then_some(if value >= (threshold + 100.0) / 2.0 {
-                Severity::Critical
-            } else {
-                Severity::Warning
-            });
-            // Disk and memory are slow-moving states: one sample is enough. CPU needs a run.
-            let sustain = if kind == HostAlertKind::CpuPressure {
-                cfg.breach_samples
-            } else {
-                1
-            };
-            let watch = watches.entry(kind).or_default();
-            let Some(t) = watch.observe(breach, sustain, cfg.detect.reminder_interval, now) else {
-                continue;
-            };
-            let (payload_recovered, severity, reminder) = match t {
-                Transition::Fire { severity, .. } => (false, severity, false),
-                Transition::Remind { severity, .. } => (false, severity, true),
-                Transition::Clear => (true, Severity::Info, false),
-            };
-            let summary = if payload_recovered {
-                format!("host {what} use is back under {threshold:.0} % ({value:.1} %)")
-            } else {
-                format!("host {what} use is {value:.1} %, over {threshold:.0} %")
-            };
-            let alert = HostAlert {
-                kind,
-                severity,
-                summary,
-                reminder,
-                sample: sample.clone(),
-                threshold: Some(threshold),
-            };
-            tracing::info!(kind = ?kind, value, threshold, recovered = payload_recovered, "host alert");
-            out.alert(if payload_recovered {
-                Payload::HostRecovered(alert)
-            } else {
-                Payload::HostUnhealthy(alert)
-            })
-            .await;
+        for alert in judge_host(&mut watches, &cfg, &sample, Instant::now()) {
+            out.alert(alert).await;
         }
         out.sample(Payload::HostMetrics(sample));
     }
+}
+
+/// Runs one host sample through the disk, memory and CPU thresholds; returns the alerts to
+/// publish. Each must hold for `host_breach_samples` consecutive samples to fire (a disk that
+/// fills for one sample while a big image is unpacked is not pressure) and to clear.
+fn judge_host(
+    watches: &mut HashMap<HostAlertKind, Watch>,
+    cfg: &MonitorConfig,
+    sample: &HostSample,
+    now: Instant,
+) -> Vec<Payload> {
+    let checks = [
+        (
+            HostAlertKind::DiskPressure,
+            Some(sample.disk_percent),
+            cfg.disk_threshold,
+            "disk",
+        ),
+        (
+            HostAlertKind::MemoryPressure,
+            Some(sample.memory_percent),
+            cfg.host_memory_threshold,
+            "memory",
+        ),
+        (
+            HostAlertKind::CpuPressure,
+            sample.cpu_percent,
+            cfg.host_cpu_threshold,
+            "CPU",
+        ),
+    ];
+    let mut alerts = Vec::new();
+    for (kind, value, threshold, what) in checks {
+        let Some(value) = value else { continue };
+        let breach = (value >= threshold).then_some(if value >= (threshold + 100.0) / 2.0 {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        });
+        let watch = watches.entry(kind).or_default();
+        let Some(t) = watch.observe(
+            breach,
+            cfg.host_breach_samples,
+            cfg.detect.reminder_interval,
+            now,
+        ) else {
+            continue;
+        };
+        let (recovered, severity, reminder) = match t {
+            Transition::Fire { severity, .. } => (false, severity, false),
+            Transition::Remind { severity, .. } => (false, severity, true),
+            Transition::Clear => (true, Severity::Info, false),
+        };
+        let summary = if recovered {
+            format!("host {what} use is back under {threshold:.0} % ({value:.1} %)")
+        } else {
+            format!("host {what} use is {value:.1} %, over {threshold:.0} %")
+        };
+        let alert = HostAlert {
+            kind,
+            severity,
+            summary,
+            reminder,
+            sample: sample.clone(),
+            threshold: Some(threshold),
+        };
+        tracing::info!(kind = ?kind, value, threshold, recovered, reminder, "host alert");
+        alerts.push(if recovered {
+            Payload::HostRecovered(alert)
+        } else {
+            Payload::HostUnhealthy(alert)
+        });
+    }
+    alerts
 }
 
 fn pct(used: u64, total: u64) -> f64 {
@@ -1070,6 +1301,82 @@ mod tests {
             severity_of(AlertKind::CpuHigh, Class::Problem, None),
             Severity::Warning
         );
+    }
+
+    fn config(args: &[&str]) -> MonitorConfig {
+        let mut all = vec!["hemostat-monitor"];
+        all.extend_from_slice(args);
+        let a: config::MonitorArgs =
+            hemostat_common::config::parse_from(all).unwrap_or_else(|e| panic!("{e}"));
+        a.validate().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn host_pressure_must_last_and_every_host_alert_carries_its_threshold() {
+        let cfg = config(&[
+            "--disk-threshold",
+            "50",
+            "--host-memory-threshold",
+            "90",
+            "--host-breach-samples",
+            "3",
+            "--reminder-interval",
+            "60s",
+        ]);
+        // (seconds since start, disk %, memory %) → (event_type, kind, reminder, threshold)
+        type Row = (u64, f64, f64, Vec<(&'static str, HostAlertKind, bool, f64)>);
+        use HostAlertKind::{DiskPressure as Disk, MemoryPressure as Mem};
+        let rows: Vec<Row> = vec![
+            (0, 60.0, 10.0, vec![]),
+            (1, 10.0, 95.0, vec![]),
+            (2, 60.0, 95.0, vec![]),
+            (3, 60.0, 95.0, vec![("host_unhealthy", Mem, false, 90.0)]),
+            (4, 60.0, 95.0, vec![("host_unhealthy", Disk, false, 50.0)]),
+            (5, 60.0, 95.0, vec![]),
+            (30, 60.0, 10.0, vec![]),
+            (64, 60.0, 10.0, vec![("host_unhealthy", Disk, true, 50.0)]),
+            (65, 10.0, 10.0, vec![("host_recovered", Mem, false, 90.0)]),
+            (66, 10.0, 10.0, vec![]),
+            (67, 10.0, 10.0, vec![("host_recovered", Disk, false, 50.0)]),
+            (68, 10.0, 10.0, vec![]),
+        ];
+        let mut watches = HashMap::new();
+        let t0 = Instant::now();
+        for (secs, disk, mem, want) in rows {
+            let sample = HostSample {
+                disk_percent: disk,
+                memory_percent: mem,
+                ..HostSample::default()
+            };
+            let got: Vec<_> =
+                judge_host(&mut watches, &cfg, &sample, t0 + Duration::from_secs(secs))
+                    .into_iter()
+                    .map(|p| {
+                        let event_type = p.event_type();
+                        match p {
+                            Payload::HostUnhealthy(a) | Payload::HostRecovered(a) => (
+                                event_type,
+                                a.kind,
+                                a.reminder,
+                                a.threshold.unwrap_or(f64::NAN),
+                            ),
+                            other => panic!("not a host alert: {other:?}"),
+                        }
+                    })
+                    .collect();
+            assert_eq!(got, want, "at {secs} s");
+        }
+    }
+
+    #[test]
+    fn host_breach_samples_follow_the_container_setting_by_default() {
+        let cfg = config(&["--disk-threshold", "50", "--breach-samples", "1"]);
+        let sample = HostSample {
+            disk_percent: 60.0,
+            ..HostSample::default()
+        };
+        let fired = judge_host(&mut HashMap::new(), &cfg, &sample, Instant::now());
+        assert_eq!(fired.len(), 1, "{fired:?}");
     }
 
     #[test]

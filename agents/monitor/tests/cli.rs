@@ -33,6 +33,10 @@ fn bad_settings_exit_2_naming_the_variable() {
         ("LOG_FORMAT", "xml", "json"),
         ("HEMOSTAT_LISTEN", "not-an-address", "not-an-address"),
         ("HEMOSTAT_BREACH_SAMPLES", "0", "1..=1000"),
+        ("HEMOSTAT_HOST_BREACH_SAMPLES", "0", "from 1 to 1000"),
+        ("HEMOSTAT_SCOPE_LABEL", "shop", "key=value"),
+        ("HEMOSTAT_RESTART_SETTLE", "100ms", "at least 250ms"),
+        ("HEMOSTAT_STARTUP_LOOKBACK", "200h", "at most"),
     ];
     for (var, value, hint) in cases {
         let (code, text) = monitor(&[(var, value)]);
@@ -69,6 +73,10 @@ fn help_lists_every_variable() {
         "LOG_FORMAT",
         "HEMOSTAT_LISTEN",
         "HEMOSTAT_MONITOR_ALL",
+        "HEMOSTAT_SCOPE_LABEL",
+        "HEMOSTAT_RESTART_SETTLE",
+        "HEMOSTAT_STARTUP_LOOKBACK",
+        "HEMOSTAT_HOST_BREACH_SAMPLES",
         "HEMOSTAT_STATS_INTERVAL",
         "HEMOSTAT_CPU_THRESHOLD",
         "HEMOSTAT_MEMORY_THRESHOLD",

@@ -739,8 +739,14 @@ async fn cleanup_under_disk_pressure_keeps_what_a_person_may_want() {
         .split_once("left alone")
         .unwrap_or_else(|| panic!("{r:?}"));
     assert!(removed.contains(&old.name), "{r:?}");
+    // Docker's event history may have turned over on a busy engine; then the exit code a stop
+    // leaves keeps it just the same.
     assert!(
-        kept.contains(&format!("{}: stopped by a person", person.name)),
+        kept.contains(&format!("{}: stopped by a person", person.name))
+            || kept.contains(&format!(
+                "{}: exit code 0 may be a person's stop",
+                person.name
+            )),
         "{r:?}"
     );
     assert!(

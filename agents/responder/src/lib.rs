@@ -70,6 +70,10 @@ const LISTING_TTL: Duration = Duration::from_secs(1);
 /// How long a threshold request waits for a measurement newer than itself.
 const MEASURE_WAIT: Duration = Duration::from_secs(60);
 
+/// How long a storm holds before its escalation goes out, so that it names every container
+/// that one fault took down, not only the first to be judged.
+const STORM_SETTLE: Duration = Duration::from_secs(2);
+
 /// Label set for action counts.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabel {
@@ -1259,15 +1263,19 @@ impl Responder {
         .await
     }
 
-    /// Marks the storm in progress (one id per storm) and sends its one escalation.
+    /// Marks the storm in progress (one id per storm) and, once it has lasted
+    /// [`STORM_SETTLE`], sends its one escalation naming every container held by then: the
+    /// failures of one host-wide fault arrive over a moment, and a page naming the first few
+    /// would hide the rest.
     async fn storm(&self, failing: &[String], limit: u32, in_scope: u32) -> anyhow::Result<()> {
         let key = keys::storm(&self.host);
         let window = self.cfg.storm.window.as_millis().max(1000) as u64;
+        let now = now_ms();
         let mut conn = self.bus.connection();
         let (_, _, episode): ((), (), Option<String>) = redis::pipe()
             .cmd("SET")
             .arg(&key)
-            .arg(ulid::Ulid::new().to_string())
+            .arg(format!("{}:{now}", ulid::Ulid::new()))
             .arg("NX")
             .arg("PX")
             .arg(window)
@@ -1279,6 +1287,14 @@ impl Responder {
             .query_async(&mut conn)
             .await?;
         let episode = episode.unwrap_or_default();
+        let began = episode
+            .rsplit_once(':')
+            .and_then(|(_, t)| t.parse::<u64>().ok())
+            .unwrap_or(now);
+        let settle = STORM_SETTLE.min(self.cfg.storm.window / 2).as_millis() as u64;
+        if now.saturating_sub(began) < settle {
+            return Ok(());
+        }
         self.escalate_once(
             &format!("storm:{episode}"),
             self.cfg.storm.window * 10,

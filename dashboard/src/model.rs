@@ -705,6 +705,8 @@ pub struct RemediationRow {
     pub container: Option<String>,
     pub action: String,
     pub outcome: String,
+    /// The guard that refused or skipped it (`storm`, `person`, ...), if one did.
+    pub guard: Option<String>,
     pub reason: String,
     pub dry_run: bool,
     pub duration_ms: u64,
@@ -740,6 +742,7 @@ pub fn remediations(complete: &[Envelope], needed: &[Envelope]) -> Vec<Remediati
                 container: r.container.as_ref().map(|c| c.name.clone()),
                 action: wire(&r.action),
                 outcome: wire(&r.outcome),
+                guard: r.guard.map(|g| g.as_str().to_owned()),
                 reason: r.reason.clone(),
                 dry_run: r.dry_run,
                 duration_ms: r.duration_ms,

@@ -3,6 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use clap::Args;
+
+use crate::config::ConfigError;
+
 /// Opt-in label: `true` includes a container, `false` always excludes it.
 pub const LABEL_ENABLE: &str = "hemostat.enable";
 /// Protection label: alert only, never remediated.
@@ -63,6 +67,41 @@ pub fn parse_label_selector(raw: &str) -> Result<(String, String), String> {
         _ => Err(format!(
             "{raw:?} is not a label selector; expected key=value, e.g. com.docker.compose.project=shop"
         )),
+    }
+}
+
+/// Which containers are in scope, for the agents that look at containers (the monitor and the
+/// responder must agree, so both flatten this).
+#[derive(Debug, Clone, Args)]
+pub struct ScopeArgs {
+    /// Watch every container, not only those labelled `hemostat.enable=true`
+    /// (`hemostat.enable=false` and protection still apply).
+    #[arg(long, env = "HEMOSTAT_MONITOR_ALL", default_value = "false",
+          value_parser = clap::builder::BoolishValueParser::new(),
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub monitor_all: bool,
+
+    /// Only containers with this label (`key=value`, e.g. `com.docker.compose.project=shop`)
+    /// are in scope, on top of the rule above: several hemostat stacks can share one engine.
+    /// Empty means no such restriction.
+    #[arg(long, env = "HEMOSTAT_SCOPE_LABEL")]
+    pub scope_label: Option<String>,
+}
+
+impl ScopeArgs {
+    /// The scope these flags describe, or the error that names the bad variable.
+    pub fn scope(&self) -> Result<Scope, ConfigError> {
+        let require = match self.scope_label.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(raw) => Some(parse_label_selector(raw).map_err(|message| ConfigError {
+                variable: "HEMOSTAT_SCOPE_LABEL",
+                message,
+            })?),
+        };
+        Ok(Scope {
+            monitor_all: self.monitor_all,
+            require,
+        })
     }
 }
 

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use hemostat_common::config::{CommonArgs, ConfigError, ScopeArgs, parse_duration, parse_percent};
-use hemostat_common::scope::Scope;
+use hemostat_common::config::{CommonArgs, ConfigError, parse_duration, parse_percent};
+use hemostat_common::scope::{Scope, ScopeArgs};
 
 use crate::detect::DetectConfig;
 use crate::judge::{BaselineConfig, Threshold};

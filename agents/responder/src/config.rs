@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use clap::builder::BoolishValueParser;
-use hemostat_common::config::{CommonArgs, ConfigError, ScopeArgs, parse_duration};
-use hemostat_common::scope::Scope;
+use hemostat_common::config::{CommonArgs, ConfigError, parse_duration};
+use hemostat_common::scope::{Scope, ScopeArgs};
 
 use crate::policy::{BackoffPolicy, BreakerPolicy, StormPolicy};
 

@@ -97,8 +97,8 @@ pub struct Facts {
     /// first, within the longest window any guard looks at.
     pub history: Vec<u64>,
     pub breaker_open: bool,
-    /// Containers of the host failing now (down, restarting or unhealthy) with an open request,
-    /// and when each began failing; only those within the storm window.
+    /// Containers of the host failing now that began failing within the storm window (the
+    /// monitor reported them died, OOM-killed or unhealthy and not recovered since), and when.
     pub failing: Vec<(String, u64)>,
     /// In-scope containers on the host.
     pub in_scope: u32,

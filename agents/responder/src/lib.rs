@@ -117,6 +117,8 @@ pub type FaultHook = Arc<dyn Fn(Point, &Job) -> bool + Send + Sync>;
 #[derive(Debug, Default)]
 struct Listing {
     in_scope: u32,
+    /// Every in-scope container's name.
+    names: HashSet<String>,
     /// In-scope containers that are down, restarting or unhealthy.
     troubled: HashSet<String>,
 }
@@ -624,24 +626,38 @@ impl Responder {
             t.sort_unstable();
             t
         };
-        // Nothing can be a storm below the floor: only then is the host's listing needed.
-        let (failing, in_scope) = if failing.len() as u32 >= self.cfg.storm.floor {
+        // Who is failing now, and since when. The monitor's alerts say it first and best: a
+        // death is reported before the analyzer's verdict reaches us (so the first request of a
+        // burst already sees the whole burst), and a recovery as soon as the container starts
+        // again; Docker's own listing lags a death by its teardown (tens of ms). A container
+        // with an open request and no alert in the window (a request written by hand) counts
+        // if the listing shows it down, restarting or unhealthy.
+        let alerted = self.alerted_state(storm_since).await;
+        let mut began: std::collections::HashMap<String, u64> = alerted
+            .iter()
+            .filter_map(|(n, onset)| onset.map(|t| (n.clone(), t)))
+            .collect();
+        let unalerted: Vec<(String, u64)> = failing
+            .into_iter()
+            .filter(|(n, _)| !alerted.contains_key(n))
+            .map(|(n, s)| (n, s.max(0.0) as u64))
+            .collect();
+        // Nothing can be a storm below the floor: only then is the host's listing needed (a
+        // container removed since its alert is not failing, it is gone).
+        let in_scope = if (began.len() + unalerted.len()) as u32 >= self.cfg.storm.floor {
             let listing = self.listing().await;
-            let troubled: Vec<(String, u64)> = failing
-                .into_iter()
-                .filter(|(n, _)| listing.troubled.contains(n))
-                .map(|(n, s)| (n, s.max(0.0) as u64))
-                .collect();
-            (troubled, listing.in_scope)
+            began.retain(|n, _| listing.names.contains(n));
+            for (n, t) in unalerted {
+                if listing.troubled.contains(&n) {
+                    began.insert(n, t);
+                }
+            }
+            listing.in_scope
         } else {
-            (
-                failing
-                    .into_iter()
-                    .map(|(n, s)| (n, s.max(0.0) as u64))
-                    .collect(),
-                0,
-            )
+            0
         };
+        let failing: Vec<(String, u64)> = began.into_iter().collect();
+        tracing::debug!(failing = failing.len(), in_scope, "storm facts");
         let measured = self.measured(job, &target, now).await;
         let facts = Facts {
             now_ms: now,
@@ -700,6 +716,41 @@ impl Responder {
             })
         });
         reported.await.unwrap_or(false)
+    }
+
+    /// What the monitor last said since `since_ms` about each container of this host it
+    /// alerted on: `Some(when)` if that was a failure (died, OOM-killed, unhealthy), `None` if a
+    /// recovery or a person's action.
+    async fn alerted_state(&self, since_ms: u64) -> std::collections::HashMap<String, Option<u64>> {
+        use hemostat_common::events::AlertKind;
+        let read = self.recent_alerts.read(&self.bus, |recent| {
+            let mut state = std::collections::HashMap::new();
+            // Newest first: the first word about a container is the last thing said.
+            for e in recent.take_while(|e| e.timestamp.timestamp_millis().max(0) as u64 >= since_ms)
+            {
+                if e.host != self.host {
+                    continue;
+                }
+                let at = e.timestamp.timestamp_millis().max(0) as u64;
+                match &e.payload {
+                    Payload::ContainerUnhealthy(a)
+                        if !a.user_initiated
+                            && matches!(
+                                a.kind,
+                                AlertKind::Died | AlertKind::OomKilled | AlertKind::Unhealthy
+                            ) =>
+                    {
+                        state.entry(a.container.name.clone()).or_insert(Some(at));
+                    }
+                    Payload::ContainerRecovered(a) | Payload::ContainerUserAction(a) => {
+                        state.entry(a.container.name.clone()).or_insert(None);
+                    }
+                    _ => {}
+                }
+            }
+            state
+        });
+        read.await.unwrap_or_default()
     }
 
     /// The monitor's newest measurement of what a threshold request names, if it was taken
@@ -792,15 +843,20 @@ impl Responder {
                 continue;
             }
             l.in_scope += 1;
+            let name = c
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_owned())
+                .unwrap_or_default();
+            l.names.insert(name.clone());
             let state = c.state.map(|s| s.to_string()).unwrap_or_default();
             let unhealthy = c
                 .status
                 .as_deref()
                 .is_some_and(|s| s.contains("(unhealthy)"));
-            if (unhealthy || matches!(state.as_str(), "exited" | "dead" | "restarting"))
-                && let Some(name) = c.names.as_ref().and_then(|n| n.first())
-            {
-                l.troubled.insert(name.trim_start_matches('/').to_owned());
+            if unhealthy || matches!(state.as_str(), "exited" | "dead" | "restarting") {
+                l.troubled.insert(name);
             }
         }
         let l = Arc::new(l);

@@ -72,8 +72,8 @@ impl BreakerPolicy {
 /// host (or a shared dependency), and restarting everything makes it worse.
 ///
 /// It is judged by the containers failing *now* that *started* failing within the window,
-/// against the size of the host: a storm holds while at least [`StormPolicy::limit`] of them are
-/// down, restarting or unhealthy. Requests already healed do not count, and a storm ends by
+/// against the size of the host: a storm holds while at least [`StormPolicy::limit`] of them
+/// have not recovered. Requests already healed do not count, and a storm ends by
 /// itself once its failures are older than the window (or enough of them recover).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StormPolicy {

@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod openai_stub;
 pub mod pipeline;
+pub mod records;
 
 use std::collections::HashMap;
 use std::net::TcpListener;

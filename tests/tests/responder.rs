@@ -16,22 +16,23 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
-    StartContainerOptions,
+    CreateContainerOptionsBuilder, InspectContainerOptions, StartContainerOptions,
 };
 use chrono::{DateTime, Utc};
-use futures::StreamExt as _;
 use hemostat_common::bus::Bus;
 use hemostat_common::events::{
-    AUDIT_STREAM, Action, AnalysisMethod, Channel, ContainerRef, Envelope, Escalation,
-    EscalationKind, Guard, Outcome, Payload, Problem, ProblemKind, RemediationRequest,
-    RemediationResult, STREAM_FIELD_ENVELOPE, Severity,
+    Action, AnalysisMethod, Channel, ContainerRef, Envelope, Escalation, EscalationKind, Guard,
+    Outcome, Payload, Problem, ProblemKind, RemediationRequest, RemediationResult, Severity,
 };
 use hemostat_common::http::Health;
 use hemostat_common::metrics::AgentMetrics;
 use hemostat_common::shutdown::Shutdown;
 use hemostat_responder::Responder;
 use hemostat_tests::pipeline::RunningResponder;
+use hemostat_tests::records::{
+    self, created_at, escalation_of, exit_code, finished_at, foreign_responders, health, result_of,
+    started_at, status,
+};
 use hemostat_tests::{
     PATIENT_IMAGE, Patient, PatientSpec, StreamReader, TestRedis, docker, ensure_patient_image,
     init_logs, random_id, require,
@@ -262,22 +263,7 @@ impl World {
 
     /// The audit stream, oldest first.
     async fn audit(&self) -> Vec<Envelope> {
-        let mut conn = self.redis.conn().await;
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(AUDIT_STREAM)
-            .arg("-")
-            .arg("+")
-            .query_async(&mut conn)
-            .await
-            .expect("XRANGE audit");
-        reply
-            .ids
-            .iter()
-            .map(|e| {
-                let raw: String = e.get(STREAM_FIELD_ENVELOPE).expect("an envelope field");
-                Envelope::from_json(&raw).expect("audit entries decode")
-            })
-            .collect()
+        records::audit(&self.redis.client()).await
     }
 
     /// Waits until the responder has read and acknowledged everything on its stream: after
@@ -454,30 +440,7 @@ impl World {
 
     /// Docker's own record: how many `action` events `p` had since `since`.
     async fn count_events(&self, p: &Patient, action: &str, since: DateTime<Utc>) -> usize {
-        let now = Utc::now();
-        let mut filters = HashMap::new();
-        filters.insert("container", vec![p.id.as_str()]);
-        filters.insert("event", vec![action]);
-        let opts = EventsOptionsBuilder::new()
-            .since(&(since.timestamp() - 1).to_string())
-            .until(&format!(
-                "{}.{:09}",
-                now.timestamp(),
-                now.timestamp_subsec_nanos()
-            ))
-            .filters(&filters)
-            .build();
-        let events = tokio::time::timeout(
-            Duration::from_secs(10),
-            self.docker.events(Some(opts)).collect::<Vec<_>>(),
-        )
-        .await
-        .expect("docker events answered");
-        events
-            .into_iter()
-            .map(|e| e.expect("event"))
-            .filter(|e| e.action.as_deref() == Some(action))
-            .count()
+        records::count_events(&self.docker, &p.id, action, since).await
     }
 }
 
@@ -520,86 +483,8 @@ fn container_ref(p: &Patient) -> ContainerRef {
     }
 }
 
-fn result_of(e: &Envelope) -> Option<&RemediationResult> {
-    match &e.payload {
-        Payload::RemediationComplete(r) => Some(r),
-        _ => None,
-    }
-}
-
-fn escalation_of(e: &Envelope) -> Option<&Escalation> {
-    match &e.payload {
-        Payload::Escalation(x) => Some(x),
-        _ => None,
-    }
-}
-
 fn about(x: &Escalation, p: &Patient) -> bool {
     x.container.as_ref().is_some_and(|c| c.name == p.name)
-}
-
-fn status(i: &ContainerInspectResponse) -> String {
-    i.state
-        .as_ref()
-        .and_then(|s| s.status)
-        .map(|s| s.to_string())
-        .unwrap_or_default()
-}
-
-fn health(i: &ContainerInspectResponse) -> Option<String> {
-    i.state
-        .as_ref()
-        .and_then(|s| s.health.as_ref())
-        .and_then(|h| h.status)
-        .map(|s| s.to_string())
-}
-
-fn exit_code(i: &ContainerInspectResponse) -> i64 {
-    i.state.as_ref().and_then(|s| s.exit_code).unwrap_or(-1)
-}
-
-fn time_field(raw: Option<&str>, what: &str) -> DateTime<Utc> {
-    raw.and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{what} is not a time: {raw:?}"))
-}
-
-fn started_at(i: &ContainerInspectResponse) -> DateTime<Utc> {
-    time_field(
-        i.state.as_ref().and_then(|s| s.started_at.as_deref()),
-        "StartedAt",
-    )
-}
-
-fn finished_at(i: &ContainerInspectResponse) -> DateTime<Utc> {
-    time_field(
-        i.state.as_ref().and_then(|s| s.finished_at.as_deref()),
-        "FinishedAt",
-    )
-}
-
-fn created_at(i: &ContainerInspectResponse) -> DateTime<Utc> {
-    time_field(i.created.as_deref(), "Created")
-}
-
-/// Names of hemostat responders running in containers on this engine (a compose stack, the
-/// end-to-end test's): they act on every `hemostat.enable=true` container, this test's too.
-fn foreign_responders() -> String {
-    Command::new("docker")
-        .args([
-            "ps",
-            "--filter",
-            "label=hemostat.role=responder",
-            "--format",
-            "{{.Names}}",
-        ])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default()
 }
 
 /// For failure messages: whether another responder may have acted meanwhile.

@@ -14,7 +14,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,14 +21,13 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::ContainerInspectResponse;
-use bollard::query_parameters::{EventsOptionsBuilder, InspectContainerOptions};
+use bollard::query_parameters::InspectContainerOptions;
 use chrono::{DateTime, Utc};
-use futures::StreamExt as _;
 use hemostat_common::bus::Bus;
 use hemostat_common::events::{
-    AUDIT_STREAM, Action, AlertKind, AnalysisMethod, Channel, ContainerRef, Detection, Envelope,
-    Escalation, EscalationKind, Guard, Outcome, Payload, Problem, ProblemKind, RemediationRequest,
-    RemediationResult, STREAM_FIELD_ENVELOPE,
+    Action, AlertKind, AnalysisMethod, Channel, ContainerRef, Detection, Envelope, Escalation,
+    EscalationKind, Guard, Outcome, Payload, Problem, ProblemKind, RemediationRequest,
+    RemediationResult,
 };
 use hemostat_common::http::Health;
 use hemostat_common::metrics::AgentMetrics;
@@ -37,6 +35,9 @@ use hemostat_common::shutdown::Shutdown;
 use hemostat_responder::{FaultHook, Point};
 use hemostat_tests::openai_stub::RunningAnalyzer;
 use hemostat_tests::pipeline::{HOST, Killable, RunningResponder};
+use hemostat_tests::records::{
+    self, escalation_of, finished_at, foreign_responders, result_of, started_at, status,
+};
 use hemostat_tests::{
     Patient, PatientSpec, RunningMonitor, StreamReader, TestRedis, docker, ensure_patient_image,
     init_logs, random_id, require,
@@ -233,21 +234,12 @@ impl Trial {
 
     /// Every audited result of request `id`.
     async fn audited(&self, id: &str) -> Vec<RemediationResult> {
-        let mut conn = self.redis.conn().await;
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(AUDIT_STREAM)
-            .arg("-")
-            .arg("+")
-            .query_async(&mut conn)
+        records::audit(&self.redis.client())
             .await
-            .expect("XRANGE audit");
-        reply
-            .ids
             .iter()
-            .filter_map(|e| e.get::<String>(STREAM_FIELD_ENVELOPE))
-            .filter_map(|raw| Envelope::from_json(&raw).ok())
-            .filter_map(|e| result_of(&e).cloned())
+            .filter_map(result_of)
             .filter(|r| r.request_id == id)
+            .cloned()
             .collect()
     }
 
@@ -264,94 +256,12 @@ impl Trial {
 
     /// Docker's own record: how many `action` events `p` had since `since`.
     async fn count_events(&self, p: &Patient, action: &str, since: DateTime<Utc>) -> usize {
-        let now = Utc::now();
-        let mut filters = HashMap::new();
-        filters.insert("container", vec![p.id.as_str()]);
-        filters.insert("event", vec![action]);
-        let since_ns = since.timestamp_nanos_opt().unwrap_or(0);
-        let opts = EventsOptionsBuilder::new()
-            .since(&format!(
-                "{}.{:09}",
-                since_ns / 1_000_000_000,
-                since_ns % 1_000_000_000
-            ))
-            .until(&format!(
-                "{}.{:09}",
-                now.timestamp(),
-                now.timestamp_subsec_nanos()
-            ))
-            .filters(&filters)
-            .build();
-        let events = tokio::time::timeout(
-            Duration::from_secs(10),
-            self.docker.events(Some(opts)).collect::<Vec<_>>(),
-        )
-        .await
-        .expect("docker events answered");
-        events
-            .into_iter()
-            .map(|e| e.expect("event"))
-            .filter(|e| e.action.as_deref() == Some(action))
-            .count()
+        records::count_events(&self.docker, &p.id, action, since).await
     }
-}
-
-fn result_of(e: &Envelope) -> Option<&RemediationResult> {
-    match &e.payload {
-        Payload::RemediationComplete(r) => Some(r),
-        _ => None,
-    }
-}
-
-fn escalation_of(e: &Envelope) -> Option<&Escalation> {
-    match &e.payload {
-        Payload::Escalation(x) => Some(x),
-        _ => None,
-    }
-}
-
-fn status(i: &ContainerInspectResponse) -> String {
-    i.state
-        .as_ref()
-        .and_then(|s| s.status)
-        .map(|s| s.to_string())
-        .unwrap_or_default()
-}
-
-fn time(raw: Option<&str>) -> DateTime<Utc> {
-    raw.and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not a time: {raw:?}"))
-}
-
-fn started_at(i: &ContainerInspectResponse) -> DateTime<Utc> {
-    time(i.state.as_ref().and_then(|s| s.started_at.as_deref()))
-}
-
-fn finished_at(i: &ContainerInspectResponse) -> DateTime<Utc> {
-    time(i.state.as_ref().and_then(|s| s.finished_at.as_deref()))
 }
 
 fn died() -> Option<Problem> {
     Some(Problem::new(ProblemKind::Died))
-}
-
-fn foreign_responders() -> String {
-    Command::new("docker")
-        .args([
-            "ps",
-            "--filter",
-            "label=hemostat.role=responder",
-            "--format",
-            "{{.Names}}",
-        ])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default()
 }
 
 /// A fault hook that freezes the step of the first request to reach `at`, and says when.

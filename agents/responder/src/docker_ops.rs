@@ -59,6 +59,15 @@ pub fn name(i: &ContainerInspectResponse) -> String {
         .to_owned()
 }
 
+/// A listed container's name, without Docker's leading `/`.
+pub fn summary_name(c: &bollard::models::ContainerSummary) -> String {
+    c.names
+        .as_ref()
+        .and_then(|n| n.first())
+        .map(|n| n.trim_start_matches('/').to_owned())
+        .unwrap_or_default()
+}
+
 pub fn status(i: &ContainerInspectResponse) -> String {
     i.state
         .as_ref()
@@ -159,16 +168,11 @@ pub async fn dependents(
     let mut out: Vec<(String, String, HashMap<String, String>)> = list
         .into_iter()
         .filter_map(|c| {
+            let name = summary_name(&c);
             let id = c.id?;
             if id == parent_id {
                 return None;
             }
-            let name = c
-                .names
-                .as_ref()
-                .and_then(|n| n.first())
-                .map(|n| n.trim_start_matches('/').to_owned())
-                .unwrap_or_default();
             let mode = c
                 .host_config
                 .and_then(|h| h.network_mode)

@@ -229,7 +229,8 @@ pub fn judge(f: &Facts, p: &Policies) -> Option<(Guard, Refusal)> {
 /// How often a request held by a storm or another request's lock is judged again.
 pub const RECHECK: Duration = Duration::from_secs(2);
 
-fn verb(a: Action) -> &'static str {
+/// The action's wire name.
+pub fn verb(a: Action) -> &'static str {
     match a {
         Action::Restart => "restart",
         Action::Stop => "stop",

@@ -48,7 +48,7 @@ use tokio::sync::Notify;
 
 use crate::config::ResponderConfig;
 use crate::guards::{
-    Check, Effect, Facts, Measured, PersonAction, Policies, Reached, Refusal, Target,
+    Check, Effect, Facts, Measured, PersonAction, Policies, Reached, Refusal, Target, verb,
 };
 use crate::policy::WriteBudget;
 pub use crate::queue::keys;
@@ -843,12 +843,7 @@ impl Responder {
                 continue;
             }
             l.in_scope += 1;
-            let name = c
-                .names
-                .as_ref()
-                .and_then(|n| n.first())
-                .map(|n| n.trim_start_matches('/').to_owned())
-                .unwrap_or_default();
+            let name = docker_ops::summary_name(&c);
             l.names.insert(name.clone());
             let state = c.state.map(|s| s.to_string()).unwrap_or_default();
             let unhealthy = c
@@ -1456,16 +1451,6 @@ fn reap(done: Result<(), tokio::task::JoinError>) {
 /// completes, then up to 2 s for health checks that take their time.
 fn verify_interval(looks: u32) -> Duration {
     Duration::from_millis(250u64.saturating_mul(1 << looks.min(3))).min(Duration::from_secs(2))
-}
-
-fn verb(a: Action) -> &'static str {
-    match a {
-        Action::Restart => "restart",
-        Action::Stop => "stop",
-        Action::Start => "start",
-        Action::Cleanup => "cleanup",
-        Action::None => "none",
-    }
 }
 
 fn past(a: Action) -> &'static str {

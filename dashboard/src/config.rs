@@ -12,7 +12,8 @@ pub const MIN_TOKEN_LEN: usize = 16;
 /// `hemostat-dashboard`: the web UI, JSON API and live feed.
 ///
 /// The agents' shared `--listen` (`HEMOSTAT_LISTEN`, `/healthz` and `/metrics` only) is renamed
-/// `--agent-listen` here, because the issue gives `--listen` to the dashboard itself.
+/// `--agent-listen` here: `--listen` (`HEMOSTAT_DASHBOARD_LISTEN`) is where the dashboard serves
+/// its page, API and live feed.
 #[derive(Clone, Parser)]
 #[command(name = "hemostat-dashboard", version, about)]
 #[command(mut_arg("listen", |a| a.long("agent-listen")))]

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Every benchmark in docs/BENCHMARKS.md, one after the other, with the settings the document
-# reports (about 20 minutes on 2 cores). Needs Docker and Debian's redis-server/redis-tools;
+# reports (about 20 minutes on 2 cores, and 40 more for the soak). Needs Docker and Debian's redis-server/redis-tools;
 # each harness starts its own redis-server and containers and removes them when it ends.
-# Not part of the test run. Usage: scripts/bench.sh [detection|recovery|throughput|monitor-cost]...
+# Not part of the test run. Usage: scripts/bench.sh [detection|recovery|throughput|monitor-cost|soak]...
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 which=("$@")
-[ ${#which[@]} -gt 0 ] || which=(detection recovery throughput monitor-cost)
+[ ${#which[@]} -gt 0 ] || which=(detection recovery throughput monitor-cost soak)
 for b in "${which[@]}"; do
     case "$b" in
         detection) cmd=(scripts/bench-detection.sh --kills 100 --unhealthy 100) ;;
         recovery) cmd=(scripts/bench-recovery.sh) ;;
         throughput) cmd=(scripts/bench-throughput.sh) ;;
         monitor-cost) cmd=(scripts/bench-monitor-cost.sh --counts 10,50,100,200) ;;
-        *) echo "unknown benchmark '$b': expected detection, recovery, throughput or monitor-cost" >&2; exit 2 ;;
+        soak) cmd=(scripts/bench-soak.sh) ;;
+        *) echo "unknown benchmark '$b': expected detection, recovery, throughput, monitor-cost or soak" >&2; exit 2 ;;
     esac
     printf '\n$ %s\n' "${cmd[*]}"
     "${cmd[@]}"

@@ -22,6 +22,10 @@ use crate::shutdown::Shutdown;
 /// Envelopes the outbox holds while Redis is away before samples start being dropped.
 const OUTBOX_CAPACITY: usize = 20_000;
 
+/// Bytes of envelopes the outbox holds while Redis is away: at 100 containers a metrics round
+/// is ~32 KB, so this is about half an hour of samples at one round a second.
+const OUTBOX_MAX_BYTES: usize = 64 * 1024 * 1024;
+
 /// Everything an agent needs, in one place.
 #[derive(Debug)]
 pub struct AgentContext {
@@ -108,17 +112,34 @@ impl AgentContext {
                 give_up.cancel();
             });
         }
-        let (outbox, worker) = Outbox::new(bus.clone(), OUTBOX_CAPACITY, give_up);
+        let (outbox, worker) = Outbox::new(bus.clone(), OUTBOX_CAPACITY, OUTBOX_MAX_BYTES, give_up);
         plumbing.spawn(worker);
-
         let tracker = TaskTracker::new();
-        tracker.spawn(heartbeat::run(
-            bus.clone(),
-            identity.clone(),
-            common.heartbeat_interval,
-            health.clone(),
-            shutdown.clone(),
-        ));
+        // Bounded by age as well as by length, and watched for memory.
+        spawn_critical(
+            &tracker,
+            &shutdown,
+            "stream trimming",
+            crate::bus::trim_forever(
+                bus.clone(),
+                crate::bus::all_streams(),
+                common.retention(),
+                health.clone(),
+                shutdown.clone(),
+            ),
+        );
+        spawn_critical(
+            &tracker,
+            &shutdown,
+            "heartbeat",
+            heartbeat::run(
+                bus.clone(),
+                identity.clone(),
+                common.heartbeat_interval,
+                health.clone(),
+                shutdown.clone(),
+            ),
+        );
 
         Ok(AgentContext {
             identity,
@@ -142,35 +163,7 @@ impl AgentContext {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        /// Fails the agent when dropped before being disarmed, which a panic or an early
-        /// return of the loop does.
-        struct Critical {
-            what: &'static str,
-            shutdown: Shutdown,
-            armed: bool,
-        }
-        impl Drop for Critical {
-            fn drop(&mut self) {
-                if self.armed && !self.shutdown.is_cancelled() {
-                    tracing::error!(
-                        task = self.what,
-                        "a task of this agent ended unexpectedly; stopping the agent"
-                    );
-                    self.shutdown.fail();
-                }
-            }
-        }
-        let mut guard = Critical {
-            what,
-            shutdown: self.shutdown.clone(),
-            armed: true,
-        };
-        self.tracker.spawn(async move {
-            fut.await;
-            // Returning after shutdown was asked for is the normal end.
-            guard.armed = !guard.shutdown.is_cancelled();
-            drop(guard);
-        });
+        spawn_critical(&self.tracker, &self.shutdown, what, fut);
     }
 
     /// Waits for shutdown, then for the agent's tasks and the outbox to finish, at most the
@@ -234,6 +227,7 @@ where
         Err(e) => e.exit(),
     };
     crate::telemetry::init(common(&args).log_format);
+    crate::http::count_panics();
     let cfg = match validate(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -275,4 +269,99 @@ where
             }
         }
     })
+}
+
+/// [`AgentContext::spawn_critical`] for code that holds only the tracker and the shutdown.
+pub fn spawn_critical<F>(tracker: &TaskTracker, shutdown: &Shutdown, what: &'static str, fut: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    use futures::FutureExt as _;
+    let shutdown = shutdown.clone();
+    tracker.spawn(async move {
+        // A panic is caught here (and counted by the panic hook); a task dropped because its
+        // runtime is going away is neither, and says nothing.
+        let ended = std::panic::AssertUnwindSafe(fut).catch_unwind().await;
+        // Returning after shutdown was asked for is the normal end.
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match ended {
+            Ok(()) => tracing::error!(
+                task = what,
+                "a task of this agent ended unexpectedly; stopping the agent"
+            ),
+            Err(_) => tracing::error!(
+                task = what,
+                "a task of this agent panicked; stopping the agent"
+            ),
+        }
+        shutdown.fail();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn settled(tracker: TaskTracker) {
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .expect("the task finished");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_fails_the_agent_with_exit_code_1() {
+        let (tracker, shutdown) = (TaskTracker::new(), Shutdown::new());
+        spawn_critical(&tracker, &shutdown, "doomed", async {
+            panic!("boom");
+        });
+        settled(tracker).await;
+        assert!(shutdown.failed());
+        assert_eq!(shutdown.exit_code(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_task_that_returns_early_fails_the_agent() {
+        let (tracker, shutdown) = (TaskTracker::new(), Shutdown::new());
+        spawn_critical(&tracker, &shutdown, "quitter", async {});
+        settled(tracker).await;
+        assert_eq!(shutdown.exit_code(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_task_that_ends_at_shutdown_is_a_clean_stop() {
+        let (tracker, shutdown) = (TaskTracker::new(), Shutdown::new());
+        let s = shutdown.clone();
+        spawn_critical(
+            &tracker,
+            &shutdown,
+            "loop",
+            async move { s.cancelled().await },
+        );
+        shutdown.cancel();
+        settled(tracker).await;
+        assert!(!shutdown.failed());
+        assert_eq!(shutdown.exit_code(), 0);
+    }
+
+    #[test]
+    fn a_task_dropped_with_its_runtime_says_nothing() {
+        let (tracker, shutdown) = (TaskTracker::new(), Shutdown::new());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            spawn_critical(&tracker, &shutdown, "forever", std::future::pending());
+            tokio::task::yield_now().await;
+        });
+        drop(rt);
+        assert!(!shutdown.failed(), "a runtime going away is not a failure");
+    }
 }

@@ -38,6 +38,41 @@ pub enum BusError {
     Shutdown,
 }
 
+/// How long streams keep their entries, besides their length cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Alerts, verdicts, results, escalations, the audit, dead letters.
+    pub default: Duration,
+    /// The high-volume streams: metrics and heartbeats.
+    pub samples: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            default: Duration::from_secs(7 * 86_400),
+            samples: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Retention {
+    /// How long `stream` keeps its entries.
+    pub fn of(&self, stream: &str) -> Duration {
+        if stream == Channel::Metrics.stream() || stream == Channel::Heartbeat.stream() {
+            self.samples
+        } else {
+            self.default
+        }
+    }
+}
+
+/// The default [`ConsumerConfig::max_entry_bytes`].
+pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
+
+/// Most entries the dead-letter stream keeps: each may carry up to 64 KiB of payload.
+const DEAD_LETTER_MAXLEN: u64 = 1000;
+
 /// A state change applied in the same atomic step as a publish ([`Bus::publish_once_with`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -167,6 +202,11 @@ impl Bus {
     /// The underlying client, for connections of one's own (pub/sub, blocking reads).
     pub fn client(&self) -> &redis::Client {
         &self.client
+    }
+
+    /// The most entries a stream keeps (`HEMOSTAT_STREAM_MAXLEN`).
+    pub fn maxlen(&self) -> u64 {
+        self.maxlen
     }
 
     /// A clone of the shared, self-reconnecting connection.
@@ -400,6 +440,36 @@ impl Bus {
         Ok(published)
     }
 
+    /// Trims every `streams` entry older than its retention (`XTRIM MINID`, exact: once a
+    /// minute the cost is small), so memory is bounded by age as well as by each stream's
+    /// length cap. Idempotent: every agent runs it once a minute (see [`trim_forever`]).
+    pub async fn trim(&self, streams: &[&str], retention: Retention) -> Result<(), BusError> {
+        let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        let mut pipe = redis::pipe();
+        for s in streams {
+            let min = now.saturating_sub(retention.of(s).as_millis() as u64);
+            pipe.cmd("XTRIM").arg(*s).arg("MINID").arg(min).ignore();
+        }
+        self.run(&pipe).await
+    }
+
+    /// Redis's memory use and its limit (`used_memory`, `maxmemory`; 0 when unlimited).
+    pub async fn memory(&self) -> Result<(u64, u64), BusError> {
+        let mut conn = self.conn.clone();
+        let r: redis::RedisResult<String> = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await;
+        let info = self.note(r)?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok((field("used_memory"), field("maxmemory")))
+    }
+
     /// The newest `count` envelopes of a stream, newest first (undecodable entries skipped).
     pub async fn recent(&self, channel: Channel, count: usize) -> Result<Vec<Envelope>, BusError> {
         let mut conn = self.conn.clone();
@@ -418,6 +488,15 @@ impl Bus {
             .filter_map(|e| field_string(&e.map, STREAM_FIELD_ENVELOPE))
             .filter_map(|raw| Envelope::from_json(&raw).ok())
             .collect())
+    }
+
+    /// Counts a dead letter written by a caller's own atomic step (not through
+    /// [`Bus::dead_letter`]), so `hemostat_dead_lettered_total` sees every one.
+    pub fn count_dead_letter(&self, source: &str) {
+        self.metrics
+            .dead_lettered
+            .get_or_create(&ChannelLabel::new(source))
+            .inc();
     }
 
     /// Parks a message in the dead-letter stream with the reason, and acks it in `group` (if
@@ -440,7 +519,7 @@ impl Bus {
             .arg(DEAD_LETTER_STREAM)
             .arg("MAXLEN")
             .arg("~")
-            .arg(self.maxlen)
+            .arg(self.maxlen.min(DEAD_LETTER_MAXLEN))
             .arg("*")
             .arg("source")
             .arg(source)
@@ -552,47 +631,108 @@ impl RecentWindow {
 
 /// Publishes in the background so that a slow or absent Redis never blocks detection. Alerts
 /// wait for room ([`Outbox::send`]); samples are dropped and counted when full
-/// ([`Outbox::try_send`]).
+/// ([`Outbox::try_send`]). Room is bounded twice: by count (the channel's capacity) and by the
+/// bytes of the envelopes held, so a Redis outage costs a bounded amount of memory whatever
+/// the size of the host.
 #[derive(Clone, Debug)]
 pub struct Outbox {
-    tx: mpsc::Sender<Envelope>,
+    tx: mpsc::Sender<(Envelope, usize)>,
     metrics: AgentMetrics,
+    bytes: std::sync::Arc<OutboxBytes>,
+}
+
+/// Bytes held by an outbox, and a wake-up for senders waiting for room.
+#[derive(Debug)]
+struct OutboxBytes {
+    held: std::sync::atomic::AtomicUsize,
+    max: usize,
+    freed: tokio::sync::Notify,
+}
+
+impl OutboxBytes {
+    fn room_for(&self, n: usize) -> bool {
+        let held = self.held.load(std::sync::atomic::Ordering::SeqCst);
+        // An envelope larger than the whole budget still goes, alone.
+        held == 0 || held + n <= self.max
+    }
+
+    fn take(&self, n: usize) {
+        self.held.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn give_back(&self, n: usize) {
+        self.held.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+        self.freed.notify_waiters();
+    }
 }
 
 impl Outbox {
-    /// Creates an outbox and the worker that drains it into `bus`. The worker ends once every
-    /// clone of the outbox is dropped and what was queued is published (or `give_up` fires
-    /// while Redis is unreachable).
+    /// Creates an outbox holding at most `capacity` envelopes and `max_bytes` of them, and the
+    /// worker that drains it into `bus`. The worker ends once every clone of the outbox is
+    /// dropped and what was queued is published (or `give_up` fires while Redis is
+    /// unreachable).
     pub fn new(
         bus: Bus,
         capacity: usize,
+        max_bytes: usize,
         give_up: Shutdown,
     ) -> (Outbox, impl Future<Output = ()> + Send + 'static) {
         let (tx, rx) = mpsc::channel(capacity);
         let metrics = bus.metrics.clone();
-        let worker = drain(bus, rx, give_up);
-        (Outbox { tx, metrics }, worker)
+        let bytes = std::sync::Arc::new(OutboxBytes {
+            held: std::sync::atomic::AtomicUsize::new(0),
+            max: max_bytes.max(1),
+            freed: tokio::sync::Notify::new(),
+        });
+        let worker = drain(bus, rx, give_up, bytes.clone());
+        (Outbox { tx, metrics, bytes }, worker)
     }
 
-    /// Queues an envelope, waiting while the queue is full. Returns false only when the worker
-    /// is gone (shutting down).
+    /// Queues an envelope, waiting while the queue is full (by count or by bytes). Returns
+    /// false only when the worker is gone (shutting down).
     pub async fn send(&self, env: Envelope) -> bool {
-        // Counted before it is queued so the worker never takes the gauge below zero.
+        let size = env.to_json().len();
+        loop {
+            let freed = self.bytes.freed.notified();
+            if self.bytes.room_for(size) {
+                break;
+            }
+            if self.tx.is_closed() {
+                return false;
+            }
+            // Woken when the worker publishes; checked again at least once a second.
+            let _ = tokio::time::timeout(Duration::from_secs(1), freed).await;
+        }
+        // Counted before it is queued so the worker never takes the gauges below zero.
         self.metrics.outbox_depth.inc();
-        let ok = self.tx.send(env).await.is_ok();
+        self.metrics.outbox_bytes.inc_by(size as i64);
+        self.bytes.take(size);
+        let ok = self.tx.send((env, size)).await.is_ok();
         if !ok {
             self.metrics.outbox_depth.dec();
+            self.metrics.outbox_bytes.dec_by(size as i64);
+            self.bytes.give_back(size);
         }
         ok
     }
 
-    /// Queues an envelope unless the queue is full, in which case it is dropped and counted.
+    /// Queues an envelope unless the queue is full (by count or by bytes), in which case it is
+    /// dropped and counted.
     pub fn try_send(&self, env: Envelope) -> bool {
+        let size = env.to_json().len();
+        if !self.bytes.room_for(size) {
+            self.metrics.outbox_dropped.inc();
+            return false;
+        }
         self.metrics.outbox_depth.inc();
-        match self.tx.try_send(env) {
+        self.metrics.outbox_bytes.inc_by(size as i64);
+        self.bytes.take(size);
+        match self.tx.try_send((env, size)) {
             Ok(()) => true,
             Err(_) => {
                 self.metrics.outbox_depth.dec();
+                self.metrics.outbox_bytes.dec_by(size as i64);
+                self.bytes.give_back(size);
                 self.metrics.outbox_dropped.inc();
                 false
             }
@@ -603,15 +743,24 @@ impl Outbox {
 /// Most envelopes published in one transaction.
 const OUTBOX_BATCH: usize = 512;
 
-async fn drain(bus: Bus, mut rx: mpsc::Receiver<Envelope>, give_up: Shutdown) {
-    let mut batch = Vec::with_capacity(OUTBOX_BATCH);
+async fn drain(
+    bus: Bus,
+    mut rx: mpsc::Receiver<(Envelope, usize)>,
+    give_up: Shutdown,
+    bytes: std::sync::Arc<OutboxBytes>,
+) {
+    let mut batch: Vec<(Envelope, usize)> = Vec::with_capacity(OUTBOX_BATCH);
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     // The queue closes when every sender is dropped; then whatever is queued is still sent.
     while rx.recv_many(&mut batch, OUTBOX_BATCH).await > 0 {
+        let envs: Vec<Envelope> = batch.iter().map(|(e, _)| e.clone()).collect();
+        let size: usize = batch.iter().map(|(_, n)| n).sum();
         loop {
-            match bus.publish_all(&batch).await {
+            match bus.publish_all(&envs).await {
                 Ok(()) => {
                     bus.metrics.outbox_depth.dec_by(batch.len() as i64);
+                    bus.metrics.outbox_bytes.dec_by(size as i64);
+                    bytes.give_back(size);
                     batch.clear();
                     backoff.reset();
                     break;
@@ -633,6 +782,64 @@ async fn drain(bus: Bus, mut rx: mpsc::Receiver<Envelope>, give_up: Shutdown) {
             }
         }
     }
+}
+
+/// Every stream hemostat writes: what [`trim_forever`] keeps within its retention.
+pub fn all_streams() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = Channel::ALL.iter().map(|c| c.stream()).collect();
+    v.push(DEAD_LETTER_STREAM);
+    v.push(crate::events::AUDIT_STREAM);
+    v
+}
+
+/// Redis above this share of its `maxmemory` marks the agent degraded.
+pub const MEMORY_DEGRADED_AT: f64 = 0.8;
+
+/// Once a minute until shutdown: trims `streams` to their retention, and watches Redis's
+/// memory: above [`MEMORY_DEGRADED_AT`] of `maxmemory` the agent reports itself degraded
+/// (`redis_memory`), since at the limit Redis refuses writes (hemostat's compose file sets
+/// `noeviction`: nothing is evicted, a lock or a consumer group least of all).
+pub async fn trim_forever(
+    bus: Bus,
+    streams: Vec<&'static str>,
+    retention: Retention,
+    health: Health,
+    shutdown: Shutdown,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = bus.trim(&streams, retention).await {
+            tracing::debug!(error = %e, "could not trim streams");
+        }
+        match bus.memory().await {
+            Ok((used, max)) => {
+                bus.metrics.redis_used_memory.set(used as i64);
+                match memory_verdict(used, max) {
+                    Some(why) => health.degraded("redis_memory", why),
+                    None => health.ok("redis_memory"),
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "could not read redis memory"),
+        }
+    }
+}
+
+/// `Some(why)` when Redis is above [`MEMORY_DEGRADED_AT`] of its limit.
+pub fn memory_verdict(used: u64, max: u64) -> Option<String> {
+    if max == 0 || (used as f64) < MEMORY_DEGRADED_AT * max as f64 {
+        return None;
+    }
+    Some(format!(
+        "redis uses {} MiB of its {} MiB maxmemory ({:.0} %); at the limit it refuses writes",
+        used / (1024 * 1024),
+        max / (1024 * 1024),
+        used as f64 * 100.0 / max as f64
+    ))
 }
 
 /// What should happen to a stream entry once its handler is done with it.
@@ -689,6 +896,9 @@ pub struct ConsumerConfig {
     /// before the consumer first started (an alert sent while the analyzer was still starting)
     /// is read; older history is not replayed.
     pub new_group_lookback: Duration,
+    /// An entry whose envelope is larger than this is dead-lettered unread (an envelope of
+    /// hemostat's own is a few KB; a metrics round at 100 containers ~32 KB).
+    pub max_entry_bytes: usize,
 }
 
 impl ConsumerConfig {
@@ -704,6 +914,7 @@ impl ConsumerConfig {
             max_deliveries: 5,
             concurrency: 1,
             new_group_lookback: Duration::from_secs(600),
+            max_entry_bytes: MAX_ENTRY_BYTES,
         }
     }
 }
@@ -949,6 +1160,24 @@ where
     R: Into<Disposition>,
 {
     let stream = cfg.channel.stream();
+    // Too big to be one of ours: parked unread, before anything copies or decodes it.
+    let size = match entry.map.get(STREAM_FIELD_ENVELOPE) {
+        Some(Value::BulkString(b)) => b.len(),
+        _ => 0,
+    };
+    if size > cfg.max_entry_bytes {
+        let reason = format!(
+            "the envelope is {size} bytes, over the {}-byte limit; not read",
+            cfg.max_entry_bytes
+        );
+        if let Err(e) = bus
+            .dead_letter(stream, Some(&cfg.group), Some(&entry.id), &reason, "")
+            .await
+        {
+            tracing::warn!(error = %e, entry = %entry.id, "could not dead-letter; will retry");
+        }
+        return;
+    }
     let raw = field_string(&entry.map, STREAM_FIELD_ENVELOPE);
     let decoded = match &raw {
         None if entry.map.contains_key(STREAM_FIELD_ENVELOPE) => {
@@ -974,7 +1203,24 @@ where
     bus.metrics.events_in.get_or_create(&label).inc();
     let id = env.id.clone();
     let mut conn = bus.connection();
-    match handler(env).await.into() {
+    // A handler that panics on an entry is a bug that the entry triggers: the entry is parked
+    // with the panic's message, and the consumer goes on with the next one.
+    use futures::FutureExt as _;
+    let outcome = std::panic::AssertUnwindSafe(handler(env))
+        .catch_unwind()
+        .await
+        .map(Into::into)
+        .unwrap_or_else(|panic| {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            bus.metrics.handler_panics.get_or_create(&label).inc();
+            tracing::error!(event_id = %id, entry = %entry.id, panic = %msg, "handler panicked; dead-lettering the entry");
+            Disposition::DeadLetter(format!("the handler panicked: {msg}"))
+        });
+    match outcome {
         Disposition::Ack => {
             let r: redis::RedisResult<()> = conn.xack(stream, &cfg.group, &[&entry.id]).await;
             if let Err(e) = r {

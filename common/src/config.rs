@@ -40,10 +40,20 @@ pub struct CommonArgs {
     #[arg(long, env = "HEMOSTAT_LISTEN", default_value = "0.0.0.0:9090")]
     pub listen: SocketAddr,
 
-    /// Approximate maximum length of each `hemostat:stream:*` stream (MAXLEN ~).
-    #[arg(long, env = "HEMOSTAT_STREAM_MAXLEN", default_value_t = 100_000,
+    /// Approximate maximum length of each `hemostat:stream:*` stream (MAXLEN ~): the bound on
+    /// a burst. Streams are also trimmed by age (below).
+    #[arg(long, env = "HEMOSTAT_STREAM_MAXLEN", default_value_t = 20_000,
           value_parser = clap::value_parser!(u64).range(100..))]
     pub stream_maxlen: u64,
+
+    /// How long stream entries are kept (alerts, verdicts, results, the audit, dead letters).
+    #[arg(long, env = "HEMOSTAT_STREAM_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub stream_retention: Duration,
+
+    /// How long the high-volume streams keep their entries: `hemostat:stream:metrics` (one
+    /// entry per stats round, a few hundred bytes per container) and heartbeats.
+    #[arg(long, env = "HEMOSTAT_METRICS_RETENTION", default_value = "1h", value_parser = parse_duration)]
+    pub metrics_retention: Duration,
 
     /// How often each agent announces itself on `hemostat:heartbeat` (e.g. `10s`).
     #[arg(long, env = "HEMOSTAT_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
@@ -62,6 +72,8 @@ impl std::fmt::Debug for CommonArgs {
             .field("log_format", &self.log_format)
             .field("listen", &self.listen)
             .field("stream_maxlen", &self.stream_maxlen)
+            .field("stream_retention", &self.stream_retention)
+            .field("metrics_retention", &self.metrics_retention)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .finish()
@@ -71,6 +83,25 @@ impl std::fmt::Debug for CommonArgs {
 impl CommonArgs {
     /// Checks what clap cannot: that the Redis URL is one the client accepts.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (variable, d, min) in [
+            (
+                "HEMOSTAT_STREAM_RETENTION",
+                self.stream_retention,
+                Duration::from_secs(600),
+            ),
+            (
+                "HEMOSTAT_METRICS_RETENTION",
+                self.metrics_retention,
+                Duration::from_secs(60),
+            ),
+        ] {
+            if d < min {
+                return Err(ConfigError {
+                    variable,
+                    message: format!("{d:?} is too short; expected at least {min:?}"),
+                });
+            }
+        }
         redis::Client::open(self.redis_url.as_str()).map_err(|e| ConfigError {
             variable: "REDIS_URL",
             message: format!(
@@ -101,14 +132,24 @@ impl CommonArgs {
             .filter(|h| !h.is_empty())
     }
 
+    /// How long each stream keeps its entries.
+    pub fn retention(&self) -> crate::bus::Retention {
+        crate::bus::Retention {
+            default: self.stream_retention,
+            samples: self.metrics_retention,
+        }
+    }
+
     /// The settings as a log-safe summary (passwords redacted).
     pub fn summary(&self) -> String {
         format!(
-            "redis={} host_id={} listen={} stream_maxlen={} heartbeat={:?}",
+            "redis={} host_id={} listen={} stream_maxlen={} stream_retention={:?} metrics_retention={:?} heartbeat={:?}",
             redact::url(&self.redis_url),
             self.host_id().unwrap_or("<from docker>"),
             self.listen,
             self.stream_maxlen,
+            self.stream_retention,
+            self.metrics_retention,
             self.heartbeat_interval
         )
     }
@@ -130,17 +171,18 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{raw:?} is not a duration; expected e.g. 10s, 500ms, 5m or 1h"))?;
+    let value: f64 = num.parse().map_err(|_| {
+        format!("{raw:?} is not a duration; expected e.g. 10s, 500ms, 5m, 1h or 7d")
+    })?;
     let secs = match unit.trim() {
         "" | "s" => value,
         "ms" => value / 1000.0,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         other => {
             return Err(format!(
-                "unknown unit {other:?} in {raw:?}; expected ms, s, m or h"
+                "unknown unit {other:?} in {raw:?}; expected ms, s, m, h or d"
             ));
         }
     };
@@ -255,6 +297,7 @@ mod tests {
             ("1.5s", 1_500),
             ("5m", 300_000),
             ("1h", 3_600_000),
+            ("7d", 604_800_000),
             ("0", 0),
         ];
         for (raw, ms) in ok {

@@ -46,6 +46,34 @@ impl Health {
     }
 }
 
+/// Panics since the process started (every thread, caught or not), and the last one.
+static PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Counts every panic of the process for `/healthz` (`panics`, `last_panic`), then reports it
+/// as Rust does. A panic in one of an agent's loops also stops the agent
+/// (`AgentContext::spawn_critical`); one in a handler dead-letters its entry
+/// (`bus::consume`); either way it is visible here.
+pub fn count_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(at = %at, panic = %msg, "panicked");
+        *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{at}: {msg}"));
+        default(info);
+    }));
+}
+
 #[derive(Clone)]
 struct AppState {
     agent: String,
@@ -97,6 +125,8 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
         "status": if reasons.is_empty() { "ok" } else { "degraded" },
         "degraded": reasons,
         "version": env!("CARGO_PKG_VERSION"),
+        "panics": PANICS.load(std::sync::atomic::Ordering::SeqCst),
+        "last_panic": LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     });
     (status, axum::Json(body))
 }

@@ -42,6 +42,12 @@ pub struct AgentMetrics {
     pub redis_up: Gauge,
     /// 1 when the last Docker call succeeded (agents that use Docker).
     pub docker_up: Gauge,
+    /// Redis's `used_memory` at the last look (bytes).
+    pub redis_used_memory: Gauge,
+    /// Bytes of envelopes waiting in the outbox.
+    pub outbox_bytes: Gauge,
+    /// Handlers that panicked on an entry (the entry is dead-lettered, the agent goes on).
+    pub handler_panics: Family<ChannelLabel, Counter>,
 }
 
 impl AgentMetrics {
@@ -71,6 +77,21 @@ impl AgentMetrics {
             "hemostat_outbox_dropped",
             "Envelopes dropped because the outbox was full",
             self.outbox_dropped.clone(),
+        );
+        registry.register(
+            "hemostat_redis_used_memory_bytes",
+            "Redis used_memory at the last look",
+            self.redis_used_memory.clone(),
+        );
+        registry.register(
+            "hemostat_outbox_bytes",
+            "Bytes of envelopes waiting to be published",
+            self.outbox_bytes.clone(),
+        );
+        registry.register(
+            "hemostat_handler_panics",
+            "Handlers that panicked on an entry (dead-lettered)",
+            self.handler_panics.clone(),
         );
         registry.register(
             "hemostat_outbox_depth",

@@ -70,7 +70,7 @@ pub async fn start(
     });
     let app = api::router(state);
     let shutdown = ctx.shutdown.clone();
-    ctx.tracker.spawn(async move {
+    ctx.spawn_critical("dashboard listener", async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;

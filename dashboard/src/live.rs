@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
+use hemostat_common::agent::spawn_critical;
 use hemostat_common::bus::{Bus, subscribe};
 use hemostat_common::events::{Channel, Envelope};
 use hemostat_common::http::Health;
@@ -64,7 +65,7 @@ impl Live {
         );
         let tx = events.clone();
         let m = metrics.clone();
-        tracker.spawn(async move {
+        spawn_critical(tracker, shutdown, "live fan-out", async move {
             while let Some((channel, payload)) = rx.recv().await {
                 if let Some(msg) = to_message(&channel, &payload) {
                     m.events_in
@@ -80,7 +81,7 @@ impl Live {
         let health = health.clone();
         let stop = shutdown.clone();
         let m = metrics.clone();
-        tracker.spawn(async move {
+        spawn_critical(tracker, shutdown, "redis watch", async move {
             let mut tick = tokio::time::interval(PING_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

@@ -512,7 +512,12 @@ pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // What the agents decided, for the output of a failing test.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(
+                        "warn,hemostat_monitor=info,hemostat_analyzer=info,hemostat_responder=info,hemostat_alert=info",
+                    )
+                }),
         )
         .with_test_writer()
         .try_init();

@@ -110,6 +110,61 @@ impl RunningResponder {
     }
 }
 
+/// A runtime of its own for an agent under test, so that the test can kill everything the
+/// agent runs at once, as SIGKILL would.
+pub struct Isolated {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Default for Isolated {
+    fn default() -> Isolated {
+        Isolated::new()
+    }
+}
+
+impl Isolated {
+    pub fn new() -> Isolated {
+        Isolated {
+            rt: Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the agent"),
+            ),
+        }
+    }
+
+    /// Runs `f` on the agent's runtime and waits for its result (an agent's start).
+    pub async fn run<F, T>(&self, f: F) -> T
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.rt
+            .as_ref()
+            .expect("running")
+            .spawn(f)
+            .await
+            .expect("the agent's task")
+    }
+
+    /// Kills everything on it at once: no task runs another step.
+    pub fn kill(mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// A responder in a runtime of its own, so that a test can kill it.
 pub struct Killable {
     rt: Option<tokio::runtime::Runtime>,

@@ -287,6 +287,32 @@ impl RunningAlert {
         }
     }
 
+    /// [`RunningAlert::start`] with owned arguments, for an agent on a runtime of its own.
+    async fn start_owned(redis_url: String, settings: Vec<(String, String)>) -> RunningAlert {
+        let s: Vec<(&str, &str)> = settings
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        RunningAlert::start(&redis_url, &s).await
+    }
+
+    /// `GET /healthz`: the status code and body.
+    async fn healthz(&self) -> (u16, String) {
+        let mut s = tokio::net::TcpStream::connect(self.http).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, text)
+    }
+
     /// `GET /metrics`, over a raw TCP connection.
     async fn metrics(&self) -> String {
         let mut s = tokio::net::TcpStream::connect(self.http).await.unwrap();
@@ -708,9 +734,13 @@ async fn duplicates_fold_and_recovery_resolves() {
 async fn retry_after_429_then_200_delivered_once() {
     let w = setup!();
     let slack = SinkServer::start(vec![Reply::too_many("1")], Reply::ok()).await;
+    // Retry-After is honoured up to the longest backoff: 2 s here.
     let _alert = RunningAlert::start(
         &w.redis.url(),
-        &[("slack-webhook-url", &slack.url("/slack"))],
+        &[
+            ("slack-webhook-url", &slack.url("/slack")),
+            ("sink-backoff-max", "2s"),
+        ],
     )
     .await;
 
@@ -1530,4 +1560,267 @@ async fn history_records_only_what_each_sink_was_sent() {
         lie.is_empty(),
         "recorded as sent to slack but never sent: {lie:#?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// At least once: a notification is owned in Redis until a sink took it.
+// ---------------------------------------------------------------------------------------------
+
+/// Settings as owned pairs, for an agent on a runtime of its own.
+fn owned(settings: &[(&str, &str)]) -> Vec<(String, String)> {
+    settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Waits until the envelope `id` is marked handled (it is in the group, or recorded).
+async fn handled(w: &World, id: &str) {
+    let seen = format!("hemostat:seen:{}:{id}", hemostat_alert::AGENT);
+    let mut conn = w.redis.conn().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let n: u32 = redis::cmd("EXISTS")
+            .arg(&seen)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if n == 1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id} was never handled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SIGKILL of the alert agent while a notification waits in `group_wait`: the envelope was
+/// acked (it is in the group, in Redis), and the restarted agent sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_group_wait_the_successor_delivers() {
+    let w = setup!();
+    let slack = SinkServer::always(Reply::ok()).await;
+    let settings = owned(&[
+        ("slack-webhook-url", &slack.url("/slack")),
+        ("group-wait", "3s"),
+    ]);
+    let doomed = hemostat_tests::pipeline::Isolated::new();
+    let _first = doomed
+        .run(RunningAlert::start_owned(w.redis.url(), settings.clone()))
+        .await;
+    let crash = died("web");
+    w.publish(&crash).await;
+    handled(&w, &crash.id).await;
+    doomed.kill();
+    assert!(
+        slack.received().is_empty(),
+        "nothing was sent before the kill"
+    );
+    // Restarted at once, as `restart: unless-stopped` does.
+    let _second = RunningAlert::start_owned(w.redis.url(), settings).await;
+    let got = slack
+        .wait_for(1, "the grouped notification, sent by the successor")
+        .await;
+    assert!(names(&got[0].body, "web"), "{}", got[0].body);
+    w.wait_decision("sent", "slack", &crash.id).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(slack.received().len(), 1, "sent once");
+}
+
+/// SIGKILL while the sink answers 503 and the delivery waits for its next attempt: the
+/// restarted agent carries on with the retries, and the sink receives the notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_retries_the_successor_delivers() {
+    let w = setup!();
+    let slack = SinkServer::start(vec![Reply::status(503), Reply::status(503)], Reply::ok()).await;
+    let settings = owned(&[
+        ("slack-webhook-url", &slack.url("/slack")),
+        ("sink-attempts", "5"),
+        ("sink-backoff", "1s"),
+        ("sink-backoff-max", "2s"),
+    ]);
+    let doomed = hemostat_tests::pipeline::Isolated::new();
+    let _first = doomed
+        .run(RunningAlert::start_owned(w.redis.url(), settings.clone()))
+        .await;
+    let crash = died("db");
+    w.publish(&crash).await;
+    slack.wait_for(1, "the first attempt (503)").await;
+    doomed.kill();
+    let _second = RunningAlert::start_owned(w.redis.url(), settings).await;
+    let got = slack.wait_for(3, "the retries, then the delivery").await;
+    assert!(got.iter().all(|r| names(&r.body, "db")), "{got:?}");
+    let sent = w.wait_decision("sent", "slack", &crash.id).await;
+    assert!(
+        sent.get("detail").contains("after 3 attempt(s)"),
+        "{sent:?}"
+    );
+    assert!(
+        w.xrange(DEAD_LETTER_STREAM).await.is_empty(),
+        "nothing dead-lettered"
+    );
+}
+
+/// A sink answering 429 with an absurd `Retry-After` (1e20 seconds) is retried after the
+/// longest backoff, the worker does not panic, and the next notification is delivered too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_retry_after_is_clamped_and_delivery_goes_on() {
+    let w = setup!();
+    let slack = SinkServer::start(vec![Reply::too_many("1e20")], Reply::ok()).await;
+    let alert = RunningAlert::start(
+        &w.redis.url(),
+        &[("slack-webhook-url", &slack.url("/slack"))],
+    )
+    .await;
+    let first = died("api");
+    w.publish(&first).await;
+    let got = slack
+        .wait_for(2, "the retry after the clamped Retry-After")
+        .await;
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap < Duration::from_secs(3),
+        "clamped to the 500 ms backoff: {gap:?}"
+    );
+    w.wait_decision("sent", "slack", &first.id).await;
+    let next = died("cache");
+    w.publish(&next).await;
+    w.wait_decision("sent", "slack", &next.id).await;
+    let (code, body) = alert.healthz().await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"panics\":0"), "{body}");
+    assert!(alert.stop().await);
+}
+
+/// An entry of 50 MB on a stream the alert agent reads is dead-lettered unread; the agent stays
+/// healthy and the next escalation is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_entry_is_dead_lettered_and_the_agent_goes_on() {
+    let w = setup!();
+    let slack = SinkServer::always(Reply::ok()).await;
+    let alert = RunningAlert::start(
+        &w.redis.url(),
+        &[("slack-webhook-url", &slack.url("/slack"))],
+    )
+    .await;
+    let huge = "x".repeat(50 * 1024 * 1024);
+    let mut conn = w.redis.conn().await;
+    let _: String = redis::cmd("XADD")
+        .arg(Channel::Alerts.stream())
+        .arg("*")
+        .arg("event_type")
+        .arg("escalation")
+        .arg("envelope")
+        .arg(&huge)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    drop(huge);
+    let dead = w
+        .wait_stream(DEAD_LETTER_STREAM, "the oversized entry", |d| {
+            d.iter().any(|e| e.get("reason").contains("over the"))
+        })
+        .await;
+    let e = dead
+        .iter()
+        .find(|e| e.get("reason").contains("over the"))
+        .unwrap();
+    assert!(e.get("reason").contains("52428800 bytes"), "{e:?}");
+    assert!(e.get("payload").is_empty(), "parked unread: {e:?}");
+    let crash = died("web");
+    w.publish(&crash).await;
+    w.wait_decision("sent", "slack", &crash.id).await;
+    let (code, body) = alert.healthz().await;
+    assert_eq!(code, 200, "{body}");
+    assert!(alert.stop().await);
+}
+
+/// With PagerDuty configured beside Slack, a clean stop is prompt and clean (no sink queue
+/// keeps a worker waiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_with_pagerduty_is_prompt() {
+    let w = setup!();
+    let slack = SinkServer::always(Reply::ok()).await;
+    let pd = SinkServer::always(Reply::status(202)).await;
+    let alert = RunningAlert::start(
+        &w.redis.url(),
+        &[
+            ("slack-webhook-url", &slack.url("/slack")),
+            ("pagerduty-routing-key", "R0UTINGKEY0000000000000000000000"),
+            ("pagerduty-url", &pd.url("/v2/enqueue")),
+        ],
+    )
+    .await;
+    let crash = died("web");
+    w.publish(&crash).await;
+    w.wait_decision("sent", "slack", &crash.id).await;
+    let stopped = Instant::now();
+    assert!(alert.stop().await, "a clean stop");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(3),
+        "stopped in {:?}",
+        stopped.elapsed()
+    );
+}
+
+/// A sink whose outbox is at its bound (1,000 deliveries, the head leased by an instance that
+/// is still working on it) takes no more: the next notification is recorded `failed` and
+/// dead-lettered with its content, never dropped unseen, and the other sinks still get it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_records_failed_and_dead_letters() {
+    let w = setup!();
+    let slack = SinkServer::always(Reply::ok()).await;
+    let hook = SinkServer::always(Reply::ok()).await;
+    {
+        let mut conn = w.redis.conn().await;
+        let outbox = hemostat_alert::store::keys::outbox("slack");
+        let mut fill = redis::pipe();
+        for i in 0..1000u32 {
+            fill.cmd("ZADD")
+                .arg(&outbox)
+                .arg(i)
+                .arg(format!("held-{i:04}"));
+        }
+        let lease = (Utc::now().timestamp_millis() + 600_000).to_string();
+        fill.cmd("HSET")
+            .arg(hemostat_alert::store::keys::delivery("held-0000"))
+            .arg(&[
+                ("sink", "slack"),
+                ("batch", "[]"),
+                ("attempts", "0"),
+                ("next_at", "0"),
+                ("owner", "alert-elsewhere-1"),
+                ("lease_until", lease.as_str()),
+                ("created", "0"),
+            ]);
+        let _: () = fill.query_async(&mut conn).await.unwrap();
+    }
+    let alert = RunningAlert::start(
+        &w.redis.url(),
+        &[
+            ("slack-webhook-url", &slack.url("/slack")),
+            ("webhook-url", &hook.url("/hook")),
+        ],
+    )
+    .await;
+    let crash = died("web");
+    w.publish(&crash).await;
+    let failed = w.wait_decision("failed", "slack", &crash.id).await;
+    assert_eq!(failed.get("detail"), "sink queue full", "{failed:?}");
+    w.wait_decision("sent", "webhook-json", &crash.id).await;
+    let dead = w
+        .wait_stream(DEAD_LETTER_STREAM, "the dead letter", |d| !d.is_empty())
+        .await;
+    assert_eq!(dead[0].get("source"), "alert:slack", "{dead:?}");
+    assert!(
+        dead[0].get("reason").contains("holds 1000 deliveries"),
+        "{dead:?}"
+    );
+    assert!(dead[0].get("payload").contains(&crash.id), "{dead:?}");
+    assert!(slack.received().is_empty(), "the held head was never sent");
+    let metrics = alert.metrics().await;
+    assert!(
+        metrics.contains("hemostat_dead_lettered_total{channel=\"alert:slack\"} 1"),
+        "{metrics}"
+    );
+    assert!(alert.stop().await);
 }

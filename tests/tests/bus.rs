@@ -706,7 +706,7 @@ async fn survives_redis_restart() {
         wait_for_psubscribe(&mut conn).await;
     }
     let give_up = Shutdown::new();
-    let (outbox, worker) = Outbox::new(bus.clone(), 1_000, give_up.clone());
+    let (outbox, worker) = Outbox::new(bus.clone(), 1_000, 64 << 20, give_up.clone());
     let worker = tokio::spawn(worker);
 
     let before: Vec<Envelope> = (0..5).map(|i| alert(&format!("before{i}"))).collect();
@@ -1163,7 +1163,7 @@ async fn outbox_depth_counts_only_queued_envelopes() {
         return;
     };
     let (bus, metrics) = connect_bus(&redis.url(), 10_000).await;
-    let (outbox, worker) = Outbox::new(bus, 10, Shutdown::new());
+    let (outbox, worker) = Outbox::new(bus, 10, 64 << 20, Shutdown::new());
     drop(worker); // The worker is gone (as after shutdown): nothing can be queued.
     assert!(!outbox.send(alert("late")).await);
     assert_eq!(
@@ -1171,4 +1171,332 @@ async fn outbox_depth_counts_only_queued_envelopes() {
         0,
         "nothing is waiting in the outbox"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Poison entries end; memory is bounded.
+// ---------------------------------------------------------------------------------------------
+
+/// A handler that panics on one entry: that entry is dead-lettered with the panic's message,
+/// every other entry is handled, and the consumer keeps going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_panic_dead_letters_its_entry_and_the_consumer_goes_on() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, metrics) = connect_bus(&redis.url(), 10_000).await;
+    let mut conn = redis.conn().await;
+    let shutdown = Shutdown::new();
+    let all: Vec<Envelope> = (0..5).map(|i| alert(&format!("c{i}"))).collect();
+    let poison = all[1].id.clone();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let consumer = {
+        let (seen, poison) = (seen.clone(), poison.clone());
+        spawn_consumer(
+            &bus,
+            fast("panics", "p1"),
+            &shutdown,
+            move |env: Envelope| {
+                let (seen, poison) = (seen.clone(), poison.clone());
+                async move {
+                    assert!(env.id != poison, "boom: this entry crashes the handler");
+                    seen.lock().unwrap().push(env.id);
+                    Ok(())
+                }
+            },
+        )
+    };
+    wait_for_group(&mut conn, HEALTH, "panics").await;
+    bus.publish_all(&all).await.unwrap();
+    eventually("the others handled", WAIT, async || {
+        seen.lock().unwrap().len() == 4
+    })
+    .await;
+    eventually("the poison dead-lettered", WAIT, async || {
+        xlen(&mut conn, DEAD_LETTER_STREAM).await == 1
+    })
+    .await;
+    let dead = entries(&mut conn, DEAD_LETTER_STREAM).await;
+    assert!(
+        field(&dead[0], "reason").contains("the handler panicked: boom"),
+        "{dead:?}"
+    );
+    assert!(field(&dead[0], "payload").contains(&poison));
+    eventually("nothing pending", WAIT, async || {
+        pending(&mut conn, HEALTH, "panics").await == 0
+    })
+    .await;
+    assert_eq!(
+        metrics
+            .handler_panics
+            .get_or_create(&hemostat_common::metrics::ChannelLabel::new(HEALTH))
+            .get(),
+        1
+    );
+    // Still consuming.
+    let late = alert("late");
+    bus.publish(&late).await.unwrap();
+    eventually("a later entry handled", WAIT, async || {
+        seen.lock().unwrap().contains(&late.id)
+    })
+    .await;
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, consumer)
+        .await
+        .expect("consumer stops")
+        .unwrap();
+}
+
+/// An entry whose handler never finishes (its consumer hangs, or is killed, each time): after
+/// `max_deliveries` deliveries without being settled it is dead-lettered before it is handed
+/// to a handler again, and the slots it held are not lost to the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_never_settled_is_dead_lettered_after_n_deliveries() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, _) = connect_bus(&redis.url(), 10_000).await;
+    let mut conn = redis.conn().await;
+    let shutdown = Shutdown::new();
+    let poison = alert("hang");
+    let other = alert("fine");
+    let calls: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let cfg = ConsumerConfig {
+        concurrency: 8,
+        claim_idle: Duration::from_millis(200),
+        claim_every: Duration::from_millis(100),
+        max_deliveries: 3,
+        ..fast("hangs", "h1")
+    };
+    let consumer = {
+        let (calls, hang) = (calls.clone(), poison.id.clone());
+        spawn_consumer(&bus, cfg, &shutdown, move |env: Envelope| {
+            *calls.lock().unwrap().entry(env.id.clone()).or_default() += 1;
+            let hangs = env.id == hang;
+            async move {
+                if hangs {
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            }
+        })
+    };
+    wait_for_group(&mut conn, HEALTH, "hangs").await;
+    bus.publish_all(&[poison.clone(), other.clone()])
+        .await
+        .unwrap();
+    eventually("the hanging entry dead-lettered", WAIT, async || {
+        xlen(&mut conn, DEAD_LETTER_STREAM).await == 1
+    })
+    .await;
+    let dead = entries(&mut conn, DEAD_LETTER_STREAM).await;
+    assert!(
+        field(&dead[0], "reason").contains("never settled"),
+        "{dead:?}"
+    );
+    assert!(field(&dead[0], "payload").contains(&poison.id));
+    let n = calls.lock().unwrap().get(&poison.id).copied().unwrap_or(0);
+    assert_eq!(n, 3, "handed to a handler exactly max_deliveries times");
+    assert_eq!(calls.lock().unwrap().get(&other.id).copied(), Some(1));
+    shutdown.cancel();
+    // The hanging handlers never finish: the consumer is abandoned, as a shutdown timeout would.
+    consumer.abort();
+}
+
+/// An envelope over the size limit is dead-lettered unread (no handler sees it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_entry_is_dead_lettered_unread() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, _) = connect_bus(&redis.url(), 10_000).await;
+    let mut conn = redis.conn().await;
+    let shutdown = Shutdown::new();
+    let (seen, handler) = recorder();
+    let cfg = ConsumerConfig {
+        max_entry_bytes: 1000,
+        ..fast("big", "b1")
+    };
+    let consumer = spawn_consumer(&bus, cfg, &shutdown, handler);
+    wait_for_group(&mut conn, HEALTH, "big").await;
+    let mut big = alert("big");
+    if let Payload::ContainerUnhealthy(a) = &mut big.payload {
+        a.summary = "x".repeat(5000);
+    }
+    let small = alert("small");
+    bus.publish_all(&[big.clone(), small.clone()])
+        .await
+        .unwrap();
+    eventually("the small one handled", WAIT, async || {
+        seen.lock().unwrap().contains(&small.id)
+    })
+    .await;
+    eventually("the big one dead-lettered", WAIT, async || {
+        xlen(&mut conn, DEAD_LETTER_STREAM).await == 1
+    })
+    .await;
+    let dead = entries(&mut conn, DEAD_LETTER_STREAM).await;
+    assert!(field(&dead[0], "reason").contains("over the 1000-byte limit"));
+    assert_eq!(field(&dead[0], "payload"), "", "not read, not copied");
+    assert!(!seen.lock().unwrap().contains(&big.id));
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, consumer)
+        .await
+        .expect("consumer stops")
+        .unwrap();
+}
+
+/// Streams are trimmed by age: entries older than their stream's retention go, newer ones
+/// stay; the metrics stream keeps less than the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_trimmed_by_age() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, _) = connect_bus(&redis.url(), 100_000).await;
+    let mut conn = redis.conn().await;
+    let now = chrono::Utc::now().timestamp_millis() as u64;
+    // Old and new entries, with explicit ids (their time is their id).
+    // Oldest first: a stream's ids only grow.
+    for (stream, age_s) in [
+        (Channel::Metrics.stream(), 3600u64),
+        (Channel::Metrics.stream(), 60),
+        (HEALTH, 10 * 86_400),
+        (HEALTH, 3600),
+        (HEALTH, 60),
+    ] {
+        let _: String = redis::cmd("XADD")
+            .arg(stream)
+            .arg(format!("{}-0", now - age_s * 1000))
+            .arg("envelope")
+            .arg("{}")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let retention = bus::Retention {
+        default: Duration::from_secs(7 * 86_400),
+        samples: Duration::from_secs(1800),
+    };
+    bus.trim(&bus::all_streams(), retention).await.unwrap();
+    assert_eq!(
+        xlen(&mut conn, Channel::Metrics.stream()).await,
+        1,
+        "only the minute-old sample"
+    );
+    assert_eq!(
+        xlen(&mut conn, HEALTH).await,
+        2,
+        "an hour and a minute old; not ten days"
+    );
+    assert_eq!(
+        retention.of(Channel::Metrics.stream()),
+        Duration::from_secs(1800)
+    );
+    assert_eq!(
+        retention.of(Channel::Heartbeat.stream()),
+        Duration::from_secs(1800)
+    );
+    assert_eq!(retention.of(HEALTH), Duration::from_secs(7 * 86_400));
+}
+
+/// The outbox is bounded in bytes: samples are dropped once it holds its budget while Redis is
+/// away, and an alert waits for room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_is_bounded_in_bytes() {
+    let Some(mut redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, metrics) = connect_bus(&redis.url(), 10_000).await;
+    redis.stop();
+    let one = alert("c").to_json().len();
+    let (outbox, worker) = Outbox::new(bus, 10_000, one * 3, Shutdown::new());
+    let worker = tokio::spawn(worker);
+    let mut sent = 0;
+    for i in 0..10 {
+        if outbox.try_send(alert(&format!("c{i}"))) {
+            sent += 1;
+        }
+    }
+    // The worker holds one batch while it retries; the budget is about three envelopes.
+    assert!(sent <= 4, "{sent} samples queued for a budget of 3");
+    assert!(metrics.outbox_dropped.get() >= 6);
+    assert!(metrics.outbox_bytes.get() as usize <= one * 4 + 64);
+    // An alert waits (it is not dropped) until Redis is back and the queue drains.
+    redis.start_again();
+    let ok = tokio::time::timeout(WAIT_RESTART, outbox.send(alert("alert")))
+        .await
+        .expect("room freed once Redis is back");
+    assert!(ok);
+    drop(outbox);
+    tokio::time::timeout(WAIT_RESTART, worker)
+        .await
+        .expect("the outbox drains")
+        .unwrap();
+    assert_eq!(metrics.outbox_bytes.get(), 0);
+}
+
+/// Above 80 % of `maxmemory` an agent says so.
+#[test]
+fn redis_memory_above_80_percent_is_degraded() {
+    let mib = 1024 * 1024;
+    assert_eq!(bus::memory_verdict(10 * mib, 0), None, "no limit");
+    assert_eq!(bus::memory_verdict(300 * mib, 384 * mib), None);
+    let why = bus::memory_verdict(320 * mib, 384 * mib).expect("degraded");
+    assert!(why.contains("320 MiB of its 384 MiB"), "{why}");
+}
+
+/// An agent whose Redis is above 80 % of its `maxmemory` reports itself degraded, and recovers
+/// when it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reports_redis_near_its_memory_limit() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, metrics) = connect_bus(&redis.url(), 10_000).await;
+    let mut conn = redis.conn().await;
+    let (used, _) = bus.memory().await.unwrap();
+    let set = async |conn: &mut MultiplexedConnection, bytes: u64| {
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(bytes)
+            .query_async(conn)
+            .await
+            .unwrap();
+    };
+    // Used is ~90 % of the limit.
+    set(&mut conn, used * 10 / 9).await;
+    let health = Health::default();
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(bus::trim_forever(
+        bus.clone(),
+        bus::all_streams(),
+        bus::Retention::default(),
+        health.clone(),
+        shutdown.clone(),
+    ));
+    eventually("degraded", WAIT, async || {
+        health
+            .reasons()
+            .iter()
+            .any(|r| r.starts_with("redis_memory:"))
+    })
+    .await;
+    assert!(metrics.redis_used_memory.get() > 0);
+    shutdown.cancel();
+    task.await.unwrap();
+    // A roomy limit: the next look clears it.
+    set(&mut conn, used * 100).await;
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(bus::trim_forever(
+        bus.clone(),
+        bus::all_streams(),
+        bus::Retention::default(),
+        health.clone(),
+        shutdown.clone(),
+    ));
+    eventually("healthy again", WAIT, async || health.reasons().is_empty()).await;
+    shutdown.cancel();
+    task.await.unwrap();
 }

@@ -2,15 +2,13 @@
 //! becomes one grouped message, repeat a still-firing problem only after `repeat_interval`, send
 //! a resolved message on recovery, and mute what a silence matches.
 //!
-//! Pure and clocked by the caller (`tokio::time::Instant`), so the timing is tested under a
-//! paused Tokio clock.
+//! Pure and clocked by the caller (ms since the epoch): the state it decides on is kept in
+//! Redis by the caller, so a killed agent's successor decides exactly as it would have.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 
 use crate::notify::{Notification, Status};
 
@@ -35,25 +33,22 @@ pub enum Decision {
 }
 
 /// A batch ready to send: one message, naming every notification in it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
     pub notifications: Vec<Notification>,
 }
 
-#[derive(Debug, Default, Clone)]
-struct State {
-    firing: bool,
-    last_told: Option<Instant>,
-    folded: u32,
-}
-
-/// The per-process state.
-#[derive(Debug)]
-pub struct Engine {
-    cfg: EngineConfig,
-    states: HashMap<String, State>,
-    pending: Vec<Notification>,
-    batch_started: Option<Instant>,
+/// What is remembered about one fingerprint (`host/container/kind`) between notifications:
+/// kept in Redis (`hemostat:alert:fp:<fingerprint>`), so every replica and every successor of
+/// a killed agent folds and repeats the same way.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FpState {
+    /// A problem was told and has not been resolved since.
+    pub firing: bool,
+    /// When it was last told (ms since the epoch): the repeat interval counts from here.
+    pub told_ms: Option<u64>,
+    /// Notifications folded into it since it was last told.
+    pub folded: u32,
 }
 
 /// A silence: mutes notifications whose host, container and kind match, until it expires.
@@ -97,110 +92,71 @@ impl Silence {
     }
 }
 
-impl Engine {
-    pub fn new(cfg: EngineConfig) -> Engine {
-        Engine {
-            cfg,
-            states: HashMap::new(),
-            pending: Vec::new(),
-            batch_started: None,
-        }
+/// Decides what happens to notification `n` at `now_ms`, given its fingerprint's state and
+/// what the group being gathered holds. Returns the decision and the fingerprint's new state
+/// (unchanged for events and silenced notifications).
+pub fn decide(
+    cfg: &EngineConfig,
+    state: FpState,
+    group: &[Notification],
+    n: &Notification,
+    now_ms: u64,
+    wall: DateTime<Utc>,
+    silences: &[Silence],
+) -> (Decision, FpState) {
+    if let Some(s) = silences.iter().find(|s| s.matches(n, wall)) {
+        return (Decision::Silenced(s.id.clone()), state);
     }
-
-    /// Takes one notification in at `now`.
-    pub fn ingest(
-        &mut self,
-        n: Notification,
-        now: Instant,
-        wall: DateTime<Utc>,
-        silences: &[Silence],
-    ) -> Decision {
-        if let Some(s) = silences.iter().find(|s| s.matches(&n, wall)) {
-            return Decision::Silenced(s.id.clone());
+    if n.one_off {
+        // An event is told every time; only the very same event twice is folded.
+        if group.iter().any(|p| p.event_id == n.event_id) {
+            return (
+                Decision::Folded("the same event is already in the batch".into()),
+                state,
+            );
         }
-        if n.one_off {
-            // An event is told every time; only the very same event twice is folded.
-            if self.pending.iter().any(|p| p.event_id == n.event_id) {
-                return Decision::Folded("the same event is already in the batch".into());
-            }
-            if self.pending.is_empty() {
-                self.batch_started = Some(now);
-            }
-            self.pending.push(n);
-            return Decision::Queued;
-        }
-        let state = self.states.entry(n.fingerprint.clone()).or_default();
-        match n.status {
-            Status::Firing => {
-                if state.firing
-                    && state
-                        .last_told
-                        .is_some_and(|t| now.duration_since(t) < self.cfg.repeat_interval)
-                {
-                    state.folded += 1;
-                    return Decision::Folded(format!(
+        return (Decision::Queued, state);
+    }
+    let mut next = state;
+    match n.status {
+        Status::Firing => {
+            if state.firing
+                && state.told_ms.is_some_and(|t| {
+                    now_ms.saturating_sub(t) < cfg.repeat_interval.as_millis() as u64
+                })
+            {
+                next.folded += 1;
+                return (
+                    Decision::Folded(format!(
                         "already told within the repeat interval ({} folded)",
-                        state.folded
-                    ));
-                }
-                if self
-                    .pending
-                    .iter()
-                    .any(|p| p.fingerprint == n.fingerprint && p.status == Status::Firing)
-                {
-                    state.folded += 1;
-                    return Decision::Folded("already in the batch being grouped".into());
-                }
-                state.firing = true;
-                state.folded = 0;
+                        next.folded
+                    )),
+                    next,
+                );
             }
-            Status::Resolved => {
-                if !state.firing {
-                    return Decision::Folded("nothing firing to resolve".into());
-                }
-                state.firing = false;
-                // A problem that fired and cleared inside one group_wait is still told, with
-                // its resolution next to it, so it never silently disappears.
+            if group
+                .iter()
+                .any(|p| p.fingerprint == n.fingerprint && p.status == Status::Firing)
+            {
+                next.folded += 1;
+                return (
+                    Decision::Folded("already in the batch being grouped".into()),
+                    next,
+                );
             }
+            next.firing = true;
+            next.folded = 0;
         }
-        if self.pending.is_empty() {
-            self.batch_started = Some(now);
-        }
-        self.pending.push(n);
-        Decision::Queued
-    }
-
-    /// When the current batch is due, if there is one.
-    pub fn due(&self) -> Option<Instant> {
-        self.batch_started.map(|t| t + self.cfg.group_wait)
-    }
-
-    /// Hands over the batch if it is due at `now`.
-    pub fn flush(&mut self, now: Instant) -> Option<Batch> {
-        let due = self.due()?;
-        if now < due {
-            return None;
-        }
-        self.batch_started = None;
-        let notifications = std::mem::take(&mut self.pending);
-        for n in &notifications {
-            if let Some(s) = self.states.get_mut(&n.fingerprint) {
-                s.last_told = Some(now);
+        Status::Resolved => {
+            if !state.firing {
+                return (Decision::Folded("nothing firing to resolve".into()), state);
             }
+            next.firing = false;
+            // A problem that fired and cleared inside one group_wait is still told, with its
+            // resolution next to it, so it never silently disappears.
         }
-        // Forget resolved fingerprints so memory stays bounded by what is firing.
-        self.states.retain(|_, s| {
-            s.firing
-                || s.last_told
-                    .is_some_and(|t| now.duration_since(t) < Duration::from_secs(86_400))
-        });
-        (!notifications.is_empty()).then_some(Batch { notifications })
     }
-
-    /// Fingerprints currently firing.
-    pub fn firing(&self) -> usize {
-        self.states.values().filter(|s| s.firing).count()
-    }
+    (Decision::Queued, next)
 }
 
 #[cfg(test)]
@@ -229,7 +185,7 @@ mod tests {
             method: None,
             dry_run: false,
             at: Utc::now(),
-            event_id: "e".into(),
+            event_id: format!("e-{container}-{kind}-{status:?}"),
             event_type: "container_unhealthy".into(),
             page: false,
             one_off: false,
@@ -243,153 +199,100 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_burst_becomes_one_grouped_message_naming_every_container() {
-        let mut e = Engine::new(cfg());
-        let t0 = Instant::now();
-        assert_eq!(
-            e.ingest(n("web", "died", Status::Firing), t0, Utc::now(), &[]),
-            Decision::Queued
-        );
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(
-            e.ingest(
-                n("db", "died", Status::Firing),
-                Instant::now(),
-                Utc::now(),
-                &[]
-            ),
-            Decision::Queued
-        );
-        assert!(e.flush(Instant::now()).is_none(), "group_wait not over");
-        tokio::time::advance(Duration::from_secs(4)).await;
-        let batch = e.flush(Instant::now()).expect("due after group_wait");
-        let names: Vec<_> = batch
-            .notifications
-            .iter()
-            .map(|n| n.container.as_ref().unwrap().name.as_str())
-            .collect();
-        assert_eq!(
-            names,
-            ["web", "db"],
-            "two containers, both named, neither hidden"
-        );
-        assert!(e.due().is_none());
+    const S: u64 = 1000;
+
+    fn d(
+        state: FpState,
+        group: &[Notification],
+        n: &Notification,
+        now: u64,
+    ) -> (Decision, FpState) {
+        decide(&cfg(), state, group, n, now, Utc::now(), &[])
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn duplicates_fold_and_repeat_only_after_the_interval() {
-        let mut e = Engine::new(cfg());
-        e.ingest(
-            n("web", "died", Status::Firing),
-            Instant::now(),
-            Utc::now(),
-            &[],
-        );
-        assert!(matches!(
-            e.ingest(
-                n("web", "died", Status::Firing),
-                Instant::now(),
-                Utc::now(),
-                &[]
-            ),
-            Decision::Folded(_)
-        ));
-        tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(e.flush(Instant::now()).unwrap().notifications.len(), 1);
-        tokio::time::advance(Duration::from_secs(600)).await;
-        assert!(matches!(
-            e.ingest(
-                n("web", "died", Status::Firing),
-                Instant::now(),
-                Utc::now(),
-                &[]
-            ),
-            Decision::Folded(_)
-        ));
-        tokio::time::advance(Duration::from_secs(3000)).await;
+    fn told(at: u64) -> FpState {
+        FpState {
+            firing: true,
+            told_ms: Some(at),
+            folded: 0,
+        }
+    }
+
+    #[test]
+    fn a_burst_is_one_group_that_names_every_container() {
+        let web = n("web", "died", Status::Firing);
+        let db = n("db", "died", Status::Firing);
+        assert_eq!(d(FpState::default(), &[], &web, 0).0, Decision::Queued);
+        // Another container's problem joins the group; it hides nothing.
         assert_eq!(
-            e.ingest(
-                n("web", "died", Status::Firing),
-                Instant::now(),
-                Utc::now(),
-                &[]
-            ),
-            Decision::Queued,
-            "repeat_interval passed"
+            d(FpState::default(), std::slice::from_ref(&web), &db, S).0,
+            Decision::Queued
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn events_are_told_every_time() {
-        let mut e = Engine::new(cfg());
+    #[test]
+    fn duplicates_fold_and_repeat_only_after_the_interval() {
+        let web = n("web", "died", Status::Firing);
+        let (first, state) = d(FpState::default(), &[], &web, 0);
+        assert_eq!(first, Decision::Queued);
+        assert!(state.firing);
+        // The same problem again while it is being grouped.
+        let (again, state) = d(state, std::slice::from_ref(&web), &web, S);
+        assert!(matches!(again, Decision::Folded(_)), "{again:?}");
+        assert_eq!(state.folded, 1);
+        // Told at 5 s; ten minutes later it is still firing: folded.
+        let state = FpState {
+            told_ms: Some(5 * S),
+            ..state
+        };
+        assert!(matches!(
+            d(state, &[], &web, 600 * S).0,
+            Decision::Folded(_)
+        ));
+        // After the repeat interval it is told again.
+        assert_eq!(d(state, &[], &web, 3606 * S).0, Decision::Queued);
+    }
+
+    #[test]
+    fn events_are_told_every_time() {
         for i in 0..3 {
             let mut r = n("web", "remediation_restart_success", Status::Firing);
             r.one_off = true;
             r.event_id = format!("e{i}");
-            assert_eq!(
-                e.ingest(r, Instant::now(), Utc::now(), &[]),
-                Decision::Queued
-            );
-            tokio::time::advance(Duration::from_secs(5)).await;
-            assert_eq!(
-                e.flush(Instant::now()).unwrap().notifications.len(),
-                1,
-                "restart {i} is told"
-            );
+            let (dec, state) = d(told(0), &[], &r, S);
+            assert_eq!(dec, Decision::Queued, "restart {i} is told");
+            assert_eq!(state, told(0), "events never change a fingerprint");
         }
-        assert_eq!(e.firing(), 0, "events never fire");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn recovery_sends_a_resolved_message_once() {
-        let mut e = Engine::new(cfg());
-        e.ingest(
-            n("web", "died", Status::Firing),
-            Instant::now(),
-            Utc::now(),
-            &[],
-        );
-        tokio::time::advance(Duration::from_secs(5)).await;
-        e.flush(Instant::now()).unwrap();
-        assert_eq!(e.firing(), 1);
-        assert_eq!(
-            e.ingest(
-                n("web", "died", Status::Resolved),
-                Instant::now(),
-                Utc::now(),
-                &[]
-            ),
-            Decision::Queued
-        );
+        let mut r = n("web", "remediation_restart_success", Status::Firing);
+        r.one_off = true;
         assert!(matches!(
-            e.ingest(
-                n("web", "died", Status::Resolved),
-                Instant::now(),
-                Utc::now(),
-                &[]
-            ),
+            d(FpState::default(), &[r.clone()], &r, S).0,
             Decision::Folded(_)
         ));
-        tokio::time::advance(Duration::from_secs(5)).await;
-        let b = e.flush(Instant::now()).unwrap();
-        assert_eq!(b.notifications[0].status, Status::Resolved);
-        assert_eq!(e.firing(), 0);
-        // After resolution, a new failure is news again at once.
-        assert_eq!(
-            e.ingest(
-                n("web", "died", Status::Firing),
-                Instant::now(),
-                Utc::now(),
-                &[]
-            ),
-            Decision::Queued
-        );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_silence_mutes_exactly_what_it_matches_until_it_expires() {
-        let mut e = Engine::new(cfg());
+    #[test]
+    fn recovery_sends_a_resolved_message_once() {
+        let resolved = n("web", "died", Status::Resolved);
+        let (dec, state) = d(told(0), &[], &resolved, 10 * S);
+        assert_eq!(dec, Decision::Queued);
+        assert!(!state.firing);
+        assert!(matches!(
+            d(state, &[], &resolved, 11 * S).0,
+            Decision::Folded(_)
+        ));
+        // After resolution, a new failure is news again at once.
+        let fire = n("web", "died", Status::Firing);
+        assert_eq!(d(state, &[], &fire, 12 * S).0, Decision::Queued);
+        // A recovery of something never told is folded.
+        assert!(matches!(
+            d(FpState::default(), &[], &resolved, S).0,
+            Decision::Folded(_)
+        ));
+    }
+
+    #[test]
+    fn a_silence_mutes_exactly_what_it_matches_until_it_expires() {
         let now = Utc::now();
         let s = Silence {
             id: "s1".into(),
@@ -413,9 +316,21 @@ mod tests {
             ),
         ];
         for (notification, at, muted) in cases {
-            let label = notification.fingerprint.clone();
-            let d = e.ingest(notification, Instant::now(), at, &silences);
-            assert_eq!(matches!(d, Decision::Silenced(_)), muted, "{label} at {at}");
+            let (dec, _) = decide(
+                &cfg(),
+                FpState::default(),
+                &[],
+                &notification,
+                0,
+                at,
+                &silences,
+            );
+            assert_eq!(
+                matches!(dec, Decision::Silenced(_)),
+                muted,
+                "{} at {at}",
+                notification.fingerprint
+            );
         }
     }
 }

@@ -1,34 +1,44 @@
 //! hemostat-alert: tells people what happened, once, clearly, and loses nothing.
 //!
 //! Envelopes (remediation results, escalations, optionally crash notices and false alarms)
-//! become [`notify::Notification`]s, go through the [`engine::Engine`] (silences, folding,
-//! grouping, repeat, resolve), and each resulting batch is handed to every sink's own queue
-//! ([`sink`]); a sink that is slow or down delays only itself. Every decision (sent, folded,
-//! silenced, failed) is kept in `hemostat:stream:notifications`.
+//! become [`notify::Notification`]s and go through the [`engine`] (silences, folding, repeat,
+//! resolve). Everything after that lives in Redis ([`store`]), never only in the process: a
+//! notification joins the group being gathered in the same atomic step that marks its envelope
+//! handled (and only then is the envelope acked); when the group is due (`group_wait`) it moves
+//! whole into every sink's own outbox; each sink's worker makes one request at a time to the
+//! head of its outbox, keeping the retry schedule (and its rate limit's waits) as due times in
+//! Redis. A notification leaves its outbox only with its `sent`, `failed` or dead-letter
+//! record. So a killed agent's successor carries on from exactly where it stopped: a page is
+//! delivered at least once. Every decision (sent, folded, silenced, filtered, failed) is kept
+//! in `hemostat:stream:notifications`.
 
 pub mod config;
 pub mod engine;
 pub mod notify;
 pub mod render;
 pub mod sink;
+pub mod store;
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
 use hemostat_common::agent::AgentContext;
-use hemostat_common::bus::{Bus, ConsumerConfig, RecentWindow, consume};
+use hemostat_common::bus::{Bus, ConsumerConfig, Disposition, Op, RecentWindow, consume};
 use hemostat_common::events::{Channel, Envelope, Payload};
 use hemostat_common::shutdown::Shutdown;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use tokio::sync::{Notify, mpsc};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::Notify;
 
 use crate::config::AlertConfig;
-use crate::engine::{Batch, Decision, Engine, Silence};
+use crate::engine::{Batch, Decision, Silence};
+use crate::notify::Notification;
 use crate::render::RenderContext;
-use crate::sink::{Delivered, Queued, Sink};
+use crate::sink::{Attempt, Kind, Sink};
+use crate::store::{Applied, Delivery, Pre, Store, keys};
 
 /// The agent's name on the bus and its consumer group.
 pub const AGENT: &str = "alert";
@@ -36,8 +46,12 @@ pub const AGENT: &str = "alert";
 pub const HISTORY_STREAM: &str = "hemostat:stream:notifications";
 /// Active silences: a hash of id → JSON [`Silence`].
 pub const SILENCES_KEY: &str = "hemostat:silences";
-/// Batches a sink's queue holds before new ones are recorded as failed.
-const SINK_QUEUE: usize = 1000;
+/// Deliveries a sink's outbox holds; beyond it a batch is recorded failed and dead-lettered.
+const SINK_QUEUE: u64 = 1000;
+/// Notifications one group holds; a group that reaches it is sent at once.
+const GROUP_MAX: usize = 500;
+/// How long handled markers live.
+const HANDLED_TTL_S: u64 = 7 * 86_400;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabel {
@@ -45,20 +59,34 @@ pub struct DecisionLabel {
     pub sink: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabel {
+    pub sink: String,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct AlertMetrics {
     pub decisions: Family<DecisionLabel, Counter>,
+    /// Deliveries waiting in each sink's outbox at the last look.
+    pub outbox: Family<SinkLabel, Gauge>,
 }
 
 /// The service's shared state.
 pub struct AlertService {
     cfg: AlertConfig,
     bus: Bus,
-    engine: Mutex<Engine>,
-    wake: Notify,
+    store: Store,
+    /// The configured sinks, set when the service is spawned.
+    sinks: OnceLock<Vec<Arc<Sink>>>,
+    /// This instance's name: the owner of the deliveries it has in flight.
+    owner: OnceLock<String>,
+    /// Wakes the flusher: a notification joined the group.
+    group_wake: Notify,
+    /// Wakes the sink workers: deliveries were queued.
+    sink_wake: Notify,
+    /// Set once the last flush at shutdown is done: the workers drain after it.
+    flushed_for_good: tokio::sync::watch::Sender<bool>,
     silences: RwLock<Vec<Silence>>,
-    /// PagerDuty sinks' queues (for recoveries that bypass the engine).
-    pagers: std::sync::OnceLock<Vec<Queued>>,
     render: RenderContext,
     /// Recent verdicts, read incrementally: a remediation's message quotes the verdict's why.
     recent_verdicts: RecentWindow,
@@ -73,18 +101,25 @@ impl std::fmt::Debug for AlertService {
     }
 }
 
+fn now_ms() -> u64 {
+    Utc::now().timestamp_millis().max(0) as u64
+}
+
 impl AlertService {
     pub fn new(cfg: AlertConfig, bus: Bus) -> AlertService {
         AlertService {
-            engine: Mutex::new(Engine::new(cfg.engine)),
             render: RenderContext {
                 dashboard_url: cfg.dashboard_url.clone(),
             },
+            store: Store::new(bus.clone()),
             cfg,
             bus,
-            wake: Notify::new(),
+            sinks: OnceLock::new(),
+            owner: OnceLock::new(),
+            group_wake: Notify::new(),
+            sink_wake: Notify::new(),
+            flushed_for_good: tokio::sync::watch::Sender::new(false),
             silences: RwLock::default(),
-            pagers: std::sync::OnceLock::new(),
             recent_verdicts: RecentWindow::new(Channel::RemediationNeeded, 500),
             metrics: AlertMetrics::default(),
         }
@@ -105,58 +140,53 @@ impl AlertService {
         &self.render
     }
 
-    /// Appends one decision to the history stream, trimmed to the retention period.
-    async fn history(
-        &self,
-        decision: &str,
-        sink: &str,
-        fingerprint: &str,
-        event_id: &str,
-        detail: &str,
-    ) {
+    fn live_sinks(&self) -> &[Arc<Sink>] {
+        self.sinks.get().map(Vec::as_slice).unwrap_or_default()
+    }
+
+    fn owner(&self) -> &str {
+        self.owner.get().map(String::as_str).unwrap_or("alert")
+    }
+
+    fn count(&self, decision: &str, sink: &str, n: usize) {
         self.metrics
             .decisions
             .get_or_create(&DecisionLabel {
                 decision: decision.to_owned(),
                 sink: sink.to_owned(),
             })
-            .inc();
-        let min_id =
-            (Utc::now().timestamp_millis() - self.cfg.history_retention.as_millis() as i64).max(0);
-        let mut pipe = redis::pipe();
-        pipe.cmd("XADD")
-            .arg(HISTORY_STREAM)
-            .arg("MINID")
-            .arg("~")
-            .arg(min_id)
-            .arg("*")
-            .arg("decision")
-            .arg(decision)
-            .arg("sink")
-            .arg(sink)
-            .arg("fingerprint")
-            .arg(fingerprint)
-            .arg("event_id")
-            .arg(event_id)
-            .arg("detail")
-            .arg(detail)
-            .arg("at")
-            .arg(Utc::now().to_rfc3339())
-            .ignore();
-        if let Err(e) = self.bus.run(&pipe).await {
-            tracing::warn!(error = %e, "could not record a notification decision");
+            .inc_by(n as u64);
+    }
+
+    /// The op that records one decision in the history stream, trimmed to the retention.
+    fn history_op(&self, decision: &str, sink: &str, n: &Notification, detail: &str) -> Op {
+        let min_id = now_ms().saturating_sub(self.cfg.history_retention.as_millis() as u64);
+        let at = Utc::now().to_rfc3339();
+        store::history_op(
+            HISTORY_STREAM,
+            min_id,
+            &[
+                ("decision", decision),
+                ("sink", sink),
+                ("fingerprint", &n.fingerprint),
+                ("event_id", &n.event_id),
+                ("detail", detail),
+                ("at", &at),
+            ],
+        )
+    }
+
+    /// Handles one envelope from any of the consumed streams: it is acked only once what it
+    /// means is recorded in Redis (in the group, or as a decision).
+    pub async fn handle(&self, env: Envelope) -> Disposition {
+        match self.take(env).await {
+            Ok(()) => Disposition::Ack,
+            Err(e) => Disposition::Retry(format!("{e:#}")),
         }
     }
 
-    /// Handles one envelope from any of the consumed streams.
-    pub async fn handle(&self, env: Envelope) -> anyhow::Result<()> {
-        if !self
-            .bus
-            .first_time(AGENT, &env.id, Duration::from_secs(7 * 86_400))
-            .await?
-        {
-            return Ok(());
-        }
+    async fn take(&self, env: Envelope) -> anyhow::Result<()> {
+        let marker = keys::handled(&env.id);
         let Some(mut n) = notify::from_envelope(&env, self.cfg.sources) else {
             // Recoveries still resolve PagerDuty incidents when crash notices are off.
             if !self.cfg.sources.crashes
@@ -168,14 +198,8 @@ impl AlertService {
                         false_alarms: false,
                     },
                 )
-                && let Some(pagers) = self.pagers.get()
             {
-                let batch = Arc::new(Batch {
-                    notifications: vec![n],
-                });
-                for q in pagers {
-                    let _ = q.tx.try_send(batch.clone());
-                }
+                self.page_directly(&marker, n).await?;
             }
             return Ok(());
         };
@@ -195,158 +219,494 @@ impl AlertService {
                 n = notify::with_verdict(n, &root_cause, confidence, method);
             }
         }
-        let silences = self
-            .silences
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let fingerprint = n.fingerprint.clone();
-        let decision = {
-            let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
-            engine.ingest(n, tokio::time::Instant::now(), Utc::now(), &silences)
-        };
-        match decision {
-            Decision::Queued => self.wake.notify_one(),
-            Decision::Folded(why) => {
-                self.history("folded", "-", &fingerprint, &env.id, &why)
-                    .await
+        self.ingest(&marker, n).await
+    }
+
+    /// Runs `n` through the engine against the state in Redis and records the outcome, with
+    /// the envelope's handled marker, in one step; a concurrent change (another envelope, a
+    /// flush, a replica) makes it read and decide again.
+    async fn ingest(&self, marker: &str, n: Notification) -> anyhow::Result<()> {
+        let fp_ttl = self
+            .cfg
+            .engine
+            .repeat_interval
+            .max(Duration::from_secs(86_400))
+            .as_secs()
+            * 2;
+        for _ in 0..50 {
+            let (state, fp_version) = self.store.fp(&n.fingerprint).await?;
+            let group = self.store.group().await?;
+            let silences = self
+                .silences
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let now = now_ms();
+            let (decision, next) = engine::decide(
+                &self.cfg.engine,
+                state,
+                &group.notifications,
+                &n,
+                now,
+                Utc::now(),
+                &silences,
+            );
+            let pre = vec![
+                Pre::Absent(marker.to_owned()),
+                Pre::HGet(keys::fp(&n.fingerprint), "v".into(), fp_version.clone()),
+                Pre::Get(keys::GROUP_VERSION.into(), group.version.clone()),
+            ];
+            let mut ops = vec![handled_op(marker)];
+            if next != state {
+                ops.extend(store::fp_ops(&n.fingerprint, next, &fp_version, fp_ttl));
             }
-            Decision::Silenced(id) => {
-                self.history(
-                    "silenced",
-                    "-",
-                    &fingerprint,
-                    &env.id,
-                    &format!("silence {id}"),
+            let (recorded, detail) = match &decision {
+                Decision::Queued => {
+                    let json = serde_json::to_string(&n)?;
+                    let full = group.notifications.len() + 1 >= GROUP_MAX;
+                    let due = if full {
+                        now
+                    } else {
+                        now + self.cfg.engine.group_wait.as_millis() as u64
+                    };
+                    ops.push(Op::cmd(["HSET", keys::GROUP, &n.event_id, &json]));
+                    if full {
+                        ops.push(Op::cmd(["SET", keys::GROUP_DUE, &due.to_string()]));
+                    } else {
+                        ops.push(Op::cmd(["SET", keys::GROUP_DUE, &due.to_string(), "NX"]));
+                    }
+                    ops.push(Op::cmd(["INCR", keys::GROUP_VERSION]));
+                    (None, String::new())
+                }
+                Decision::Folded(why) => (Some("folded"), why.clone()),
+                Decision::Silenced(id) => (Some("silenced"), format!("silence {id}")),
+            };
+            if let Some(d) = recorded {
+                ops.push(self.history_op(d, "-", &n, &detail));
+                trim_history(&mut ops, self.bus.maxlen());
+            }
+            match self.store.apply(&pre, &ops).await? {
+                Applied::Done => {
+                    match recorded {
+                        Some(d) => self.count(d, "-", 1),
+                        None => self.group_wake.notify_one(),
+                    }
+                    return Ok(());
+                }
+                Applied::Stale => {
+                    if self.bus_marker_set(marker).await? {
+                        // Handled already: a redelivery.
+                        return Ok(());
+                    }
+                    // Changed under us; decide again on fresh state.
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        anyhow::bail!("the notification state kept changing under this agent; retrying later")
+    }
+
+    async fn bus_marker_set(&self, marker: &str) -> anyhow::Result<bool> {
+        let mut conn = self.bus.connection();
+        let n: u32 = redis::cmd("EXISTS")
+            .arg(marker)
+            .query_async(&mut conn)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// A recovery that only PagerDuty needs (crash notices are off): straight into the pager
+    /// sinks' outboxes, with the handled marker, in one step.
+    async fn page_directly(&self, marker: &str, n: Notification) -> anyhow::Result<()> {
+        let now = now_ms();
+        let mut ops = vec![handled_op(marker)];
+        let mut pagers = 0;
+        let mut full: Vec<String> = Vec::new();
+        for (i, sink) in self
+            .live_sinks()
+            .iter()
+            .filter(|s| matches!(s.kind, Kind::PagerDuty { .. }) && s.accepts(&n))
+            .enumerate()
+        {
+            pagers += 1;
+            let (_, queued) = self.store.head(&sink.name).await?;
+            if queued >= SINK_QUEUE {
+                ops.extend(self.outbox_full_ops(sink, queued, &[&n]));
+                full.push(sink.name.clone());
+                continue;
+            }
+            ops.extend(store::enqueue_ops(
+                &sink.name,
+                std::slice::from_ref(&n),
+                now,
+                now * 1000 + i as u64,
+            ));
+        }
+        if pagers == 0 {
+            return Ok(());
+        }
+        trim_history(&mut ops, self.bus.maxlen());
+        if self
+            .store
+            .apply(&[Pre::Absent(marker.to_owned())], &ops)
+            .await?
+            == Applied::Done
+        {
+            for sink in &full {
+                self.bus.count_dead_letter(&format!("alert:{sink}"));
+                self.count("failed", sink, 1);
+            }
+            self.sink_wake.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// What a sink's full outbox makes of `taken`: recorded failed and dead-lettered, never
+    /// dropped unseen.
+    fn outbox_full_ops(&self, sink: &Sink, queued: u64, taken: &[&Notification]) -> Vec<Op> {
+        let mut ops = vec![store::dead_letter_op(
+            &format!("alert:{}", sink.name),
+            &format!("the sink's outbox holds {queued} deliveries (its bound is {SINK_QUEUE})"),
+            &serde_json::to_string(taken).unwrap_or_default(),
+            &Utc::now().to_rfc3339(),
+        )];
+        for n in taken {
+            ops.push(self.history_op("failed", &sink.name, n, "sink queue full"));
+        }
+        ops
+    }
+
+    /// Moves the group, if it is due at `now` (or `force`), into every sink's outbox, with its
+    /// `filtered` and `not_sent` records, in one step. Returns whether it moved one.
+    async fn flush(&self, force: bool) -> anyhow::Result<bool> {
+        for _ in 0..50 {
+            let group = self.store.group().await?;
+            let now = now_ms();
+            let Some(due) = group.due_ms else {
+                return Ok(false);
+            };
+            if due > now && !force {
+                return Ok(false);
+            }
+            let mut ops = vec![
+                Op::cmd(["DEL", keys::GROUP, keys::GROUP_DUE]),
+                Op::cmd(["INCR", keys::GROUP_VERSION]),
+            ];
+            let mut counts: Vec<(&'static str, String, usize)> = Vec::new();
+            // The repeat interval counts from now for every problem told.
+            let mut told: Vec<&str> = group
+                .notifications
+                .iter()
+                .filter(|n| !n.one_off)
+                .map(|n| n.fingerprint.as_str())
+                .collect();
+            told.sort_unstable();
+            told.dedup();
+            for fp in told {
+                ops.push(Op::cmd([
+                    "HSET",
+                    &keys::fp(fp),
+                    "told_ms",
+                    &now.to_string(),
+                ]));
+            }
+            let sinks = self.live_sinks();
+            if sinks.is_empty() {
+                for n in &group.notifications {
+                    ops.push(self.history_op("not_sent", "-", n, "no sink configured"));
+                }
+                counts.push(("not_sent", "-".into(), group.notifications.len()));
+            }
+            let mut seq = now * 1000;
+            for sink in sinks {
+                let (taken, left): (Vec<&Notification>, Vec<&Notification>) =
+                    group.notifications.iter().partition(|n| sink.accepts(n));
+                for n in &left {
+                    ops.push(self.history_op(
+                        "filtered",
+                        &sink.name,
+                        n,
+                        "not for this sink (severity or kind)",
+                    ));
+                }
+                if !left.is_empty() {
+                    counts.push(("filtered", sink.name.clone(), left.len()));
+                }
+                if taken.is_empty() {
+                    continue;
+                }
+                let (_, queued) = self.store.head(&sink.name).await?;
+                // PagerDuty is one event per notification: one delivery each, so a retry
+                // never repeats another's page.
+                let batches: Vec<Vec<Notification>> = if matches!(sink.kind, Kind::PagerDuty { .. })
+                {
+                    taken.iter().map(|n| vec![(*n).clone()]).collect()
+                } else {
+                    vec![taken.iter().map(|n| (*n).clone()).collect()]
+                };
+                if queued + batches.len() as u64 > SINK_QUEUE {
+                    ops.extend(self.outbox_full_ops(sink, queued, &taken));
+                    counts.push(("failed", sink.name.clone(), taken.len()));
+                    continue;
+                }
+                for b in batches {
+                    seq += 1;
+                    ops.extend(store::enqueue_ops(&sink.name, &b, now, seq));
+                }
+            }
+            trim_history(&mut ops, self.bus.maxlen());
+            let pre = [Pre::Get(keys::GROUP_VERSION.into(), group.version.clone())];
+            if self.store.apply(&pre, &ops).await? == Applied::Done {
+                for (d, sink, n) in counts {
+                    if d == "failed" {
+                        self.bus.count_dead_letter(&format!("alert:{sink}"));
+                    }
+                    self.count(d, &sink, n);
+                }
+                self.sink_wake.notify_waiters();
+                return Ok(true);
+            }
+            tokio::task::yield_now().await;
+        }
+        anyhow::bail!("the group kept changing while it was being flushed")
+    }
+
+    /// Sends due groups on until shutdown; at shutdown, sends what is being gathered at once
+    /// rather than leaving it to a successor.
+    async fn flusher(self: Arc<Self>, shutdown: Shutdown) {
+        loop {
+            let due = self.store.group_due().await.ok().flatten();
+            let wait = match due {
+                Some(d) => {
+                    Duration::from_millis(d.saturating_sub(now_ms())).min(Duration::from_secs(1))
+                }
+                None => Duration::from_secs(1),
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                // A notification joined: its group may have become due (or full).
+                () = self.group_wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+            if let Err(e) = self.flush(false).await {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "could not flush the group; trying again"
+                );
+            }
+        }
+        if let Err(e) = self.flush(true).await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "could not flush the group at shutdown; it waits in Redis for the next agent"
+            );
+        }
+        self.flushed_for_good.send_replace(true);
+        self.sink_wake.notify_waiters();
+    }
+
+    /// One sink's worker: one request at a time to the head of its outbox, in order; a retry,
+    /// a rate-limit wait, a lease of another instance are due times it sleeps until, never a
+    /// hold on anything. At shutdown it stops taking new requests once what is due is sent (or
+    /// its drain time is over); what is left waits in Redis.
+    async fn sink_worker(self: Arc<Self>, sink: Arc<Sink>, shutdown: Shutdown) {
+        let mut flushed = self.flushed_for_good.subscribe();
+        let mut drain_until: Option<tokio::time::Instant> = None;
+        loop {
+            if shutdown.is_cancelled() && drain_until.is_none() {
+                // Let the last flush put what was being gathered into the outbox first.
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), flushed.wait_for(|f| *f)).await;
+                drain_until = Some(
+                    tokio::time::Instant::now()
+                        + self.cfg.delivery.timeout.min(Duration::from_secs(5)),
+                );
+            }
+            if drain_until.is_some_and(|until| tokio::time::Instant::now() >= until) {
+                return;
+            }
+            let wait = match self.step(&sink).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(sink = %sink.name, error = format!("{e:#}"), "delivery step failed; trying again");
+                    Some(Duration::from_secs(1))
+                }
+            };
+            let Some(wait) = wait else { continue };
+            if drain_until.is_some() {
+                // Draining: only what is due now; the rest waits in Redis for the next agent.
+                if wait > Duration::from_millis(50) {
+                    return;
+                }
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = self.sink_wake.notified() => {}
+                () = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
+            }
+        }
+    }
+
+    /// Looks at the head of `sink`'s outbox and, if it is due and free, makes its next
+    /// request. Returns how long to wait before looking again (`None`: look again at once).
+    async fn step(&self, sink: &Sink) -> anyhow::Result<Option<Duration>> {
+        let (head, len) = self.store.head(&sink.name).await?;
+        self.metrics
+            .outbox
+            .get_or_create(&SinkLabel {
+                sink: sink.name.clone(),
+            })
+            .set(len as i64);
+        let Some(d) = head else {
+            return Ok(Some(Duration::from_secs(1)));
+        };
+        let now = now_ms();
+        if d.next_at_ms > now {
+            return Ok(Some(Duration::from_millis(d.next_at_ms - now)));
+        }
+        if !d.owner.is_empty() && d.lease_until_ms > now {
+            return Ok(Some(Duration::from_millis(d.lease_until_ms - now)));
+        }
+        let key = keys::delivery(&d.id);
+        let seen = [
+            Pre::HGet(key.clone(), "owner".into(), d.owner.clone()),
+            Pre::HGet(
+                key.clone(),
+                "lease_until".into(),
+                d.lease_until_ms.to_string(),
+            ),
+        ];
+        // The sink's rate limit: a wait is a due time too.
+        if let Some(w) = sink.rate_wait() {
+            let at = now + w.as_millis() as u64;
+            self.store
+                .apply(
+                    &seen,
+                    &[Op::cmd(["HSET", &key, "next_at", &at.to_string()])],
                 )
-                .await
+                .await?;
+            return Ok(Some(w));
+        }
+        // Longer than one request can take; after a crash the next agent waits this long.
+        let lease = self.cfg.delivery.timeout + Duration::from_secs(5);
+        let claimed = self
+            .store
+            .apply(
+                &seen,
+                &[Op::cmd([
+                    "HSET",
+                    &key,
+                    "owner",
+                    self.owner(),
+                    "lease_until",
+                    &(now + lease.as_millis() as u64).to_string(),
+                ])],
+            )
+            .await?;
+        if claimed == Applied::Stale {
+            return Ok(None);
+        }
+        let batch = Batch {
+            notifications: d.notifications.clone(),
+        };
+        // One request per delivery: only PagerDuty makes one per notification, and its
+        // deliveries hold one notification each. The outbox took only what the sink accepts.
+        let mut requests = sink.requests(&batch, &self.render).into_iter();
+        let outcome = match requests.next() {
+            Some(r) => sink.attempt(&r).await,
+            None => Attempt::Fatal {
+                reason: "nothing in this delivery is for this sink".into(),
+            },
+        };
+        self.settle(sink, &d, outcome).await?;
+        Ok(None)
+    }
+
+    /// Records how one request of delivery `d` went, atomically with what it means for the
+    /// delivery: done, due again later, or failed for good (and dead-lettered).
+    async fn settle(&self, sink: &Sink, d: &Delivery, outcome: Attempt) -> anyhow::Result<()> {
+        let key = keys::delivery(&d.id);
+        let mine = [Pre::HGet(
+            key.clone(),
+            "owner".into(),
+            self.owner().to_owned(),
+        )];
+        let attempts = d.attempts + 1;
+        let max = self.cfg.delivery.attempts.max(1);
+        let (ops, decision, log): (Vec<Op>, Option<&str>, String) = match outcome {
+            Attempt::Sent { status } => {
+                let detail = format!("HTTP {status} after {attempts} attempt(s)");
+                let mut ops = store::remove_ops(d);
+                for n in &d.notifications {
+                    ops.push(self.history_op("sent", &sink.name, n, &detail));
+                }
+                (ops, Some("sent"), detail)
+            }
+            Attempt::Retry { reason, after } if attempts < max => {
+                let delay = after.unwrap_or_else(|| self.backoff(attempts));
+                let at = now_ms() + delay.as_millis() as u64;
+                tracing::info!(sink = %sink.name, attempt = attempts, retry_in = ?delay, reason = %reason, "delivery failed; retrying");
+                (
+                    vec![Op::cmd([
+                        "HSET",
+                        &key,
+                        "attempts",
+                        &attempts.to_string(),
+                        "next_at",
+                        &at.to_string(),
+                        "owner",
+                        "",
+                        "lease_until",
+                        "0",
+                        "last_error",
+                        &reason,
+                    ])],
+                    None,
+                    reason,
+                )
+            }
+            Attempt::Retry { reason, .. } | Attempt::Fatal { reason } => {
+                let mut ops = store::remove_ops(d);
+                for n in &d.notifications {
+                    ops.push(self.history_op("failed", &sink.name, n, &reason));
+                }
+                ops.push(store::dead_letter_op(
+                    &format!("alert:{}", sink.name),
+                    &format!("delivery failed after {attempts} attempt(s): {reason}"),
+                    &d.raw,
+                    &Utc::now().to_rfc3339(),
+                ));
+                tracing::warn!(sink = %sink.name, attempts, reason = %reason, "notification dead-lettered");
+                (ops, Some("failed"), reason)
+            }
+        };
+        let mut ops = ops;
+        trim_history(&mut ops, self.bus.maxlen());
+        if self.store.apply(&mine, &ops).await? == Applied::Done
+            && let Some(dec) = decision
+        {
+            if dec == "failed" {
+                self.bus.count_dead_letter(&format!("alert:{}", sink.name));
+            }
+            self.count(dec, &sink.name, d.notifications.len());
+            if dec == "sent" {
+                tracing::info!(sink = %sink.name, notifications = d.notifications.len(), attempts, detail = %log, "notification sent");
             }
         }
         Ok(())
     }
 
-    /// Flushes due batches to every sink's queue until shutdown (then one last flush).
-    async fn flusher(self: Arc<Self>, sinks: Vec<Queued>, shutdown: Shutdown) {
-        loop {
-            let due = self.engine.lock().unwrap_or_else(|p| p.into_inner()).due();
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                // A new notification may start a batch.
-                () = self.wake.notified() => continue,
-                () = async { match due { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {}
-            }
-            let batch = self
-                .engine
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .flush(tokio::time::Instant::now());
-            if let Some(batch) = batch {
-                self.dispatch(Arc::new(batch), &sinks).await;
-            }
-        }
-        // Whatever is waiting in the batch goes out now rather than being lost.
-        let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
-        let batch = self
-            .engine
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .flush(far);
-        if let Some(batch) = batch {
-            self.dispatch(Arc::new(batch), &sinks).await;
-        }
-    }
-
-    async fn dispatch(&self, batch: Arc<Batch>, sinks: &[Queued]) {
-        if sinks.is_empty() {
-            for n in &batch.notifications {
-                self.history(
-                    "not_sent",
-                    "-",
-                    &n.fingerprint,
-                    &n.event_id,
-                    "no sink configured",
-                )
-                .await;
-            }
-            return;
-        }
-        for q in sinks {
-            if q.tx.try_send(batch.clone()).is_err() {
-                for n in &batch.notifications {
-                    self.history(
-                        "failed",
-                        &q.sink.name,
-                        &n.fingerprint,
-                        &n.event_id,
-                        "sink queue full",
-                    )
-                    .await;
-                }
-            }
-        }
-    }
-
-    /// One sink's worker: delivers its batches in order, records each outcome, dead-letters
-    /// what exhausted the retry budget.
-    async fn sink_worker(self: Arc<Self>, sink: Arc<Sink>, mut rx: mpsc::Receiver<Arc<Batch>>) {
-        while let Some(batch) = rx.recv().await {
-            let outcome = sink.deliver(&batch, &self.render).await;
-            for n in &batch.notifications {
-                if !sink.accepts(n) {
-                    self.history(
-                        "filtered",
-                        &sink.name,
-                        &n.fingerprint,
-                        &n.event_id,
-                        "not for this sink (severity or kind)",
-                    )
-                    .await;
-                    continue;
-                }
-                match &outcome {
-                    Delivered::Sent { attempts, status } => {
-                        self.history(
-                            "sent",
-                            &sink.name,
-                            &n.fingerprint,
-                            &n.event_id,
-                            &format!("HTTP {status} after {attempts} attempt(s)"),
-                        )
-                        .await;
-                    }
-                    Delivered::NotForThisSink => {}
-                    Delivered::Failed { reason, .. } => {
-                        self.history("failed", &sink.name, &n.fingerprint, &n.event_id, reason)
-                            .await;
-                    }
-                }
-            }
-            if let Delivered::Failed { attempts, reason } = &outcome {
-                tracing::warn!(sink = %sink.name, attempts, reason = %reason, "notification dead-lettered");
-                let tried: Vec<_> = batch
-                    .notifications
-                    .iter()
-                    .filter(|n| sink.accepts(n))
-                    .collect();
-                let payload = serde_json::to_string(&tried).unwrap_or_default();
-                let source = format!("alert:{}", sink.name);
-                if let Err(e) = self
-                    .bus
-                    .dead_letter(
-                        &source,
-                        None,
-                        None,
-                        &format!("delivery failed after {attempts} attempt(s): {reason}"),
-                        &payload,
-                    )
-                    .await
-                {
-                    tracing::error!(error = %e, "could not dead-letter a notification");
-                }
-            } else if let Delivered::Sent { attempts, .. } = &outcome {
-                tracing::info!(sink = %sink.name, notifications = batch.notifications.len(), attempts, "notification sent");
-            }
-        }
+    /// The delay after the `attempts`-th failed attempt: `HEMOSTAT_SINK_BACKOFF` doubling to
+    /// `HEMOSTAT_SINK_BACKOFF_MAX`.
+    fn backoff(&self, attempts: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(20));
+        self.cfg
+            .delivery
+            .backoff_initial
+            .saturating_mul(factor)
+            .min(self.cfg.delivery.backoff_max)
     }
 
     /// Keeps the in-memory silences in step with Redis, dropping expired ones.
@@ -369,6 +729,23 @@ impl AlertService {
         let list = load_silences(&self.bus).await?;
         *self.silences.write().unwrap_or_else(|p| p.into_inner()) = list;
         Ok(())
+    }
+}
+
+/// The op that marks an envelope handled (its `marker` key, for [`HANDLED_TTL_S`]).
+fn handled_op(marker: &str) -> Op {
+    Op::cmd(["SET", marker, "1", "EX", &HANDLED_TTL_S.to_string()])
+}
+
+/// Bounds the history stream by count (`HEMOSTAT_STREAM_MAXLEN`) as well as by age: every
+/// history XADD in `ops` gets a `MAXLEN ~` companion after it.
+fn trim_history(ops: &mut Vec<Op>, maxlen: u64) {
+    if ops
+        .iter()
+        .any(|op| matches!(op, Op::Cmd(a) if a.first().map(String::as_str) == Some("XADD") && a.get(1).map(String::as_str) == Some(HISTORY_STREAM)))
+    {
+        let maxlen = maxlen.to_string();
+        ops.push(Op::cmd(["XTRIM", HISTORY_STREAM, "MAXLEN", "~", maxlen.as_str()]));
     }
 }
 
@@ -451,28 +828,33 @@ pub fn spawn(svc: Arc<AlertService>, sinks: Vec<Arc<Sink>>, ctx: &AgentContext) 
             "Notification decisions by sink",
             svc.metrics.decisions.clone(),
         );
+        r.register(
+            "hemostat_alert_outbox",
+            "Deliveries waiting in each sink's outbox",
+            svc.metrics.outbox.clone(),
+        );
     });
-    let mut queued = Vec::new();
-    for sink in sinks {
-        let (tx, rx) = mpsc::channel(SINK_QUEUE);
-        queued.push(Queued {
-            sink: sink.clone(),
-            tx,
-        });
-        // Sink workers end when the flusher drops its senders, after the last flush.
-        ctx.tracker.spawn(svc.clone().sink_worker(sink, rx));
-    }
-    let pagers: Vec<Queued> = queued
+    let has_pager = sinks
         .iter()
-        .filter(|q| matches!(q.sink.kind, sink::Kind::PagerDuty { .. }))
-        .cloned()
-        .collect();
-    let has_pager = !pagers.is_empty();
-    let _ = svc.pagers.set(pagers);
-    ctx.tracker
-        .spawn(svc.clone().flusher(queued, ctx.shutdown.clone()));
-    ctx.tracker
-        .spawn(svc.clone().silence_refresher(ctx.shutdown.clone()));
+        .any(|s| matches!(s.kind, Kind::PagerDuty { .. }));
+    let _ = svc.owner.set(ctx.identity.instance.clone());
+    let _ = svc.sinks.set(sinks.clone());
+    for sink in sinks {
+        let name: &'static str = match sink.kind {
+            Kind::Slack { .. } => "slack delivery",
+            Kind::Webhook { .. } => "webhook delivery",
+            Kind::PagerDuty { .. } => "pagerduty delivery",
+        };
+        ctx.spawn_critical(name, svc.clone().sink_worker(sink, ctx.shutdown.clone()));
+    }
+    ctx.spawn_critical(
+        "notification groups",
+        svc.clone().flusher(ctx.shutdown.clone()),
+    );
+    ctx.spawn_critical(
+        "silences",
+        svc.clone().silence_refresher(ctx.shutdown.clone()),
+    );
 
     let mut channels = vec![Channel::RemediationComplete, Channel::Alerts];
     if svc.cfg.sources.crashes || has_pager {
@@ -486,7 +868,7 @@ pub fn spawn(svc: Arc<AlertService>, sinks: Vec<Arc<Sink>>, ctx: &AgentContext) 
         let bus = ctx.bus.clone();
         let shutdown = ctx.shutdown.clone();
         let svc = svc.clone();
-        ctx.tracker.spawn(async move {
+        ctx.spawn_critical("notification intake", async move {
             consume(&bus, cfg, shutdown, |env| {
                 let svc = svc.clone();
                 async move { svc.handle(env).await }

@@ -6,10 +6,10 @@ use chrono::{DateTime, Utc};
 use hemostat_common::events::{
     Action, AlertKind, AnalysisMethod, ContainerRef, Envelope, Outcome, Payload, Severity,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Firing or resolved, as in Alertmanager.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Firing,
@@ -17,7 +17,7 @@ pub enum Status {
 }
 
 /// One thing to tell people.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
     /// `host/container/kind`: what dedupe, repeat and resolve are keyed on.
     pub fingerprint: String,

@@ -6,7 +6,6 @@
 //! errors are stripped of the URL before anything prints them.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -96,10 +95,11 @@ pub enum Delivered {
 }
 
 /// The body and headers of one request.
-struct Request {
-    body: Vec<u8>,
-    content_type: &'static str,
-    headers: Vec<(&'static str, String)>,
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Request {
+    pub body: Vec<u8>,
+    pub content_type: String,
+    pub headers: Vec<(String, String)>,
 }
 
 impl Sink {
@@ -143,7 +143,7 @@ impl Sink {
     }
 
     /// The requests this sink makes for `batch` (after its filters).
-    fn requests(&self, batch: &Batch, ctx: &RenderContext) -> Vec<Request> {
+    pub fn requests(&self, batch: &Batch, ctx: &RenderContext) -> Vec<Request> {
         let kept: Vec<_> = batch
             .notifications
             .iter()
@@ -158,7 +158,7 @@ impl Sink {
         };
         let json = |v: Value| Request {
             body: v.to_string().into_bytes(),
-            content_type: "application/json",
+            content_type: "application/json".into(),
             headers: Vec::new(),
         };
         match &self.kind {
@@ -182,8 +182,11 @@ impl Sink {
                 let (body, headers) = render::ntfy(&batch, ctx);
                 vec![Request {
                     body: body.into_bytes(),
-                    content_type: "text/plain; charset=utf-8",
-                    headers,
+                    content_type: "text/plain; charset=utf-8".into(),
+                    headers: headers
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect(),
                 }]
             }
             Kind::PagerDuty { routing_key, .. } => batch
@@ -195,7 +198,9 @@ impl Sink {
         }
     }
 
-    /// Delivers `batch`: every request of it, each with the retry budget.
+    /// Delivers `batch` now, every request of it, each with the retry budget, waiting between
+    /// attempts: for one-off use (`hemostat-alert test`). The service itself makes one
+    /// [`Sink::attempt`] at a time and keeps the retry schedule in Redis.
     pub async fn deliver(&self, batch: &Batch, ctx: &RenderContext) -> Delivered {
         let requests = self.requests(batch, ctx);
         if requests.is_empty() {
@@ -203,7 +208,39 @@ impl Sink {
         }
         let mut last = Delivered::NotForThisSink;
         for r in requests {
-            last = self.send(&r).await;
+            let mut delay = self.delivery.backoff_initial;
+            last = Delivered::Failed {
+                attempts: 0,
+                reason: String::new(),
+            };
+            for attempt in 1..=self.delivery.attempts.max(1) {
+                self.limiter.until_ready().await;
+                match self.attempt(&r).await {
+                    Attempt::Sent { status } => {
+                        last = Delivered::Sent {
+                            attempts: attempt,
+                            status,
+                        };
+                        break;
+                    }
+                    Attempt::Fatal { reason } => {
+                        return Delivered::Failed {
+                            attempts: attempt,
+                            reason,
+                        };
+                    }
+                    Attempt::Retry { reason, after } => {
+                        last = Delivered::Failed {
+                            attempts: attempt,
+                            reason,
+                        };
+                        if attempt < self.delivery.attempts {
+                            tokio::time::sleep(after.unwrap_or(delay)).await;
+                            delay = self.next_backoff(delay);
+                        }
+                    }
+                }
+            }
             if matches!(last, Delivered::Failed { .. }) {
                 return last;
             }
@@ -211,84 +248,155 @@ impl Sink {
         last
     }
 
-    async fn send(&self, r: &Request) -> Delivered {
-        let mut delay = self.delivery.backoff_initial;
-        let mut reason = String::new();
-        for attempt in 1..=self.delivery.attempts.max(1) {
-            self.limiter.until_ready().await;
-            let mut req = self
-                .client
-                .post(self.url())
-                .header(reqwest::header::CONTENT_TYPE, r.content_type)
-                .body(r.body.clone());
-            for (k, v) in &r.headers {
-                req = req.header(*k, v);
-            }
-            let mut wait = delay;
-            match req.send().await {
-                Ok(resp) if resp.status().is_success() => {
-                    return Delivered::Sent {
-                        attempts: attempt,
-                        status: resp.status().as_u16(),
-                    };
-                }
-                Ok(resp) => {
-                    let status = resp.status();
-                    reason = format!("{} answered {status}", self.name);
-                    if status == StatusCode::TOO_MANY_REQUESTS {
-                        if let Some(after) = retry_after(&resp) {
-                            wait = after
-                                .min(self.delivery.backoff_max.max(Duration::from_secs(1)) * 4);
-                        }
-                    } else if status.is_client_error() {
-                        // 4xx other than 429 will not get better by retrying (bad URL, bad key).
-                        return Delivered::Failed {
-                            attempts: attempt,
-                            reason,
-                        };
+    /// The delay after `delay` in the retry schedule.
+    pub fn next_backoff(&self, delay: Duration) -> Duration {
+        (delay * 2).min(self.delivery.backoff_max)
+    }
+
+    /// The delivery settings.
+    pub fn delivery(&self) -> Delivery {
+        self.delivery
+    }
+
+    /// When this sink's rate limit allows the next request: `None` now, else how long to wait.
+    pub fn rate_wait(&self) -> Option<Duration> {
+        match self.limiter.check() {
+            Ok(()) => None,
+            Err(not_until) => Some(
+                not_until
+                    .wait_time_from(governor::clock::Clock::now(
+                        &governor::clock::DefaultClock::default(),
+                    ))
+                    .max(Duration::from_millis(10)),
+            ),
+        }
+    }
+
+    /// Makes one request, once.
+    pub async fn attempt(&self, r: &Request) -> Attempt {
+        let mut req = self
+            .client
+            .post(self.url())
+            .header(reqwest::header::CONTENT_TYPE, r.content_type.as_str())
+            .body(r.body.clone());
+        for (k, v) in &r.headers {
+            req = req.header(k.as_str(), v);
+        }
+        match req.send().await {
+            Ok(resp) if resp.status().is_success() => Attempt::Sent {
+                status: resp.status().as_u16(),
+            },
+            Ok(resp) => {
+                let status = resp.status();
+                let reason = format!("{} answered {status}", self.name);
+                if status == StatusCode::TOO_MANY_REQUESTS
+                    || status == StatusCode::SERVICE_UNAVAILABLE
+                {
+                    // The server's own wait, but never longer than ours.
+                    Attempt::Retry {
+                        reason,
+                        after: retry_after(&resp, chrono::Utc::now())
+                            .map(|d| d.min(self.delivery.backoff_max)),
+                    }
+                } else if status.is_client_error() && status != StatusCode::REQUEST_TIMEOUT {
+                    // Other 4xx will not get better by retrying (bad URL, bad key).
+                    Attempt::Fatal { reason }
+                } else {
+                    Attempt::Retry {
+                        reason,
+                        after: None,
                     }
                 }
-                Err(e) => {
-                    let kind = if e.is_timeout() {
-                        "timed out"
-                    } else if e.is_connect() {
-                        "unreachable"
-                    } else {
-                        "request failed"
-                    };
-                    // `without_url`: the URL is the secret.
-                    reason = format!("{} {kind}: {}", self.name, e.without_url());
+            }
+            Err(e) => {
+                let kind = if e.is_timeout() {
+                    "timed out"
+                } else if e.is_connect() {
+                    "unreachable"
+                } else {
+                    "request failed"
+                };
+                // `without_url`: the URL is the secret.
+                Attempt::Retry {
+                    reason: format!("{} {kind}: {}", self.name, e.without_url()),
+                    after: None,
                 }
             }
-            if attempt < self.delivery.attempts {
-                tracing::info!(sink = %self.name, attempt, retry_in = ?wait, reason = %reason, "delivery failed; retrying");
-                tokio::time::sleep(wait).await;
-                delay = (delay * 2).min(self.delivery.backoff_max);
-            }
-        }
-        Delivered::Failed {
-            attempts: self.delivery.attempts,
-            reason,
         }
     }
 }
 
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+/// How one request went.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attempt {
+    Sent {
+        status: u16,
+    },
+    /// Worth trying again: a 5xx, a 429 (after `after`, from its `Retry-After`), a timeout.
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+    /// Will not get better: a 4xx other than 429.
+    Fatal {
+        reason: String,
+    },
+}
+
+/// A 429's `Retry-After`: seconds, or an HTTP date; never a panic, whatever the header says
+/// (the caller clamps it to its longest backoff).
+fn retry_after(resp: &reqwest::Response, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
     let v = resp
         .headers()
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
         .ok()?;
-    v.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+    parse_retry_after(v, now)
 }
 
-/// A sink behind a queue, so it is never waited on by the others.
-#[derive(Clone, Debug)]
-pub struct Queued {
-    pub sink: Arc<Sink>,
-    pub tx: tokio::sync::mpsc::Sender<Arc<Batch>>,
+/// Parses a `Retry-After` value: delay-seconds (fractions accepted, negatives and non-finite
+/// values refused, huge ones saturated) or an HTTP date (RFC 7231, e.g. `Wed, 21 Oct 2015
+/// 07:28:00 GMT`; a date in the past is zero).
+pub fn parse_retry_after(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        if !secs.is_finite() || secs < 0.0 {
+            return None;
+        }
+        // `from_secs_f64` panics past u64::MAX seconds; `try_` does not.
+        return Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let wait = at.with_timezone(&chrono::Utc) - now;
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn retry_after_never_panics_and_reads_dates() {
+        let now = chrono::DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("3", Some(Duration::from_secs(3))),
+            ("0.5", Some(Duration::from_millis(500))),
+            ("1e20", Some(Duration::MAX)),
+            ("-1", None),
+            ("NaN", None),
+            ("inf", None),
+            ("soon", None),
+            (
+                "Wed, 21 Oct 2015 07:28:30 GMT",
+                Some(Duration::from_secs(30)),
+            ),
+            ("Wed, 21 Oct 2015 07:00:00 GMT", Some(Duration::ZERO)),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(parse_retry_after(raw, now), *want, "{raw}");
+        }
+    }
 }

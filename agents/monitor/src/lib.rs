@@ -790,9 +790,14 @@ struct Judged {
     inspected: bool,
 }
 
+/// How often at most an overrunning stats round is logged.
+const OVERRUN_LOG_EVERY: Duration = Duration::from_secs(600);
+
 /// Samples every watched running container each interval, concurrently with a bound.
 async fn watch_stats(cfg: Arc<MonitorConfig>, docker: Docker, out: Out, shutdown: Shutdown) {
     let mut state: HashMap<String, Judged> = HashMap::new();
+    // Overruns are logged at most every ten minutes, with how many there were since.
+    let mut overruns: (Option<Instant>, u64) = (None, 0);
     let mut tick = tokio::time::interval(cfg.stats_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -880,7 +885,15 @@ async fn watch_stats(cfg: Arc<MonitorConfig>, docker: Docker, out: Out, shutdown
         out.metrics.stats_round_seconds.observe(took.as_secs_f64());
         if took > cfg.stats_interval {
             out.metrics.stats_round_overruns.inc();
-            tracing::warn!(took = ?took, interval = ?cfg.stats_interval, "stats round overran its interval");
+            overruns.1 += 1;
+            if overruns
+                .0
+                .is_none_or(|at| at.elapsed() >= OVERRUN_LOG_EVERY)
+            {
+                tracing::warn!(took = ?took, interval = ?cfg.stats_interval, rounds = overruns.1,
+                    "stats round overran its interval (rounds: how many since the last such line)");
+                overruns = (Some(Instant::now()), 0);
+            }
         }
         out.sample(Payload::ContainerMetrics(MetricsBatch {
             samples,

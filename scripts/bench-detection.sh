@@ -7,5 +7,7 @@
 # with the defaults.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/need-redis.sh
+need_redis
 cargo build --release --quiet -p hemostat-monitor -p hemostat-tests --bin hemostat-monitor --bin bench-detection
 exec target/release/bench-detection "$@"

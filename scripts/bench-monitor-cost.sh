@@ -5,6 +5,8 @@
 # Usage: scripts/bench-monitor-cost.sh [--window 60s] [--counts 10,50,100]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/need-redis.sh
+need_redis
 cargo build --release --quiet -p hemostat-monitor -p hemostat-analyzer -p hemostat-responder \
   -p hemostat-alert -p hemostat-tests --bins
 exec target/release/bench-monitor-cost "$@"

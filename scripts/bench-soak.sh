@@ -6,6 +6,8 @@
 # Usage: scripts/bench-soak.sh [--containers 100] [--duration 40m] [--metrics-retention 10m]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/need-redis.sh
+need_redis
 cargo build --release --quiet -p hemostat-monitor -p hemostat-analyzer -p hemostat-responder \
   -p hemostat-alert -p hemostat-tests --bins
 exec target/release/bench-soak "$@"

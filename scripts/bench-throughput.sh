@@ -6,6 +6,8 @@
 # Usage: scripts/bench-throughput.sh [--events 20000] [--containers 100]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/need-redis.sh
+need_redis
 cargo build --release --quiet -p hemostat-analyzer -p hemostat-responder -p hemostat-alert -p hemostat-tests \
     --bin hemostat-analyzer --bin hemostat-responder --bin hemostat-alert --bin bench-throughput
 exec target/release/bench-throughput "$@"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark in docs/BENCHMARKS.md, one after the other, with the settings the document
-# reports (about 20 minutes on 2 cores, and 40 more for the soak). Needs Docker and Debian's redis-server/redis-tools;
+# reports (about 20 minutes on 2 cores, and 40 more for the soak). Needs Docker; installs Debian's redis-server when missing;
 # each harness starts its own redis-server and containers and removes them when it ends.
 # Not part of the test run. Usage: scripts/bench.sh [detection|recovery|throughput|monitor-cost|soak]...
 set -euo pipefail

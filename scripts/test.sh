@@ -11,19 +11,9 @@ cd "$ROOT"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
-        echo "need root to run: $*" >&2; return 1; fi
-}
-
 step "checking tools"
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "redis-server missing: installing Debian's redis-server package"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-    # The package starts a system-wide server; tests start their own, so stop it if it runs.
-    as_root service redis-server stop >/dev/null 2>&1 || true
-fi
+. scripts/need-redis.sh
+need_redis
 redis-server --version
 # The dashboard's browser test drives headless Chromium (Debian's package, ~300 MB).
 if ! bash dashboard/install-chromium.sh; then

@@ -197,6 +197,11 @@ impl Killable {
         &self.running.as_ref().expect("running").responder
     }
 
+    /// Whether it has stopped itself as failed (a task of it ended or panicked).
+    pub fn failed(&self) -> bool {
+        self.running.as_ref().is_some_and(|r| r.shutdown.failed())
+    }
+
     /// Kills it at once, as SIGKILL would: no task runs another step, nothing is handed back.
     pub fn kill(mut self) {
         self.running = None;

@@ -132,6 +132,31 @@ pub async fn audit(client: &redis::Client) -> Vec<Envelope> {
         .collect()
 }
 
+/// The dead-letter stream's entries (their fields), oldest first.
+pub async fn dead_letters(client: &redis::Client) -> Vec<HashMap<String, String>> {
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(hemostat_common::events::DEAD_LETTER_STREAM)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("XRANGE dead letters");
+    reply
+        .ids
+        .iter()
+        .map(|e| {
+            e.map
+                .keys()
+                .map(|k| (k.clone(), e.get::<String>(k).unwrap_or_default()))
+                .collect()
+        })
+        .collect()
+}
+
 /// Names of hemostat responders running in containers on this engine (a compose stack, the
 /// end-to-end test's): they act on every `hemostat.enable=true` container, a test's too.
 pub fn foreign_responders() -> String {

@@ -32,6 +32,7 @@ use hemostat_common::events::{
 use hemostat_common::http::Health;
 use hemostat_common::metrics::AgentMetrics;
 use hemostat_common::shutdown::Shutdown;
+use hemostat_responder::queue::MAX_LAPSES;
 use hemostat_responder::{FaultHook, Point};
 use hemostat_tests::openai_stub::RunningAnalyzer;
 use hemostat_tests::pipeline::{HOST, Killable, RunningResponder};
@@ -517,6 +518,71 @@ async fn killed_at(point: Point) {
         "{point:?}: one audit entry"
     );
     assert_eq!(status(&t.inspect(&p).await), "running");
+}
+
+/// A request whose step panics every time is not a zombie: each panic lets its lease lapse,
+/// and after `MAX_LAPSES` lapsed claims it is dead-lettered with its request. The responder stays up and heals the next container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_step_always_panics_is_dead_lettered_and_the_responder_goes_on() {
+    let Some(mut t) = Trial::start().await else {
+        return;
+    };
+    let poison = t.sleeper("poison").await;
+    let fine = t.sleeper("fine").await;
+    let name = poison.name.clone();
+    let hook: FaultHook = Arc::new(move |point, job| {
+        if point == Point::BeforeDockerWrite && job.name() == name {
+            panic!("a step that always panics");
+        }
+        false
+    });
+    let responder = t.killable(&["--lease", "1s"], Some(hook)).await;
+    t.kill(&poison).await;
+    let bad = t.send(&poison, Action::Restart, died()).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let letter = loop {
+        let found = records::dead_letters(&t.redis.client())
+            .await
+            .into_iter()
+            .find(|d| d.get("entry_id").is_some_and(|id| *id == bad.id));
+        if let Some(d) = found {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the poison request was never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let why = letter.get("reason").cloned().unwrap_or_default();
+    assert!(
+        why.contains(&format!(
+            "its step ended {MAX_LAPSES} times without finishing"
+        )),
+        "{letter:?}"
+    );
+    let kept = letter.get("payload").cloned().unwrap_or_default();
+    assert!(
+        Envelope::from_json(&kept).is_ok_and(|e| e.id == bad.id),
+        "the request is kept whole: {letter:?}"
+    );
+    // Gone from the queue, never acted on, never reported.
+    let mut conn = t.redis.conn().await;
+    let queued: u64 = redis::cmd("ZCARD")
+        .arg(format!("hemostat:jobs:{HOST}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(queued, 0);
+    assert_eq!(status(&t.inspect(&poison).await), "exited");
+    assert!(t.audited(&bad.id).await.is_empty());
+    // The responder goes on.
+    let since = finished_at(&t.kill(&fine).await);
+    let good = t.send(&fine, Action::Restart, died()).await;
+    let r = t.result(&good).await;
+    assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+    assert_eq!(t.count_events(&fine, "start", since).await, 1);
+    assert!(!responder.failed(), "the responder is still up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

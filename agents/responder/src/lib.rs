@@ -340,8 +340,8 @@ impl Responder {
                 match self.queue.claim(free, now_ms()).await {
                     Ok((jobs, broken)) => {
                         backoff.reset();
-                        for (id, why) in broken {
-                            self.drop_broken(&id, &why).await;
+                        for b in broken {
+                            self.drop_broken(&b).await;
                         }
                         let claimed = jobs.len();
                         for job in jobs {
@@ -430,26 +430,52 @@ impl Responder {
         o.iter().cloned().collect()
     }
 
-    async fn drop_broken(&self, id: &str, why: &str) {
-        let r = self
+    /// Dead-letters a job that must not run again (with its request, so nothing is lost),
+    /// then takes it out of the queue; if the dead letter cannot be written, the job stays.
+    async fn drop_broken(&self, b: &queue::Broken) {
+        tracing::error!(job = %b.id, why = %b.why, "dead-lettering a remediation request");
+        let r = match self
             .bus
-            .dead_letter(&keys::jobs(&self.host), None, Some(id), why, "")
-            .await;
-        if let Err(e) = r.and(self.queue.drop_broken(id).await) {
-            tracing::warn!(error = %e, job = id, "could not remove a broken job");
+            .dead_letter(
+                &keys::jobs(&self.host),
+                None,
+                Some(&b.id),
+                &b.why,
+                &b.request,
+            )
+            .await
+        {
+            Ok(()) => self.queue.drop_broken(&b.id).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, job = %b.id, "could not dead-letter a broken job; it stays queued");
         }
     }
 
     /// Runs one step of a claimed job. A step that fails (Redis or Docker away) is put back
     /// to be tried again shortly; if even that fails, its lease lapses and it is taken over.
     async fn run(self: Arc<Self>, job: Job) {
+        use futures::FutureExt as _;
         let id = job.id.clone();
-        if let Err(e) = self.step(&job).await {
-            tracing::warn!(error = format!("{e:#}"), request = %id, "step failed; trying again shortly");
-            let _ = self
-                .queue
-                .defer(&job, now_ms() + 2_000, job.phase, None, None, now_ms())
-                .await;
+        match std::panic::AssertUnwindSafe(self.step(&job))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = format!("{e:#}"), request = %id, "step failed; trying again shortly");
+                let _ = self
+                    .queue
+                    .defer(&job, now_ms() + 2_000, job.phase, None, None, now_ms())
+                    .await;
+            }
+            // Not handed back: the lease lapses, the next claim counts it, and a request whose
+            // steps keep panicking is dead-lettered (`queue::MAX_LAPSES`).
+            Err(_) => tracing::error!(
+                request = %id,
+                "a remediation step panicked; the request is taken over when its lease lapses"
+            ),
         }
         self.disown(&id);
     }
@@ -1443,7 +1469,7 @@ impl Responder {
 /// Logs a step task that panicked; its job's lease lapses and it is taken over.
 fn reap(done: Result<(), tokio::task::JoinError>) {
     if let Err(e) = done {
-        tracing::error!(error = %e, "a remediation step panicked; its request will be taken over");
+        tracing::error!(error = %e, "a remediation step ended abnormally");
     }
 }
 

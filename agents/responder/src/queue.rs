@@ -157,6 +157,20 @@ pub enum Intent {
     Lost,
 }
 
+/// A job whose steps have ended this many times without finishing (counted over its life, as a
+/// stream entry's deliveries are) is poison: it is dead-lettered with its request instead of
+/// run again. Only a claim that lapsed counts; a clean stop hands jobs back and does not.
+pub const MAX_LAPSES: u64 = 5;
+
+/// A claimed job that must not run again, and why.
+#[derive(Debug)]
+pub struct Broken {
+    pub id: String,
+    pub why: String,
+    /// The stored request, as it was (empty when there was none).
+    pub request: String,
+}
+
 /// The host's queue, for one responder instance.
 #[derive(Debug, Clone)]
 pub struct Queue {
@@ -248,13 +262,14 @@ impl Queue {
         })
     }
 
-    /// Claims up to `limit` jobs that are due, for `lease`. Returns them with what could not
-    /// be read (a job whose request no longer decodes), which the caller dead-letters.
+    /// Claims up to `limit` jobs that are due, for `lease`. Returns them with those that must
+    /// not run again, which the caller dead-letters: a job whose request no longer decodes,
+    /// and one whose claims have lapsed [`MAX_LAPSES`] times without its step finishing.
     pub async fn claim(
         &self,
         limit: usize,
         now_ms: u64,
-    ) -> Result<(Vec<Job>, Vec<(String, String)>), BusError> {
+    ) -> Result<(Vec<Job>, Vec<Broken>), BusError> {
         // KEYS: jobs, failing. ARGV: now, lease end, limit, owner, job key prefix.
         const SCRIPT: &str = r#"
             local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
@@ -262,6 +277,10 @@ impl Queue {
             for _, id in ipairs(ids) do
                 local key = ARGV[5] .. id
                 if redis.call('EXISTS', key) == 1 then
+                    -- Still owned: the last claim ended without its step finishing (the
+                    -- responder died, hung or panicked there).
+                    local was = redis.call('HGET', key, 'owner')
+                    if was and was ~= '' then redis.call('HINCRBY', key, 'lapses', 1) end
                     redis.call('ZADD', KEYS[1], ARGV[2], id)
                     redis.call('HSET', key, 'owner', ARGV[4])
                     -- A container whose failure an earlier report closed is failing again
@@ -299,9 +318,21 @@ impl Queue {
             };
             let fields: HashMap<String, String> =
                 redis::from_redis_value(fields.clone()).unwrap_or_default();
+            let lapses = fields
+                .get("lapses")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            let request = fields.get("request").cloned().unwrap_or_default();
             match decode(&id, &fields) {
+                Ok(_) if lapses >= MAX_LAPSES => broken.push(Broken {
+                    id,
+                    why: format!(
+                        "its step ended {lapses} times without finishing (it crashed, hung or panicked each time)"
+                    ),
+                    request,
+                }),
                 Ok(job) => jobs.push(job),
-                Err(why) => broken.push((id, why)),
+                Err(why) => broken.push(Broken { id, why, request }),
             }
         }
         Ok((jobs, broken))

@@ -122,7 +122,7 @@ impl AgentContext {
             "stream trimming",
             crate::bus::trim_forever(
                 bus.clone(),
-                crate::bus::all_streams(),
+                crate::acl::trimmed_by(agent),
                 common.retention(),
                 health.clone(),
                 shutdown.clone(),
@@ -220,6 +220,9 @@ where
     use std::process::ExitCode;
     if std::env::args().nth(1).as_deref() == Some("healthcheck") {
         return crate::http::healthcheck_main();
+    }
+    if std::env::args().nth(1).as_deref() == Some("redis-users") {
+        return crate::acl::redis_users_main(std::env::args().nth(2));
     }
     let args = match crate::config::parse::<A>() {
         Ok(a) => a,

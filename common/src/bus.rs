@@ -442,7 +442,8 @@ impl Bus {
 
     /// Trims every `streams` entry older than its retention (`XTRIM MINID`, exact: once a
     /// minute the cost is small), so memory is bounded by age as well as by each stream's
-    /// length cap. Idempotent: every agent runs it once a minute (see [`trim_forever`]).
+    /// length cap. Idempotent: each agent runs it once a minute on the streams it writes (see
+    /// [`trim_forever`] and [`crate::acl::trimmed_by`]).
     pub async fn trim(&self, streams: &[&str], retention: Retention) -> Result<(), BusError> {
         let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
         let mut pipe = redis::pipe();

@@ -7,6 +7,7 @@
 //! - [`telemetry`], [`shutdown`], [`heartbeat`], [`metrics`], [`http`], [`redact`]: the rest of
 //!   the plumbing, as plain functions.
 
+pub mod acl;
 pub mod agent;
 pub mod bus;
 pub mod config;

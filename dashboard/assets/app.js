@@ -125,7 +125,11 @@
   async function api(path, options) {
     let res;
     try {
-      res = await fetch(path, Object.assign({ headers: { Accept: 'application/json' } }, options));
+      const token = sessionStorage.getItem(TOKEN_KEY);
+      const headers = { Accept: 'application/json' };
+      // With a read token configured on the dashboard, reads need it (or the action token).
+      if (token) headers.Authorization = 'Bearer ' + token;
+      res = await fetch(path, Object.assign({ headers }, options));
     } catch (e) {
       throw new Error('the dashboard is unreachable (' + e.message + ')');
     }
@@ -366,7 +370,9 @@
   let source = null;
   function connect() {
     if (source) source.close();
-    source = new EventSource('/api/events');
+    // EventSource cannot send headers: the token, when there is one, goes in the query.
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    source = new EventSource('/api/events' + (token ? '?access_token=' + encodeURIComponent(token) : ''));
     source.addEventListener('open', () => {
       const wasDown = !state.feedOpen;
       state.feedOpen = true;
@@ -450,6 +456,9 @@
       if (t) sessionStorage.setItem(TOKEN_KEY, t); else sessionStorage.removeItem(TOKEN_KEY);
       if (a) sessionStorage.setItem(ACTOR_KEY, a); else sessionStorage.removeItem(ACTOR_KEY);
       say(t ? '✔ Token kept for this tab.' : 'No token: actions will be refused.', !!t);
+      // A read token opens the feed and the data too.
+      connect();
+      loadAll();
     });
     $('#forget-token').addEventListener('click', () => {
       sessionStorage.removeItem(TOKEN_KEY);

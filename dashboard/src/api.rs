@@ -78,6 +78,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/silences", post(add_silence))
         .route("/api/silences/{id}", delete(expire_silence))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            gatekeeper,
+        ))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
@@ -93,6 +97,8 @@ pub enum ApiError {
     Denied(Denied),
     BadRequest(String),
     NotFound(String),
+    /// The `Host` header names a host the dashboard does not answer to.
+    UnknownHost,
 }
 
 impl From<BusError> for ApiError {
@@ -126,7 +132,7 @@ impl IntoResponse for ApiError {
         let (status, msg) = match self {
             ApiError::Redis(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
             ApiError::Denied(d @ Denied::ReadOnly) => (StatusCode::FORBIDDEN, d.message().into()),
-            ApiError::Denied(d @ Denied::BadToken) => {
+            ApiError::Denied(d @ (Denied::BadToken | Denied::NoReadToken)) => {
                 let mut r = (
                     StatusCode::UNAUTHORIZED,
                     Json(json!({ "error": d.message() })),
@@ -140,6 +146,12 @@ impl IntoResponse for ApiError {
             }
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::UnknownHost => (
+                StatusCode::FORBIDDEN,
+                "this dashboard does not answer to that host name; add it to \
+                 HEMOSTAT_DASHBOARD_HOSTS to allow it"
+                    .into(),
+            ),
         };
         (status, Json(json!({ "error": msg }))).into_response()
     }
@@ -200,6 +212,46 @@ async fn security_headers(mut res: Response) -> Response {
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     res
+}
+
+/// Before any handler: the `Host` must be one the dashboard answers to (every path), and with
+/// a read token configured, the JSON API, the live feed and `/metrics` need it (or the action
+/// token). The page and its assets load without a token, so it can ask for one; `/healthz`
+/// says only whether the dashboard is well. Refusals are counted, never logged with a token.
+async fn gatekeeper(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    if !auth::host_allowed(&s.cfg.hosts, host) {
+        count(&s, "request", "unknown_host");
+        return ApiError::UnknownHost.into_response();
+    }
+    let path = req.uri().path();
+    if path.starts_with("/api/") || path == "/metrics" {
+        let header = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let query = Query::<BTreeMap<String, String>>::try_from_uri(req.uri())
+            .ok()
+            .and_then(|q| q.0.get("access_token").cloned());
+        if let Err(d) = auth::authorize_read(
+            s.cfg.read_token.as_ref(),
+            s.cfg.token.as_ref(),
+            header,
+            query.as_deref(),
+        ) {
+            count(&s, "read", "unauthorized");
+            return ApiError::Denied(d).into_response();
+        }
+    }
+    next.run(req).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -421,7 +473,7 @@ fn authorize(s: &Inner, headers: &HeaderMap, action: &str) -> Result<String, Api
     if let Err(d) = auth::authorize(s.cfg.token.as_ref(), header) {
         let result = match d {
             Denied::ReadOnly => "read_only",
-            Denied::BadToken => "unauthorized",
+            Denied::BadToken | Denied::NoReadToken => "unauthorized",
         };
         count(s, action, result);
         tracing::info!(action, result, "action refused");

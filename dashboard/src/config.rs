@@ -36,6 +36,19 @@ pub struct DashboardArgs {
     #[arg(long, env = "HEMOSTAT_DASHBOARD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// Bearer token that unlocks reading (the JSON API, the live feed and `/metrics` on the
+    /// dashboard's port). Unset or empty: anyone who can reach the port may read. The action
+    /// token, when set, reads too.
+    #[arg(long, env = "HEMOSTAT_DASHBOARD_READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<String>,
+
+    /// Host names the dashboard answers to, besides loopback (`localhost`, `*.localhost`) and
+    /// IP addresses, comma-separated (`hemostat.example.org,ops-box`); `*` answers to any name.
+    /// A request naming another host gets 403: a page on another site cannot reach the
+    /// dashboard by pointing a name of its own at this address (DNS rebinding).
+    #[arg(long, env = "HEMOSTAT_DASHBOARD_HOSTS", default_value = "")]
+    pub hosts: String,
+
     /// How many entries are read from each stream per request (newest first, `XREVRANGE ...
     /// COUNT`): the depth of the timeline and of the 24 h numbers.
     #[arg(long, env = "HEMOSTAT_DASHBOARD_HISTORY", default_value_t = 500,
@@ -54,6 +67,8 @@ impl std::fmt::Debug for DashboardArgs {
             .field("common", &self.common)
             .field("dashboard_listen", &self.dashboard_listen)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("read_token", &self.read_token.as_ref().map(|_| "<set>"))
+            .field("hosts", &self.hosts)
             .field("history", &self.history)
             .field("sparkline_points", &self.sparkline_points)
             .finish()
@@ -83,6 +98,10 @@ pub struct DashboardConfig {
     pub listen: SocketAddr,
     /// `None`: read-only.
     pub token: Option<Token>,
+    /// `None`: reading needs no token.
+    pub read_token: Option<Token>,
+    /// Which `Host` names are answered.
+    pub hosts: AllowedHosts,
     pub history: usize,
     pub sparkline_points: usize,
 }
@@ -93,7 +112,9 @@ impl DashboardArgs {
         self.common.validate()?;
         Ok(DashboardConfig {
             listen: self.dashboard_listen,
-            token: parse_token(self.token.as_deref())?,
+            token: parse_token("HEMOSTAT_DASHBOARD_TOKEN", self.token.as_deref())?,
+            read_token: parse_token("HEMOSTAT_DASHBOARD_READ_TOKEN", self.read_token.as_deref())?,
+            hosts: parse_hosts(&self.hosts)?,
             history: self.history as usize,
             sparkline_points: self.sparkline_points as usize,
         })
@@ -102,14 +123,14 @@ impl DashboardArgs {
 
 /// Empty counts as unset (compose passes `HEMOSTAT_DASHBOARD_TOKEN=` when the user set none).
 /// The messages describe the token, never quote it.
-pub fn parse_token(raw: Option<&str>) -> Result<Option<Token>, ConfigError> {
+pub fn parse_token(
+    variable: &'static str,
+    raw: Option<&str>,
+) -> Result<Option<Token>, ConfigError> {
     let Some(raw) = raw.map(str::trim).filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
-    let err = |message: String| ConfigError {
-        variable: "HEMOSTAT_DASHBOARD_TOKEN",
-        message,
-    };
+    let err = |message: String| ConfigError { variable, message };
     if !raw.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(err(
             "contains spaces or characters that cannot travel in an HTTP header; use printable \
@@ -125,6 +146,40 @@ pub fn parse_token(raw: Option<&str>) -> Result<Option<Token>, ConfigError> {
         )));
     }
     Ok(Some(Token(raw.to_owned())))
+}
+
+/// The `Host` names the dashboard answers to, besides loopback names and IP addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedHosts {
+    /// `*`: any name.
+    Any,
+    /// These names, lower-case, without a port.
+    Names(Vec<String>),
+}
+
+/// `a.example,b` → those names; `*` → any; empty → loopback and IP addresses only.
+pub fn parse_hosts(raw: &str) -> Result<AllowedHosts, ConfigError> {
+    let mut names = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        if item == "*" {
+            return Ok(AllowedHosts::Any);
+        }
+        let valid = item.len() <= 253
+            && item
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !valid {
+            return Err(ConfigError {
+                variable: "HEMOSTAT_DASHBOARD_HOSTS",
+                message: format!(
+                    "{item:?} is not a host name; give names without scheme or port, \
+                     comma-separated (`hemostat.example.org,ops-box`), or `*` for any"
+                ),
+            });
+        }
+        names.push(item.to_ascii_lowercase());
+    }
+    Ok(AllowedHosts::Names(names))
 }
 
 #[cfg(test)]
@@ -167,14 +222,15 @@ mod tests {
 
     #[test]
     fn tokens_are_checked_and_never_shown() {
-        assert!(parse_token(None).unwrap().is_none());
-        assert!(parse_token(Some("  ")).unwrap().is_none());
-        let e = parse_token(Some("short-secret")).unwrap_err();
+        const V: &str = "HEMOSTAT_DASHBOARD_TOKEN";
+        assert!(parse_token(V, None).unwrap().is_none());
+        assert!(parse_token(V, Some("  ")).unwrap().is_none());
+        let e = parse_token(V, Some("short-secret")).unwrap_err();
         assert_eq!(e.variable, "HEMOSTAT_DASHBOARD_TOKEN");
         assert!(!e.to_string().contains("short-secret"), "{e}");
-        let e = parse_token(Some("has a space in the middle ok")).unwrap_err();
+        let e = parse_token(V, Some("has a space in the middle ok")).unwrap_err();
         assert!(!e.to_string().contains("middle"), "{e}");
-        let t = parse_token(Some("0123456789abcdef-secret"))
+        let t = parse_token(V, Some("0123456789abcdef-secret"))
             .unwrap()
             .unwrap();
         assert_eq!(t.expose(), "0123456789abcdef-secret");
@@ -183,5 +239,27 @@ mod tests {
         assert!(!format!("{a:?}").contains("0123456789abcdef"));
         let cfg = a.validate().unwrap();
         assert!(!format!("{cfg:?}").contains("0123456789abcdef"));
+        let a: DashboardArgs = parse_from(["d", "--read-token=fedcba9876543210-reader"]).unwrap();
+        assert!(!format!("{a:?}").contains("fedcba98"));
+        let cfg = a.validate().unwrap();
+        assert!(!format!("{cfg:?}").contains("fedcba98"));
+        assert_eq!(cfg.read_token.unwrap().expose(), "fedcba9876543210-reader");
+        let a: DashboardArgs = parse_from(["d", "--read-token=short"]).unwrap();
+        let e = a.validate().unwrap_err();
+        assert_eq!(e.variable, "HEMOSTAT_DASHBOARD_READ_TOKEN");
+    }
+
+    #[test]
+    fn host_names_are_checked() {
+        assert_eq!(parse_hosts("").unwrap(), AllowedHosts::Names(vec![]));
+        assert_eq!(
+            parse_hosts(" Ops.Example.org , box ").unwrap(),
+            AllowedHosts::Names(vec!["ops.example.org".into(), "box".into()])
+        );
+        assert_eq!(parse_hosts("a,*").unwrap(), AllowedHosts::Any);
+        for bad in ["http://a", "a:8080", "a b", "a/b"] {
+            let e = parse_hosts(bad).unwrap_err();
+            assert_eq!(e.variable, "HEMOSTAT_DASHBOARD_HOSTS", "{bad}");
+        }
     }
 }

@@ -73,6 +73,8 @@ pub struct TestRedis {
     dir: tempfile::TempDir,
     child: Option<Child>,
     password: Option<String>,
+    /// Whether each service has its own user (`hemostat-<service>`, password `<service>-pw`).
+    acl: bool,
 }
 
 impl TestRedis {
@@ -96,9 +98,31 @@ impl TestRedis {
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
             password: password.map(str::to_owned),
+            acl: false,
         };
         r.spawn();
         Some(r)
+    }
+
+    /// A server with one user per service, with exactly the rules the compose stack gives
+    /// them ([`hemostat_common::acl`]); the default user (the test's own connections) keeps
+    /// every right. [`TestRedis::url_as`] is a service's URL.
+    pub fn start_with_acl() -> Option<TestRedis> {
+        let mut r = Self::start()?;
+        r.acl = true;
+        r.stop();
+        r.spawn();
+        Some(r)
+    }
+
+    /// The URL with `service`'s own user (see [`TestRedis::start_with_acl`]).
+    pub fn url_as(&self, service: &str) -> String {
+        assert!(self.acl, "url_as needs TestRedis::start_with_acl");
+        format!(
+            "redis://{}:{service}-pw@127.0.0.1:{}",
+            hemostat_common::acl::user(service),
+            self.port
+        )
     }
 
     fn spawn(&mut self) {
@@ -117,6 +141,15 @@ impl TestRedis {
             .stderr(Stdio::null());
         if let Some(p) = &self.password {
             cmd.arg("--requirepass").arg(p);
+        }
+        if self.acl {
+            for service in hemostat_common::acl::SERVICES {
+                cmd.arg("--user")
+                    .arg(hemostat_common::acl::user(service))
+                    .arg("on")
+                    .arg(format!(">{service}-pw"));
+                cmd.args(hemostat_common::acl::rules(service).unwrap_or_default());
+            }
         }
         self.child = Some(cmd.spawn().expect("spawn redis-server"));
         let deadline = Instant::now() + Duration::from_secs(10);

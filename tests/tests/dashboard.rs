@@ -50,7 +50,12 @@ struct Running {
 
 impl Running {
     async fn start(redis: &TestRedis, token: Option<&str>) -> Running {
-        let args = [
+        Running::start_with(redis, token, &[]).await
+    }
+
+    /// With more flags (`--hosts=...`, `--read-token=...`).
+    async fn start_with(redis: &TestRedis, token: Option<&str>, extra: &[&str]) -> Running {
+        let mut args = vec![
             "hemostat-dashboard".to_owned(),
             format!("--redis-url={}", redis.url()),
             "--listen=127.0.0.1:0".into(),
@@ -61,6 +66,13 @@ impl Running {
             // Empty is unset: whatever the environment says, this test decides.
             format!("--token={}", token.unwrap_or("")),
         ];
+        // Unset unless the test says, whatever the environment says.
+        for flag in ["--read-token", "--hosts"] {
+            if !extra.iter().any(|a| a.starts_with(flag)) {
+                args.push(format!("{flag}="));
+            }
+        }
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let a: DashboardArgs = hemostat_common::config::parse_from(args).expect("dashboard args");
         let cfg = a.validate().expect("dashboard config");
         let shutdown = Shutdown::new();
@@ -124,7 +136,11 @@ async fn http(
     body: Option<&str>,
 ) -> Reply {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    // 127.0.0.1 unless the test names a host of its own.
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str("Host: 127.0.0.1\r\n");
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -929,6 +945,176 @@ async fn live_feed_delivers_a_newly_published_event() {
     assert!(rest.contains("crash_loop"), "{rest}");
     let _ = esc;
     assert!(d.stop().await, "open feeds do not hold up shutdown");
+}
+
+/// The status line of the live feed's answer (the feed itself never ends).
+async fn feed_status(addr: SocketAddr, path: &str, host: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.windows(2).any(|w| w == b"\r\n") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(n > 0, "closed before a status line");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+/// DNS rebinding: a page on another site points a name of its own at the dashboard's
+/// address; the browser then sends that name. Every path refuses it with 403; loopback names,
+/// IP addresses and the names in `HEMOSTAT_DASHBOARD_HOSTS` are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_host_name_is_refused() {
+    init_logs();
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    seed(&bus(&redis).await).await;
+    let d = Running::start_with(&redis, None, &["--hosts=ops.example.org"]).await;
+    let paths = [
+        "/",
+        "/assets/app.js",
+        "/api/overview",
+        "/api/containers",
+        "/metrics",
+        "/healthz",
+    ];
+    for path in paths {
+        let r = http(d.addr, "GET", path, &[("Host", "evil.example")], None).await;
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+        let msg = r.json()["error"].as_str().unwrap_or_default().to_owned();
+        assert!(msg.contains("HEMOSTAT_DASHBOARD_HOSTS"), "{path}: {msg}");
+        let r = http(d.addr, "GET", path, &[("Host", "evil.example:8080")], None).await;
+        assert_eq!(r.status, 403, "{path} with a port");
+        assert!(!r.body.contains("docker-01"), "nothing of the fleet leaks");
+    }
+    let r = http(
+        d.addr,
+        "POST",
+        "/api/silences",
+        &[("Host", "evil.example")],
+        Some(r#"{"container":"api","duration":"1h"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(
+        feed_status(d.addr, "/api/events", "evil.example")
+            .await
+            .contains(" 403"),
+        "the live feed refuses it too"
+    );
+    let port = d.addr.port().to_string();
+    for host in [
+        "127.0.0.1".to_owned(),
+        format!("localhost:{port}"),
+        "dash.localhost".to_owned(),
+        format!("[::1]:{port}"),
+        "OPS.example.org".to_owned(),
+        format!("ops.example.org:{port}"),
+    ] {
+        let r = http(d.addr, "GET", "/api/overview", &[("Host", &host)], None).await;
+        assert_eq!(r.status, 200, "{host}: {}", r.body);
+    }
+    assert!(
+        feed_status(d.addr, "/api/events", "localhost")
+            .await
+            .contains(" 200")
+    );
+    let metrics = d.get("/metrics").await.body;
+    assert!(
+        metrics.contains(
+            r#"hemostat_dashboard_actions_total{action="request",result="unknown_host"} 14"#
+        ),
+        "{metrics}"
+    );
+    d.stop().await;
+}
+
+/// With a read token, the JSON API, the live feed and `/metrics` need it (or the action
+/// token); the page itself loads, so it can ask for one; `/healthz` stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_need_the_read_token_when_one_is_set() {
+    init_logs();
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    seed(&bus(&redis).await).await;
+    let read = "reader-0123456789abcdef";
+    let act = "test-token-0123456789abcdef";
+    let d = Running::start_with(&redis, Some(act), &[&format!("--read-token={read}")]).await;
+    for path in [
+        "/api/overview",
+        "/api/containers",
+        "/api/config",
+        "/metrics",
+    ] {
+        let r = d.get(path).await;
+        assert_eq!(r.status, 401, "{path}: {}", r.body);
+        assert!(!r.body.contains("docker-01"), "{path}: nothing leaks");
+        assert!(
+            r.json()["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("read token")
+        );
+        let r = http(
+            d.addr,
+            "GET",
+            path,
+            &[("Authorization", "Bearer wrong-0123456789abcdef")],
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 401, "{path} with a wrong token");
+        for token in [read, act] {
+            let bearer = format!("Bearer {token}");
+            let r = http(d.addr, "GET", path, &[("Authorization", &bearer)], None).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.body);
+        }
+    }
+    let r = http(
+        d.addr,
+        "GET",
+        "/api/containers",
+        &[("Authorization", &format!("Bearer {read}"))],
+        None,
+    )
+    .await;
+    assert!(r.body.contains("docker-01"), "{}", r.body);
+    for path in ["/", "/assets/app.js", "/assets/app.css", "/healthz"] {
+        assert_eq!(d.get(path).await.status, 200, "{path}");
+    }
+    assert!(
+        feed_status(d.addr, "/api/events", "127.0.0.1")
+            .await
+            .contains(" 401")
+    );
+    assert!(
+        feed_status(
+            d.addr,
+            &format!("/api/events?access_token={read}"),
+            "127.0.0.1"
+        )
+        .await
+        .contains(" 200")
+    );
+    // The read token reads; it does not act.
+    let r = http(
+        d.addr,
+        "POST",
+        "/api/silences",
+        &[("Authorization", &format!("Bearer {read}"))],
+        Some(r#"{"container":"api","duration":"1h"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

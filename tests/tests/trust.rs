@@ -605,7 +605,7 @@ async fn sigkill_after_verifying_before_the_report() {
 // ---------------------------------------------------------------------------------------------
 
 /// A forged `start` (anyone who can write to Redis) for a container a person stopped is
-/// refused by the same guards as a restart.
+/// refused by the same guards as a restart, and the refusal is audited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_start_of_a_person_stopped_container_is_refused() {
     let Some(mut t) = Trial::start().await else {
@@ -618,9 +618,12 @@ async fn a_forged_start_of_a_person_stopped_container_is_refused() {
         .wait_state(&p, "exited", WAIT, |i| status(i) == "exited")
         .await;
     for problem in [None, died()] {
-        let r = t.result(&t.send(&p, Action::Start, problem).await).await;
+        let req = t.send(&p, Action::Start, problem).await;
+        let r = t.result(&req).await;
         assert_eq!(r.outcome, Outcome::Skipped, "{r:?}");
         assert_eq!(r.guard, Some(Guard::Person), "{r:?}");
+        let audited = t.audited(&req.id).await;
+        assert_eq!(audited.len(), 1, "one audit record: {audited:?}");
     }
     let after = t.inspect(&p).await;
     assert_eq!(status(&after), "exited");

@@ -131,7 +131,7 @@ fn http_get(port: u16, path: &str) -> String {
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     );
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
@@ -236,6 +236,12 @@ async fn the_whole_stack_heals_what_it_should_and_leaves_alone_what_it_must() {
         ("PATIENT_IMAGE", tags[1].as_str()),
         ("REDIS_IMAGE", tags[2].as_str()),
         ("REDIS_PASSWORD", "e2e-pass"),
+        // One Redis user per service, as a production .env has them.
+        ("HEMOSTAT_MONITOR_REDIS_PASSWORD", "e2e-monitor"),
+        ("HEMOSTAT_ANALYZER_REDIS_PASSWORD", "e2e-analyzer"),
+        ("HEMOSTAT_RESPONDER_REDIS_PASSWORD", "e2e-responder"),
+        ("HEMOSTAT_ALERT_REDIS_PASSWORD", "e2e-alert"),
+        ("HEMOSTAT_DASHBOARD_REDIS_PASSWORD", "e2e-dashboard"),
         ("HEMOSTAT_REDIS_PORT", &redis_port.to_string()),
         ("HEMOSTAT_DASHBOARD_PORT", &dash_port.to_string()),
         ("E2E_SINK_PORT", &sink_port.to_string()),
@@ -494,6 +500,38 @@ async fn the_whole_stack_heals_what_it_should_and_leaves_alone_what_it_must() {
         "audit {audited} < results {}",
         results.seen.len()
     );
+
+    // The stack's Redis users: the dashboard's may not ask for a remediation, and in all of
+    // the above Redis refused no service a single command.
+    let dash = redis::Client::open(format!(
+        "redis://hemostat-dashboard:e2e-dashboard@127.0.0.1:{redis_port}"
+    ))
+    .unwrap();
+    let mut dconn = dash.get_multiplexed_async_connection().await.unwrap();
+    let forged: redis::RedisResult<String> = redis::cmd("XADD")
+        .arg("hemostat:stream:remediation_needed")
+        .arg("*")
+        .arg("event_type")
+        .arg("remediation_needed")
+        .arg("envelope")
+        .arg("{}")
+        .query_async(&mut dconn)
+        .await;
+    let refused = forged.expect_err("the dashboard's user added a remediation request");
+    assert!(
+        refused
+            .to_string()
+            .to_lowercase()
+            .contains("no permissions"),
+        "{refused}"
+    );
+    let log: Vec<redis::Value> = redis::cmd("ACL")
+        .arg("LOG")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Exactly the one refusal above.
+    assert_eq!(log.len(), 1, "Redis refused commands: {log:#?}");
 
     // 9. Down, and nothing left behind.
     let project = stack.project.clone();

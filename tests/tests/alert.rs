@@ -671,6 +671,62 @@ async fn two_containers_same_second_never_hide_each_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_health_output_reaches_slack_and_discord_inert() {
+    let w = setup!();
+    let slack = SinkServer::always(Reply::ok()).await;
+    let discord = SinkServer::always(Reply::status(204)).await;
+    let _alert = RunningAlert::start(
+        &w.redis.url(),
+        &[
+            ("slack-webhook-url", &slack.url("/slack")),
+            ("webhook-url", &discord.url("/api/webhooks/1/x")),
+            ("webhook-preset", "discord"),
+        ],
+    )
+    .await;
+
+    let output =
+        "<!channel> see <http://evil.example|docs> *bold* @everyone [x](http://evil.example)";
+    let a = alert(
+        "web",
+        AlertKind::Unhealthy,
+        format!("container web is failing its health check: {output}"),
+    );
+    let sick = Envelope::new("monitor", HOST, Payload::ContainerUnhealthy(a));
+    w.publish(&sick).await;
+    let s = slack.wait_for(1, "the unhealthy message").await[0].json();
+    hemostat_alert::render::check_block_kit(&s).unwrap_or_else(|e| panic!("{e}: {s:#}"));
+    let d = discord.wait_for(1, "the unhealthy message").await[0].json();
+    assert_eq!(
+        d["allowed_mentions"]["parse"],
+        serde_json::json!([]),
+        "{d:#}"
+    );
+    // Slack's entities leave no `<` at all; Discord's each have a backslash.
+    assert!(!s.to_string().contains('<'), "{s:#}");
+    let content = d["content"].as_str().unwrap();
+    assert!(!content.replace("\\<", "").contains('<'), "{content}");
+    for (sink, v) in [("slack", &s), ("discord", &d)] {
+        let body = v.to_string();
+        for live in ["http://", "@everyone", "](http"] {
+            assert!(!body.contains(live), "{sink} got {live:?} live: {body}");
+        }
+        // Still said, and still naming the container.
+        assert!(
+            body.contains("channel") && body.contains("evil.example"),
+            "{sink}: {body}"
+        );
+        assert!(names(&body, "web"), "{sink}: {body}");
+    }
+    assert!(
+        s["text"].as_str().unwrap().contains("&lt;!channel&gt;"),
+        "{s:#}"
+    );
+    w.wait_decision("sent", "slack", &sick.id).await;
+    w.wait_decision("sent", "webhook-discord", &sick.id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_fold_and_recovery_resolves() {
     let w = setup!();
     let slack = SinkServer::always(Reply::ok()).await;

@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod escape;
 pub mod notify;
 pub mod render;
 pub mod sink;

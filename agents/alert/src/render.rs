@@ -1,10 +1,16 @@
 //! Turning a batch of notifications into each sink's wire format: Slack Block Kit (with a
 //! plain-text fallback), Discord, Microsoft Teams, ntfy, plain JSON and PagerDuty Events v2.
+//!
+//! A notification's words (its title, detail, root cause, container, image and host) quote
+//! what containers said: health-check output, log lines, exit messages. Renderers read them
+//! only through [`Said`], which escapes them for the sink's markup ([`crate::escape`]), so
+//! none of it can mention, link or format; our own formatting goes around the escaped text.
 
 use hemostat_common::events::{AnalysisMethod, Severity};
 use serde_json::{Value, json};
 
 use crate::engine::Batch;
+use crate::escape::{Markup, escape, header_value};
 use crate::notify::{Notification, Status};
 
 /// Slack's limits: section text 3000 characters, header 150, at most 50 blocks.
@@ -12,12 +18,53 @@ const SLACK_TEXT_LIMIT: usize = 3000;
 const SLACK_HEADER_LIMIT: usize = 150;
 /// Notifications listed individually in one grouped message.
 const GROUP_LIST_LIMIT: usize = 20;
+/// ntfy's title header, in ASCII characters.
+const NTFY_TITLE_LIMIT: usize = 250;
 
 /// Context every renderer may use.
 #[derive(Debug, Clone, Default)]
 pub struct RenderContext {
     /// `HEMOSTAT_DASHBOARD_URL`, linked from messages when set.
     pub dashboard_url: Option<String>,
+}
+
+/// What one notification says, escaped for one markup. The one place a notification's words
+/// enter a message: renderers never put `title`, `text`, `root_cause`, `host` or the
+/// container of a [`Notification`] in one themselves (PagerDuty's dedup key, source and
+/// component alone stay raw, as its API reads them as identifiers, not as text to show).
+struct Said {
+    title: String,
+    text: String,
+    /// The text says more than the title.
+    text_adds: bool,
+    root_cause: Option<String>,
+    host: String,
+    container: Option<String>,
+    image: Option<String>,
+}
+
+impl Said {
+    fn new(n: &Notification, m: Markup) -> Said {
+        let e = |s: &str| escape(s, m);
+        Said {
+            title: e(&n.title),
+            text: e(&n.text),
+            text_adds: !n.text.is_empty() && n.text != n.title,
+            root_cause: n.root_cause.as_deref().map(e),
+            host: e(&n.host),
+            container: n.container.as_ref().map(|c| e(&c.name)),
+            image: n
+                .container
+                .as_ref()
+                .filter(|c| !c.image.is_empty())
+                .map(|c| e(&c.image)),
+        }
+    }
+
+    /// The detail, when it adds to the title.
+    fn detail(&self) -> Option<&str> {
+        self.text_adds.then_some(self.text.as_str())
+    }
 }
 
 fn cut(s: &str, limit: usize) -> String {
@@ -76,8 +123,11 @@ fn status_word(n: &Notification) -> &'static str {
     }
 }
 
-/// One line per notification: used for fallbacks and grouped messages.
-pub fn line(n: &Notification) -> String {
+/// One line per notification, its words escaped for `m`: used for fallbacks and grouped
+/// messages.
+pub fn line(n: &Notification, m: Markup) -> String {
+    let said = Said::new(n, m);
+    // The marker is ours: notify.rs writes it at the start of a dry run's title.
     let dry = if n.dry_run && !n.title.starts_with("[dry run]") {
         "[dry run] "
     } else {
@@ -86,21 +136,23 @@ pub fn line(n: &Notification) -> String {
     format!(
         "{} {dry}{} — {} on {}",
         emoji(n),
-        n.title,
+        said.title,
         status_word(n),
-        n.host
+        said.host
     )
 }
 
-/// The plain-text version of a batch (Slack's fallback `text`, ntfy's body, Discord content).
-pub fn plain(batch: &Batch, ctx: &RenderContext) -> String {
+/// The text version of a batch, its words escaped for `m` (Slack's fallback `text`, ntfy's
+/// body, Discord's content, Teams' text).
+pub fn plain(batch: &Batch, ctx: &RenderContext, m: Markup) -> String {
     let mut out = match batch.notifications.as_slice() {
         [one] => {
-            let mut s = line(one);
-            if !one.text.is_empty() && one.text != one.title {
-                s.push_str(&format!("\n{}", one.text));
+            let said = Said::new(one, m);
+            let mut s = line(one, m);
+            if let Some(detail) = said.detail() {
+                s.push_str(&format!("\n{detail}"));
             }
-            if let Some(rc) = &one.root_cause {
+            if let Some(rc) = &said.root_cause {
                 s.push_str(&format!("\nRoot cause: {rc}"));
             }
             s
@@ -108,7 +160,7 @@ pub fn plain(batch: &Batch, ctx: &RenderContext) -> String {
         many => {
             let mut s = format!("{} hemostat notifications:", many.len());
             for n in many.iter().take(GROUP_LIST_LIMIT) {
-                s.push_str(&format!("\n• {}", line(n)));
+                s.push_str(&format!("\n• {}", line(n, m)));
             }
             if many.len() > GROUP_LIST_LIMIT {
                 s.push_str(&format!("\n• …and {} more", many.len() - GROUP_LIST_LIMIT));
@@ -122,18 +174,28 @@ pub fn plain(batch: &Batch, ctx: &RenderContext) -> String {
     out
 }
 
-fn fields(n: &Notification) -> Vec<Value> {
+/// A Slack mrkdwn object holding escaped container text: `verbatim`, so Slack does not
+/// link-ify anything in it either.
+fn mrkdwn(text: String) -> Value {
+    json!({"type": "mrkdwn", "text": text, "verbatim": true})
+}
+
+/// A Slack `plain_text` object: no formatting at all.
+fn plain_text(text: String) -> Value {
+    json!({"type": "plain_text", "text": text, "emoji": true})
+}
+
+/// The Slack fields of `n`; `said` is `n` escaped for [`Markup::Slack`].
+fn fields(n: &Notification, said: &Said) -> Vec<Value> {
     let mut f = Vec::new();
-    let mut add = |k: &str, v: String| {
-        f.push(json!({"type": "mrkdwn", "text": cut(&format!("*{k}*\n{v}"), 2000)}))
-    };
-    if let Some(c) = &n.container {
-        add("Container", format!("`{}`", c.name));
-        if !c.image.is_empty() {
-            add("Image", format!("`{}`", c.image));
+    let mut add = |k: &str, v: String| f.push(mrkdwn(cut(&format!("*{k}*\n{v}"), 2000)));
+    if let Some(c) = &said.container {
+        add("Container", format!("`{c}`"));
+        if let Some(image) = &said.image {
+            add("Image", format!("`{image}`"));
         }
     }
-    add("Host", format!("`{}`", n.host));
+    add("Host", format!("`{}`", said.host));
     add("Severity", format!("{:?}", n.severity).to_lowercase());
     if let (Some(a), Some(o)) = (n.action, n.outcome) {
         add(
@@ -161,7 +223,10 @@ fn fields(n: &Notification) -> Vec<Value> {
     f
 }
 
-/// Slack incoming-webhook payload: Block Kit inside a coloured attachment, plain-text fallback.
+/// Slack incoming-webhook payload: Block Kit inside a coloured attachment, and a fallback
+/// `text`. Container text goes into `plain_text` objects where it stands alone (the header,
+/// the detail, the grouped list) and, escaped for mrkdwn, into `verbatim` mrkdwn objects
+/// where it follows one of our bold labels (root cause, fields) and into the fallback.
 pub fn slack(batch: &Batch, ctx: &RenderContext) -> Value {
     let resolved = batch
         .notifications
@@ -170,28 +235,33 @@ pub fn slack(batch: &Batch, ctx: &RenderContext) -> Value {
     let mut blocks = Vec::new();
     match batch.notifications.as_slice() {
         [n] => {
-            blocks.push(json!({"type": "header", "text": {"type": "plain_text", "text": cut(&format!("{} {}", emoji(n), n.title), SLACK_HEADER_LIMIT), "emoji": true}}));
-            if !n.text.is_empty() && n.text != n.title {
-                blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&n.text, SLACK_TEXT_LIMIT)}}));
+            let shown = Said::new(n, Markup::SlackPlainText);
+            let marked = Said::new(n, Markup::Slack);
+            blocks.push(json!({"type": "header", "text": plain_text(cut(&format!("{} {}", emoji(n), shown.title), SLACK_HEADER_LIMIT))}));
+            if let Some(detail) = shown.detail() {
+                blocks.push(
+                    json!({"type": "section", "text": plain_text(cut(detail, SLACK_TEXT_LIMIT))}),
+                );
             }
-            if let Some(rc) = &n.root_cause {
-                blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&format!("*Root cause*: {rc}"), SLACK_TEXT_LIMIT)}}));
+            if let Some(rc) = &marked.root_cause {
+                blocks.push(json!({"type": "section", "text": mrkdwn(cut(&format!("*Root cause*: {rc}"), SLACK_TEXT_LIMIT))}));
             }
-            blocks.push(json!({"type": "section", "fields": fields(n)}));
+            blocks.push(json!({"type": "section", "fields": fields(n, &marked)}));
             blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("{} · {} UTC · event `{}`", status_word(n), n.at.format("%Y-%m-%d %H:%M:%S"), n.event_type)}]}));
         }
         many => {
-            blocks.push(json!({"type": "header", "text": {"type": "plain_text", "text": format!("{} hemostat notifications", many.len()), "emoji": true}}));
+            blocks.push(json!({"type": "header", "text": plain_text(format!("{} hemostat notifications", many.len()))}));
             let list: Vec<String> = many
                 .iter()
                 .take(GROUP_LIST_LIMIT)
-                .map(|n| format!("• {}", line(n)))
+                .map(|n| format!("• {}", line(n, Markup::SlackPlainText)))
                 .collect();
             let mut text = list.join("\n");
             if many.len() > GROUP_LIST_LIMIT {
                 text.push_str(&format!("\n• …and {} more", many.len() - GROUP_LIST_LIMIT));
             }
-            blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&text, SLACK_TEXT_LIMIT)}}));
+            blocks
+                .push(json!({"type": "section", "text": plain_text(cut(&text, SLACK_TEXT_LIMIT))}));
             let first = many
                 .first()
                 .map(|n| n.at.format("%Y-%m-%d %H:%M:%S").to_string())
@@ -203,12 +273,17 @@ pub fn slack(batch: &Batch, ctx: &RenderContext) -> Value {
         blocks.push(json!({"type": "actions", "elements": [{"type": "button", "text": {"type": "plain_text", "text": "Open dashboard"}, "url": url}]}));
     }
     json!({
-        "text": cut(&plain(batch, ctx), SLACK_TEXT_LIMIT),
+        "text": cut(&plain(batch, ctx, Markup::Slack), SLACK_TEXT_LIMIT),
         "attachments": [{"color": colour(worst(batch), resolved), "blocks": blocks}],
+        // No preview of any link: container links are broken anyway, and the dashboard's
+        // button needs none.
+        "unfurl_links": false,
+        "unfurl_media": false,
     })
 }
 
-/// Discord webhook: `content` plus one embed.
+/// Discord webhook: `content` plus one embed. `allowed_mentions` with an empty `parse` list
+/// means no mention in it notifies anyone, whatever the text says.
 pub fn discord(batch: &Batch, ctx: &RenderContext) -> Value {
     let resolved = batch
         .notifications
@@ -218,43 +293,55 @@ pub fn discord(batch: &Batch, ctx: &RenderContext) -> Value {
         u32::from_str_radix(colour(worst(batch), resolved).trim_start_matches('#'), 16)
             .unwrap_or(0);
     let title = match batch.notifications.as_slice() {
-        [n] => n.title.clone(),
+        [n] => Said::new(n, Markup::Discord).title,
         many => format!("{} hemostat notifications", many.len()),
     };
     json!({
-        "content": cut(&plain(batch, ctx), 2000),
+        "content": cut(&plain(batch, ctx, Markup::Discord), 2000),
         "embeds": [{"title": cut(&title, 256), "color": colour_int, "url": ctx.dashboard_url}],
+        "allowed_mentions": {"parse": []},
     })
 }
 
-/// Microsoft Teams incoming webhook (MessageCard).
+/// Microsoft Teams incoming webhook (MessageCard). The title and text render markdown and
+/// some HTML, so their container text is escaped for both; the summary (what notifications
+/// show) is plain text.
 pub fn teams(batch: &Batch, ctx: &RenderContext) -> Value {
     let resolved = batch
         .notifications
         .iter()
         .all(|n| n.status == Status::Resolved);
-    let title = match batch.notifications.as_slice() {
-        [n] => n.title.clone(),
-        many => format!("{} hemostat notifications", many.len()),
+    let (summary, title) = match batch.notifications.as_slice() {
+        [n] => (
+            Said::new(n, Markup::Plain).title,
+            Said::new(n, Markup::Teams).title,
+        ),
+        many => {
+            let t = format!("{} hemostat notifications", many.len());
+            (t.clone(), t)
+        }
     };
     json!({
         "@type": "MessageCard",
         "@context": "https://schema.org/extensions",
         "themeColor": colour(worst(batch), resolved).trim_start_matches('#'),
-        "summary": cut(&title, 200),
+        "summary": cut(&summary, 200),
         "title": cut(&title, 200),
-        "text": cut(&plain(batch, ctx), 20_000).replace('\n', "<br>"),
+        // Newlines become our own `<br>` after escaping, so only ours are tags.
+        "text": cut(&plain(batch, ctx, Markup::Teams), 20_000).replace('\n', "<br>"),
     })
 }
 
-/// ntfy: plain-text body with title, priority and tags as headers.
+/// ntfy: a plain-text body (no `Markdown` header, so ntfy shows it as it is) with title,
+/// priority and tags as headers. The title header is one bounded line of ASCII, so no text
+/// can end it and add a header of its own.
 pub fn ntfy(batch: &Batch, ctx: &RenderContext) -> (String, Vec<(&'static str, String)>) {
     let resolved = batch
         .notifications
         .iter()
         .all(|n| n.status == Status::Resolved);
     let title = match batch.notifications.as_slice() {
-        [n] => n.title.clone(),
+        [n] => Said::new(n, Markup::Plain).title,
         many => format!("{} hemostat notifications", many.len()),
     };
     let (priority, tag) = match (resolved, worst(batch)) {
@@ -263,22 +350,19 @@ pub fn ntfy(batch: &Batch, ctx: &RenderContext) -> (String, Vec<(&'static str, S
         (_, Severity::Warning) => ("4", "warning"),
         (_, Severity::Info) => ("3", "information_source"),
     };
-    // Header values must be ASCII-safe: strip anything else.
-    let ascii_title: String = title
-        .chars()
-        .filter(|c| c.is_ascii() && !c.is_ascii_control())
-        .collect();
     (
-        plain(batch, ctx),
+        plain(batch, ctx, Markup::Plain),
         vec![
-            ("Title", cut(&ascii_title, 250)),
+            ("Title", header_value(&title, NTFY_TITLE_LIMIT)),
             ("Priority", priority.into()),
             ("Tags", format!("{tag},hemostat")),
         ],
     )
 }
 
-/// Plain JSON: the notifications as they are.
+/// Plain JSON: the notifications as they are. Their text is raw: serde writes each as one
+/// JSON string, and a notification's fields are fixed (nothing is flattened in), so container
+/// text can never add a field of its own.
 pub fn json_body(batch: &Batch) -> Value {
     json!({"source": "hemostat", "count": batch.notifications.len(), "notifications": batch.notifications})
 }
@@ -295,6 +379,7 @@ pub fn pagerduty(n: &Notification, routing_key: &str) -> Option<Value> {
         .map(|c| c.name.clone())
         .unwrap_or_else(|| "-".into());
     let dedup = format!("hemostat/{}/{}", n.host, who);
+    let said = Said::new(n, Markup::Plain);
     let event = match n.status {
         Status::Resolved => {
             json!({"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup})
@@ -304,12 +389,12 @@ pub fn pagerduty(n: &Notification, routing_key: &str) -> Option<Value> {
             "event_action": "trigger",
             "dedup_key": dedup,
             "payload": {
-                "summary": cut(&n.title, 1024),
+                "summary": cut(&said.title, 1024),
                 "source": n.host,
                 "severity": match n.severity { Severity::Critical => "critical", Severity::Warning => "warning", Severity::Info => "info" },
                 "component": who,
                 "class": n.kind,
-                "custom_details": {"detail": n.text, "root_cause": n.root_cause, "event_id": n.event_id, "dry_run": n.dry_run},
+                "custom_details": {"detail": said.text, "root_cause": said.root_cause, "event_id": n.event_id, "dry_run": n.dry_run},
             },
         }),
     };
@@ -365,4 +450,240 @@ pub fn check_block_kit(payload: &Value) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use hemostat_common::events::ContainerRef;
+
+    /// What a hostile container can make its health check print or its logs say.
+    const HOSTILE: &str = "<!channel> see <http://evil.example|docs> *bold* @everyone @here <@U123> <@&42> [x](http://evil.example) `code` # h\n> quote ~strike~ _it_ ||spoiler|| <b>html</b>";
+
+    fn n(title: &str, text: &str, root_cause: Option<&str>) -> Notification {
+        Notification {
+            fingerprint: "docker-01/api/false_alarm".into(),
+            status: Status::Firing,
+            severity: Severity::Warning,
+            host: "docker-01".into(),
+            container: Some(ContainerRef {
+                id: "id".into(),
+                name: "api_1".into(),
+                image: "example/api:1.4".into(),
+                ..ContainerRef::default()
+            }),
+            kind: "false_alarm".into(),
+            title: title.into(),
+            text: text.into(),
+            root_cause: root_cause.map(str::to_owned),
+            action: None,
+            outcome: None,
+            confidence: Some(0.8),
+            method: Some(AnalysisMethod::Llm),
+            dry_run: false,
+            at: Utc.with_ymd_and_hms(2026, 11, 22, 6, 0, 0).unwrap(),
+            event_id: "01H".into(),
+            event_type: "false_alarm".into(),
+            page: true,
+            one_off: false,
+        }
+    }
+
+    fn hostile() -> Batch {
+        Batch {
+            notifications: vec![n(
+                &format!("No action for api_1: the health check prints {HOSTILE}"),
+                &format!("log line: {HOSTILE}"),
+                Some(&format!("the log says {HOSTILE}")),
+            )],
+        }
+    }
+
+    fn ordinary() -> Batch {
+        Batch {
+            notifications: vec![n(
+                "Container api_1 was killed (exit code 137)",
+                "health check: GET /healthz 200",
+                Some("exit code 137 after 3 failed checks"),
+            )],
+        }
+    }
+
+    /// Every string in `v`, with where it is.
+    fn strings(v: &Value, at: &str, out: &mut Vec<(String, String)>) {
+        match v {
+            Value::String(s) => out.push((at.to_owned(), s.clone())),
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .for_each(|(i, x)| strings(x, &format!("{at}[{i}]"), out)),
+            Value::Object(o) => o
+                .iter()
+                .for_each(|(k, x)| strings(x, &format!("{at}.{k}"), out)),
+            _ => {}
+        }
+    }
+
+    /// Fails naming the string of `v` that contains any of `bad`.
+    #[track_caller]
+    fn none_contain(v: &Value, bad: &[&str]) {
+        let mut all = Vec::new();
+        strings(v, "", &mut all);
+        for (at, s) in &all {
+            for b in bad {
+                assert!(!s.contains(b), "{at} contains {b:?}: {s:?}");
+            }
+        }
+    }
+
+    /// Live mentions and links, as Slack and Teams would read them.
+    const LIVE: &[&str] = &[
+        "<!",
+        "<@",
+        "<http",
+        "](http",
+        "http://",
+        "@everyone",
+        "@here",
+    ];
+
+    #[test]
+    fn slack_shows_container_text_and_parses_none_of_it() {
+        let ctx = RenderContext::default();
+        let p = slack(&hostile(), &ctx);
+        check_block_kit(&p).unwrap();
+        none_contain(&p, LIVE);
+        // mrkdwn (the fallback and the objects after our labels) formats nothing of it;
+        // `plain_text` objects format nothing anyway.
+        let mut marked = vec![p["text"].clone()];
+        let blocks = p["attachments"][0]["blocks"].as_array().unwrap();
+        for b in blocks {
+            let mut texts = vec![&b["text"]];
+            texts.extend(b["fields"].as_array().into_iter().flatten());
+            for t in texts {
+                if t["type"] == "mrkdwn" {
+                    // Container text in mrkdwn is always verbatim (no link-ifying).
+                    assert_eq!(t["verbatim"], true, "{t}");
+                    marked.push(t["text"].clone());
+                }
+            }
+        }
+        assert!(marked.len() > 2, "{p:#}");
+        none_contain(
+            &Value::Array(marked),
+            &["*bold*", "`code`", "_it_", "~strike~", "\n&gt;"],
+        );
+        // Our own formatting still works: the bold labels and the code-quoted name.
+        let s = p.to_string();
+        assert!(
+            s.contains("*Root cause*: the log says &lt;!channel&gt;"),
+            "{s}"
+        );
+        assert!(s.contains("*Container*\\n`api_1`"), "{s}");
+        assert_eq!(blocks[0]["text"]["type"], "plain_text");
+        assert_eq!(blocks[1]["text"]["type"], "plain_text");
+        assert_eq!(p["unfurl_links"], false);
+    }
+
+    #[test]
+    fn discord_escapes_markdown_and_allows_no_mention() {
+        let p = discord(&hostile(), &RenderContext::default());
+        assert_eq!(p["allowed_mentions"], json!({"parse": []}));
+        // `<` always has its backslash (below), so only these are left to look for.
+        none_contain(&p, &["](http", "http://", "@everyone", "@here"]);
+        for field in [&p["content"], &p["embeds"][0]["title"]] {
+            let s = field.as_str().unwrap();
+            // Every markdown character from the container has its backslash.
+            let chars: Vec<char> = s.chars().collect();
+            for (i, c) in chars.iter().enumerate() {
+                if matches!(
+                    c,
+                    '*' | '_' | '~' | '`' | '|' | '<' | '>' | '[' | ']' | '(' | ')' | '#'
+                ) {
+                    let slashes = chars[..i].iter().rev().take_while(|c| **c == '\\').count();
+                    assert!(slashes % 2 == 1, "unescaped {c:?} at {i} in {s:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn teams_escapes_markdown_and_html() {
+        let mut p = teams(&hostile(), &RenderContext::default());
+        // The notification summary is plain text: Teams shows it as it is.
+        let summary = p["summary"].take();
+        assert!(
+            summary
+                .as_str()
+                .is_some_and(|s| s.contains("prints <!channel> see")),
+            "{summary}"
+        );
+        none_contain(&p, LIVE);
+        none_contain(&p, &["<b>", "*", "`", "[x]", "_it_", "~strike~"]);
+        let text = p["text"].as_str().unwrap();
+        // The only tags are our line breaks.
+        assert_eq!(
+            text.matches('<').count(),
+            text.matches("<br>").count(),
+            "{text}"
+        );
+        assert!(text.contains("&lt;!channel&gt;"), "{text}");
+    }
+
+    #[test]
+    fn ntfy_body_is_plain_and_title_header_cannot_be_broken() {
+        let (body, headers) = ntfy(&hostile(), &RenderContext::default());
+        // ntfy shows the body as text (no Markdown header), so it is left as it is.
+        assert!(body.contains(HOSTILE), "{body}");
+        assert!(
+            !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("markdown"))
+        );
+        let mut b = hostile();
+        b.notifications[0].title =
+            format!("api\r\nClick: http://evil.example\n{}", "x".repeat(400));
+        let (_, headers) = ntfy(&b, &RenderContext::default());
+        let title = &headers.iter().find(|(k, _)| *k == "Title").unwrap().1;
+        assert!(!title.contains(['\r', '\n']), "{title:?}");
+        assert!(
+            title.len() <= NTFY_TITLE_LIMIT && title.is_ascii(),
+            "{title:?}"
+        );
+        assert!(reqwest::header::HeaderValue::from_str(title).is_ok());
+    }
+
+    #[test]
+    fn json_webhook_keeps_container_text_inside_its_strings() {
+        let mut b = hostile();
+        b.notifications[0].text = r#"x", "page": false, "injected": "1"#.into();
+        let body = json_body(&b).to_string();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let got = &v["notifications"][0];
+        assert_eq!(got["text"], b.notifications[0].text.as_str());
+        assert_eq!(got["page"], true);
+        assert!(got.get("injected").is_none());
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["count", "notifications", "source"]);
+    }
+
+    #[test]
+    fn ordinary_text_stays_readable_everywhere() {
+        let b = ordinary();
+        let ctx = RenderContext::default();
+        let want = ["GET /healthz 200", "exit code 137"];
+        let s = slack(&b, &ctx).to_string();
+        let d = discord(&b, &ctx)["content"].as_str().unwrap().to_owned();
+        let t = teams(&b, &ctx)["text"].as_str().unwrap().to_owned();
+        let (body, _) = ntfy(&b, &ctx);
+        for rendered in [&s, &d, &t, &body] {
+            for w in want {
+                assert!(rendered.contains(w), "{w:?} not in {rendered}");
+            }
+        }
+        // A name with underscores stays copyable in Slack and ntfy.
+        assert!(s.contains("`api_1`") && body.contains("api_1"), "{s}");
+    }
 }

@@ -1,5 +1,6 @@
 //! The Slack payload of every kind of notification, checked against golden files in
-//! `tests/golden/` and against Block Kit's structural rules. Regenerate after an intended
+//! `tests/golden/` and against Block Kit's structural rules, and every format's payload for
+//! a container whose health check and logs say hostile things. Regenerate after an intended
 //! change with `UPDATE_GOLDEN=1 cargo test -p hemostat-alert --test golden`, then review the diff.
 
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use chrono::{TimeZone, Utc};
 use hemostat_alert::engine::Batch;
 use hemostat_alert::notify::{Sources, from_envelope, with_verdict};
 use hemostat_alert::render::{
-    RenderContext, check_block_kit, discord, ntfy, pagerduty, slack, teams,
+    RenderContext, check_block_kit, discord, json_body, ntfy, pagerduty, slack, teams,
 };
 use hemostat_common::events::{
     Action, AlertKind, AnalysisMethod, ContainerAlert, ContainerRef, ContainerState, Detection,
@@ -80,6 +81,10 @@ fn result(outcome: Outcome, dry_run: bool, reason: &str) -> Payload {
         problem: None,
     })
 }
+
+/// What a container can make its health check print or its logs say: Slack and Discord
+/// mentions, a disguised link, a markdown link, formatting.
+const HOSTILE: &str = "<!channel> see <http://evil.example|docs> *bold* @everyone [x](http://evil.example) `code` # h";
 
 const ALL: Sources = Sources {
     crashes: true,
@@ -231,6 +236,23 @@ fn cases() -> Vec<(&'static str, Vec<Envelope>)> {
                 ),
             ],
         ),
+        (
+            // The analyzer quotes the health check's output in its root cause and a log
+            // line in its reason: so they reach the title, the detail and the root cause.
+            "hostile_container_text",
+            vec![env(
+                "01L",
+                "analyzer",
+                Payload::FalseAlarm(FalseAlarm {
+                    container: Some(container("api")),
+                    alert_id: "01Y".into(),
+                    root_cause: format!("the health check prints: {HOSTILE}"),
+                    reason: format!("last log line: {HOSTILE}"),
+                    confidence: 0.6,
+                    analysis_method: AnalysisMethod::Llm,
+                }),
+            )],
+        ),
     ]
 }
 
@@ -260,40 +282,92 @@ fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
+/// Compares `text` with golden file `file` (or writes it, with `UPDATE_GOLDEN`); a difference
+/// is added to `mismatches`.
+fn golden(file: &str, text: &str, mismatches: &mut Vec<String>) {
+    let path = golden_dir().join(file);
+    if std::env::var("UPDATE_GOLDEN").is_ok() {
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            path.display()
+        )
+    });
+    if want != text {
+        mismatches.push(format!(
+            "{file}: differs from {}\n--- got ---\n{text}",
+            path.display()
+        ));
+    }
+}
+
+/// `v` as pretty JSON, with the invisible characters the escaping inserts written as JSON
+/// escapes (the same JSON), so a reader of the golden files sees where they are.
+fn pretty(v: &serde_json::Value) -> String {
+    let text = serde_json::to_string_pretty(v).unwrap_or_default();
+    format!(
+        "{}\n",
+        text.replace('\u{200B}', "\\u200b")
+            .replace('\u{AD}', "\\u00ad")
+    )
+}
+
 #[test]
 fn slack_payloads_match_their_golden_files_and_block_kit() {
     let ctx = RenderContext {
         dashboard_url: Some("http://hemostat.example:8080".into()),
     };
-    let update = std::env::var("UPDATE_GOLDEN").is_ok();
     let mut mismatches = Vec::new();
     for (name, envs) in cases() {
         let payload = slack(&batch(&envs), &ctx);
         if let Err(e) = check_block_kit(&payload) {
             panic!("{name}: not valid Block Kit: {e}\n{payload:#}");
         }
-        let text = format!(
-            "{}\n",
-            serde_json::to_string_pretty(&payload).unwrap_or_default()
+        golden(
+            &format!("slack_{name}.json"),
+            &pretty(&payload),
+            &mut mismatches,
         );
-        let path = golden_dir().join(format!("slack_{name}.json"));
-        if update {
-            std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            continue;
-        }
-        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
-                path.display()
-            )
-        });
-        if want != text {
-            mismatches.push(format!(
-                "{name}: differs from {}\n--- got ---\n{text}",
-                path.display()
-            ));
-        }
     }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[test]
+fn hostile_container_text_is_escaped_for_every_format() {
+    let ctx = RenderContext {
+        dashboard_url: Some("http://hemostat.example:8080".into()),
+    };
+    let (_, envs) = cases()
+        .into_iter()
+        .find(|(n, _)| *n == "hostile_container_text")
+        .unwrap_or_else(|| unreachable!());
+    let b = batch(&envs);
+    let mut mismatches = Vec::new();
+    // (Slack's is among the cases above.)
+    golden(
+        "discord_hostile_container_text.json",
+        &pretty(&discord(&b, &ctx)),
+        &mut mismatches,
+    );
+    golden(
+        "teams_hostile_container_text.json",
+        &pretty(&teams(&b, &ctx)),
+        &mut mismatches,
+    );
+    let (body, headers) = ntfy(&b, &ctx);
+    let mut request: String = headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+    request.push('\n');
+    request.push_str(&body);
+    request.push('\n');
+    golden("ntfy_hostile_container_text.txt", &request, &mut mismatches);
+    golden(
+        "json_hostile_container_text.json",
+        &pretty(&json_body(&b)),
+        &mut mismatches,
+    );
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }
 
@@ -323,11 +397,13 @@ fn other_presets_have_their_shapes() {
     let b = batch(&envs);
     let ctx = RenderContext::default();
     let d = discord(&b, &ctx);
+    // Escaped as the rest of the title is (Discord shows `[dry run]`).
     assert!(
         d["content"]
             .as_str()
-            .is_some_and(|c| c.len() <= 2000 && c.contains("[dry run]"))
+            .is_some_and(|c| c.len() <= 2000 && c.contains(r"\[dry run\]"))
     );
+    assert_eq!(d["allowed_mentions"]["parse"], serde_json::json!([]));
     assert!(d["embeds"][0]["color"].as_u64().is_some());
     let t = teams(&b, &ctx);
     assert_eq!(t["@type"], "MessageCard");

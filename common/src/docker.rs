@@ -1,5 +1,6 @@
 //! Docker helpers every agent that talks to Docker shares: connecting (with API version
-//! negotiation and backoff) and turning an inspect response into the wire's state.
+//! negotiation and backoff) and turning an inspect response into the wire's state, with the
+//! text that comes from the container (health-check output, the state's error) scrubbed.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use bollard::models::ContainerInspectResponse;
 use crate::bus::Backoff;
 use crate::events::{ContainerState, HealthState};
 use crate::http::Health;
+use crate::scrub::scrub;
 use crate::shutdown::Shutdown;
 
 /// Longest health-check output carried in an alert.
@@ -54,10 +56,13 @@ pub async fn connect_docker(
     }
 }
 
+/// Health-check output as it may be carried: scrubbed of secrets, then cut to
+/// [`HEALTH_OUTPUT_LIMIT`] bytes on a character boundary. Scrubbing comes first, so a key
+/// block is recognised whole before the cut.
 pub fn trim_output(s: &str) -> String {
-    let s = s.trim();
+    let s = scrub(s.trim());
     if s.len() <= HEALTH_OUTPUT_LIMIT {
-        return s.to_owned();
+        return s;
     }
     let mut cut = HEALTH_OUTPUT_LIMIT;
     while !s.is_char_boundary(cut) {
@@ -66,7 +71,9 @@ pub fn trim_output(s: &str) -> String {
     format!("{}…", &s[..cut])
 }
 
-/// The alert-relevant part of an inspect response.
+/// The alert-relevant part of an inspect response. This is where text a container wrote into
+/// its inspect (the last health-check output, the state's error) enters hemostat, so both are
+/// scrubbed here and nowhere else.
 pub fn container_state(i: &ContainerInspectResponse) -> Option<ContainerState> {
     let st = i.state.as_ref()?;
     let health = st.health.as_ref().map(|h| {
@@ -86,7 +93,7 @@ pub fn container_state(i: &ContainerInspectResponse) -> Option<ContainerState> {
         restart_count: i.restart_count.unwrap_or(0),
         started_at: st.started_at.clone(),
         finished_at: st.finished_at.clone(),
-        error: st.error.clone().filter(|e| !e.is_empty()),
+        error: st.error.as_deref().filter(|e| !e.is_empty()).map(scrub),
         health,
         memory_limit_bytes: i
             .host_config
@@ -99,7 +106,11 @@ pub fn container_state(i: &ContainerInspectResponse) -> Option<ContainerState> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use bollard::models::{
+        ContainerState as DockerState, Health as DockerHealth, HealthcheckResult,
+    };
 
     #[test]
     fn long_health_output_is_trimmed_on_a_char_boundary() {
@@ -107,5 +118,38 @@ mod tests {
         let t = trim_output(&s);
         assert!(t.len() <= HEALTH_OUTPUT_LIMIT + "…".len());
         assert_eq!(trim_output("  ok\n"), "ok");
+    }
+
+    #[test]
+    fn health_output_and_state_error_are_scrubbed() {
+        let probe = "check failed: GET http://app:8080/health?token=9f8e7d6c5b4a -> 500\n\
+                     -----BEGIN PRIVATE KEY-----\n\
+                     MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\n\
+                     -----END PRIVATE KEY-----";
+        let inspect = ContainerInspectResponse {
+            state: Some(DockerState {
+                error: Some("connect postgres://app:hunter2@db:5432/app: refused".into()),
+                health: Some(DockerHealth {
+                    log: Some(vec![HealthcheckResult {
+                        output: Some(probe.into()),
+                        exit_code: Some(1),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let state = container_state(&inspect).unwrap();
+        let output = state.health.and_then(|h| h.last_output).unwrap();
+        assert_eq!(
+            output,
+            "check failed: GET http://app:8080/health?token=[REDACTED] -> 500\n[REDACTED PRIVATE KEY]"
+        );
+        assert_eq!(
+            state.error.as_deref(),
+            Some("connect postgres://app:[REDACTED]@db:5432/app: refused")
+        );
     }
 }

@@ -18,5 +18,6 @@ pub mod http;
 pub mod metrics;
 pub mod redact;
 pub mod scope;
+pub mod scrub;
 pub mod shutdown;
 pub mod telemetry;

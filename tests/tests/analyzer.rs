@@ -1045,6 +1045,166 @@ async fn secrets_echoed_by_an_llm_error_are_scrubbed() {
     assert!(an.stop().await);
 }
 
+/// A fake 2048-bit RSA private key as a program prints it: the BEGIN line, 24 body lines of
+/// 64 base64 characters, a short last body line (shorter than any "long base64 line" rule
+/// looks for, so only a scrubber that sees the whole block catches it) and the END line.
+fn fake_private_key() -> Vec<String> {
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        B64[(x % 64) as usize] as char
+    };
+    let mut key = vec!["-----BEGIN RSA PRIVATE KEY-----".to_owned()];
+    key.push(format!(
+        "MIIEpAIBAAKCAQEA{}",
+        (0..48).map(|_| next()).collect::<String>()
+    ));
+    for _ in 0..23 {
+        key.push((0..64).map(|_| next()).collect());
+    }
+    key.push(format!("{}==", (0..26).map(|_| next()).collect::<String>()));
+    key.push("-----END RSA PRIVATE KEY-----".to_owned());
+    key
+}
+
+impl World {
+    /// A patient that prints `lines` (each its own log line) and then crashes with exit code
+    /// 3; returns once it has exited.
+    async fn crashed_patient(&self, suffix: &str, lines: &[String]) -> Patient {
+        let mut args = vec!["run".to_owned()];
+        for l in lines {
+            args.extend(["--log-lines-at-start".to_owned(), l.clone()]);
+        }
+        args.extend(["--exit-code", "3", "--after", "1"].map(str::to_owned));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let p = Patient::start(
+            &self.docker,
+            &self.prefix,
+            suffix,
+            PatientSpec::watched(&args),
+        )
+        .await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let i = self
+                .docker
+                .inspect_container(
+                    &p.id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+                .expect("inspect the patient");
+            let st = i.state.unwrap_or_default();
+            if st.running == Some(false) && st.exit_code == Some(3) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} never crashed", p.name);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let logged = self.logs(&p).await;
+        for l in lines {
+            assert!(logged.contains(l.as_str()), "{} did not log {l:?}", p.name);
+        }
+        p
+    }
+}
+
+/// No line of the key's body is in the prompt, nor anywhere on the bus.
+async fn assert_no_key_body(w: &World, key: &[String], body: &str) {
+    let secret = &key[1..key.len() - 1];
+    for line in secret {
+        assert!(
+            !body.contains(line.as_str()),
+            "{line} reached the LLM: {body}"
+        );
+    }
+    for (stream, value) in w.raw_stream_values().await {
+        for line in secret {
+            assert!(!value.contains(line.as_str()), "{line} is on {stream}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_key_logged_line_by_line_never_reaches_the_llm() {
+    let w = setup!();
+    let stub = OpenAiStub::start(vec![], Reply::good_restart()).await;
+    let key = fake_private_key();
+    let mut lines = vec![
+        "starting worker 7".to_owned(),
+        "loaded signing key from /etc/app/key.pem:".to_owned(),
+    ];
+    lines.extend(key.iter().cloned());
+    lines.push("FATAL: upstream rejected the key, exiting".to_owned());
+    let p = w.crashed_patient("pem", &lines).await;
+    let an = w.analyzer_llm(&stub.base_url(), "5s").await;
+    let crash = died(&p, 3);
+    w.publish(&crash).await;
+    w.expect(Channel::RemediationNeeded, &crash.id).await;
+
+    assert_eq!(stub.count(), 1);
+    let body = &stub.requests()[0];
+    assert_no_key_body(&w, &key, body).await;
+    // The lines around the key went as they were, the key as one marker in its place.
+    let logs = log_lines(&prompt_document(body));
+    let at = |line: &str| logs.iter().position(|l| l == line);
+    let before = at("loaded signing key from /etc/app/key.pem:");
+    let marker = at("[REDACTED RSA PRIVATE KEY]");
+    let after = at("FATAL: upstream rejected the key, exiting");
+    assert!(at("starting worker 7").is_some(), "{logs:?}");
+    assert!(
+        before.is_some() && marker.is_some() && after.is_some(),
+        "{logs:?}"
+    );
+    assert!(before < marker && marker < after, "{logs:?}");
+    assert!(an.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_tail_that_starts_inside_a_private_key_leaks_none_of_it() {
+    let w = setup!();
+    let stub = OpenAiStub::start(vec![], Reply::good_restart()).await;
+    let key = fake_private_key();
+    let mut lines = vec!["starting worker 8".to_owned()];
+    lines.extend(key.iter().cloned());
+    lines.push("FATAL: upstream rejected the key, exiting".to_owned());
+    let p = w.crashed_patient("pem-tail", &lines).await;
+    // Eight lines: the tail starts six lines before the end of the key's body, with no BEGIN.
+    let an = w
+        .analyzer(&[
+            "--openai-base-url",
+            &stub.base_url(),
+            "--openai-api-key",
+            "test-key-not-secret",
+            "--llm-model",
+            MODEL,
+            "--llm-timeout",
+            "5s",
+            "--log-lines",
+            "8",
+        ])
+        .await;
+    let crash = died(&p, 3);
+    w.publish(&crash).await;
+    w.expect(Channel::RemediationNeeded, &crash.id).await;
+
+    assert_eq!(stub.count(), 1);
+    let body = &stub.requests()[0];
+    assert_no_key_body(&w, &key, body).await;
+    let logs = log_lines(&prompt_document(body));
+    assert_eq!(
+        logs,
+        [
+            "[REDACTED RSA PRIVATE KEY]",
+            "FATAL: upstream rejected the key, exiting"
+        ]
+    );
+    assert!(an.stop().await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_redelivery() {
     let w = setup!();

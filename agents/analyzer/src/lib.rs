@@ -18,9 +18,8 @@
 pub mod config;
 pub mod llm;
 pub mod rules;
-pub mod scrub;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,6 +36,7 @@ use hemostat_common::events::{
     EscalationKind, FalseAlarm, Fold, HostAlert, Payload, Problem, ProblemKind, RemediationRequest,
     Severity,
 };
+use hemostat_common::scrub;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -552,24 +552,21 @@ impl Analyzer {
     /// The scrubbed JSON document for the LLM: the facts, and the container's log tail.
     async fn document(&self, a: &ContainerAlert, facts: &Facts) -> String {
         let (logs, dropped) = self.logs(&a.container.id, DOCKER_TIMEOUT).await;
-        let labels: BTreeMap<String, String> = a
-            .container
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), scrub::scrub(v)))
-            .collect();
-        // Everything from the container is data: quoted JSON strings, scrubbed.
+        // Everything from the container is data, in quoted JSON strings. Its labels, image,
+        // summary and health output were scrubbed where they entered hemostat (the monitor's
+        // event and listing, `docker::container_state`), its name is Docker's identifier; the
+        // log tail is read here, so it is scrubbed here.
         serde_json::json!({
-            "container": {"name": a.container.name, "image": a.container.image, "labels": labels},
+            "container": {"name": a.container.name, "image": a.container.image, "labels": a.container.labels},
             "alert": {
                 "kind": a.kind.as_str(),
-                "summary": scrub::scrub(&a.summary),
+                "summary": a.summary,
                 "severity": a.severity,
                 "exit_code": facts.exit_code,
                 "oom_killed": facts.oom_killed,
                 "restart_count": facts.restart_count,
                 "memory_limit_bytes": facts.memory_limit_bytes,
-                "health_check_output": facts.health_output.as_deref().map(scrub::scrub),
+                "health_check_output": facts.health_output,
                 "breach": a.breach,
             },
             "trends": {"cpu": facts.cpu_trend.as_str(), "memory": facts.memory_trend.as_str()},
@@ -609,6 +606,8 @@ impl Analyzer {
             .flat_map(|c| c.lines().map(str::to_owned).collect::<Vec<_>>())
             .collect();
         let start = lines.len().saturating_sub(self.cfg.log_lines);
+        // The whole tail is scrubbed as one text, so a key printed over many lines, or one the
+        // tail starts or ends inside, goes whole.
         scrub::scrub_and_trim(&lines[start..], self.cfg.log_bytes)
     }
 

@@ -20,6 +20,7 @@ use async_openai::types::chat::{
 };
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hemostat_common::events::Action;
+use hemostat_common::scrub::scrub;
 use regex::Regex;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
@@ -324,29 +325,23 @@ fn classify(e: &OpenAIError) -> (bool, String) {
         OpenAIError::ApiError(api) => {
             let status = api.status_code.as_u16();
             let retry = status == 429 || status >= 500;
-            let mut msg = api.api_error.message.clone();
-            msg.truncate(200);
-            (
-                retry,
-                format!(
-                    "llm endpoint answered {status}: {}",
-                    crate::scrub::scrub(&msg)
-                ),
-            )
+            // Scrubbed before it is cut, so a key the provider echoes is seen whole; cut on a
+            // character boundary.
+            let mut msg = scrub(&api.api_error.message);
+            let mut cut = msg.len().min(200);
+            while !msg.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            msg.truncate(cut);
+            (retry, format!("llm endpoint answered {status}: {msg}"))
         }
         OpenAIError::Reqwest(r) if r.is_timeout() => (false, "llm timed out".into()),
         OpenAIError::Reqwest(r) if r.is_connect() => (false, "llm endpoint unreachable".into()),
-        OpenAIError::Reqwest(r) => (
-            false,
-            format!("llm http error: {}", crate::scrub::scrub(&r.to_string())),
-        ),
+        OpenAIError::Reqwest(r) => (false, format!("llm http error: {}", scrub(&r.to_string()))),
         OpenAIError::JSONDeserialize(err, _) => {
             (false, format!("llm reply is not a chat completion: {err}"))
         }
-        other => (
-            false,
-            format!("llm error: {}", crate::scrub::scrub(&other.to_string())),
-        ),
+        other => (false, format!("llm error: {}", scrub(&other.to_string()))),
     }
 }
 

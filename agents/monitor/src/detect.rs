@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use hemostat_common::events::{AlertKind, Detection};
+use hemostat_common::scrub::{scrub, scrub_labels};
 
 use crate::startup::{Startup, Verdict};
 
@@ -35,6 +36,20 @@ pub struct DockerEvent {
 }
 
 impl DockerEvent {
+    /// The event with its attribute values (labels, image, exit code...) scrubbed of secrets,
+    /// the container's name kept as it is (see [`Listed::scrubbed`]). The monitor calls this
+    /// once per event, right after the scope check (which reads the labels as the user wrote
+    /// them), so nothing downstream sees raw text.
+    pub fn scrubbed(self) -> Self {
+        let mut attributes = self.attributes;
+        let name = attributes.remove("name");
+        let mut attributes = scrub_labels(attributes);
+        if let Some(name) = name {
+            attributes.insert("name".into(), name);
+        }
+        Self { attributes, ..self }
+    }
+
     pub fn name(&self) -> &str {
         self.attributes
             .get("name")
@@ -85,6 +100,24 @@ pub struct Listed {
 }
 
 impl Listed {
+    /// The listed container with its image and label values scrubbed of secrets; see
+    /// [`DockerEvent::scrubbed`].
+    ///
+    /// The name is kept as it is, on purpose. Docker allows only `[a-zA-Z0-9][a-zA-Z0-9_.-]`
+    /// in a name, so none of the rules that need context (`name=value`, URLs, headers, key
+    /// blocks) can match inside one; only a whole-token shape could, and ordinary names do
+    /// match the loose ones (`sk-proxy-worker-2024`). And a name is an identity: the responder
+    /// files a container's backoff, breaker and lock under it, tells a person's stop by it and
+    /// finds a recreated container by it, so two names both turned into `[REDACTED]` would
+    /// share one history.
+    pub fn scrubbed(self) -> Self {
+        Self {
+            image: scrub(&self.image),
+            labels: scrub_labels(self.labels),
+            ..self
+        }
+    }
+
     /// Parses the parts of Docker's human status line that the list API does not give as
     /// fields on older engines: `Exited (137) 3 seconds ago`, `Up 2 minutes (unhealthy)`.
     pub fn parse_status(status: &str) -> (Option<i64>, Option<String>) {
@@ -1009,6 +1042,42 @@ mod tests {
             exit_code: exit,
             health: health.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn events_and_listings_are_scrubbed_by_label_and_text() {
+        let token = "ghp_R2d2C3poLuke5kywalkerHanSolo0Chewie9";
+        let labels = HashMap::from([
+            ("hemostat.enable".to_owned(), "true".to_owned()),
+            ("db.password".to_owned(), "plainword".to_owned()),
+            ("note".to_owned(), format!("deploy token {token}")),
+        ]);
+        let mut attributes = labels.clone();
+        attributes.insert("name".into(), "sk-proxy-worker-2024-prod1".into());
+        attributes.insert("exitCode".into(), "3".into());
+        let ev = DockerEvent {
+            id: "c1".into(),
+            action: "die".into(),
+            attributes,
+            time_nano: 1,
+        }
+        .scrubbed();
+        assert_eq!(ev.name(), "sk-proxy-worker-2024-prod1");
+        assert_eq!(ev.attributes["exitCode"], "3");
+        assert_eq!(ev.attributes["hemostat.enable"], "true");
+        assert_eq!(ev.attributes["db.password"], "[REDACTED]");
+        assert_eq!(ev.attributes["note"], "deploy token [REDACTED]");
+
+        let l = Listed {
+            image: format!("registry.example.com/app:{token}"),
+            labels,
+            ..listed("running", None, None)
+        }
+        .scrubbed();
+        assert_eq!(l.name, "web", "a name is an identity and is kept");
+        assert_eq!(l.image, "registry.example.com/app:[REDACTED]");
+        assert_eq!(l.labels["db.password"], "[REDACTED]");
+        assert_eq!(l.labels["note"], "deploy token [REDACTED]");
     }
 
     #[test]

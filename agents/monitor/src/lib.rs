@@ -430,10 +430,12 @@ async fn list_in_scope(
     let list = docker
         .list_containers(Some(ListContainersOptionsBuilder::new().all(all).build()))
         .await?;
+    // The scope reads the labels as written; what is kept is scrubbed, once, here.
     Ok(list
         .iter()
         .filter_map(listed)
         .filter(|l| scope.contains(&l.labels))
+        .map(Listed::scrubbed)
         .collect())
 }
 
@@ -726,6 +728,9 @@ async fn watch_events(
                     if !cfg.scope.contains(&ev.attributes) {
                         continue;
                     }
+                    // The scope reads the labels as written; from here on the event's text
+                    // goes into alerts and logs, so it is scrubbed, once, here.
+                    let ev = ev.scrubbed();
                     tracing::debug!(container = ev.name(), action = %ev.action,
                         lag_ms = (Utc::now().timestamp_nanos_opt().unwrap_or(0) - ev.time_nano) as f64 / 1e6,
                         "docker event");

@@ -3,6 +3,8 @@
 #   $HEMOSTAT_IMAGE (default hemostat:local)        every agent, FROM scratch, static binaries
 #   $PATIENT_IMAGE  (default hemostat-patient:local) the demo/test program
 #   $REDIS_IMAGE    (default hemostat-redis:local)   Debian's redis-server from this host
+#   $DOCKER_PROXY_IMAGE (default hemostat-docker-proxy:local) Debian's haproxy from this host,
+#                   the Docker API proxies (scripts/build-docker-proxy-image.sh)
 # Binaries are compiled here with `-C target-feature=+crt-static` (glibc, no OpenSSL: rustls),
 # so the images need nothing but the CA bundle. Idempotent and incremental.
 set -euo pipefail
@@ -11,6 +13,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HEMOSTAT_IMAGE="${HEMOSTAT_IMAGE:-hemostat:local}"
 PATIENT_IMAGE="${PATIENT_IMAGE:-hemostat-patient:local}"
 REDIS_IMAGE="${REDIS_IMAGE:-hemostat-redis:local}"
+DOCKER_PROXY_IMAGE="${DOCKER_PROXY_IMAGE:-hemostat-docker-proxy:local}"
 TARGET=x86_64-unknown-linux-gnu
 TARGET_DIR="$ROOT/target/static"
 
@@ -70,3 +73,6 @@ for b in redis-server redis-cli; do
     done
 done
 build_image "$REDIS_IMAGE" "$ctx/redis" "$ROOT/docker/Dockerfile.redis-local"
+
+DOCKER_PROXY_IMAGE="$DOCKER_PROXY_IMAGE" bash "$ROOT/scripts/build-docker-proxy-image.sh" >/dev/null
+echo "built $DOCKER_PROXY_IMAGE"

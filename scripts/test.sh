@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that tests hemostat on a fresh machine: installs what the tests need
 # (redis-server, and Chromium for the dashboard's browser test), checks formatting and lints, builds the patient test image (no registry
-# needed), and runs every test against the real Docker engine and real Redis.
+# needed) and the Docker API proxy image, and runs every test against the real Docker engine and
+# real Redis.
 #
 # Usage: scripts/test.sh            (CI=true: missing Docker or Redis fails instead of skipping)
 set -euo pipefail
@@ -41,6 +42,8 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 if docker version >/dev/null 2>&1; then
     step "building the patient test image (FROM scratch, no registry)"
     bash scripts/build-patient-image.sh
+    step "building the Docker API proxy image (FROM scratch, Debian's haproxy)"
+    bash scripts/build-docker-proxy-image.sh
     if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
         if [ "${CI:-}" = "true" ]; then
             echo "docker compose is missing, and CI=true: failing" >&2; exit 1

@@ -3,8 +3,9 @@
 # machine's Docker engine. Usage: scripts/up.sh [--demo]   (--demo adds the demo targets)
 #
 # Images: with Rust on this machine (or no registry reachable), they are built here with no
-# registry at all (scripts/build-images.sh: static binaries, FROM scratch, Redis from Debian's
-# package); otherwise Compose builds them from the Dockerfile and pulls redis:7-alpine.
+# registry at all (scripts/build-images.sh: static binaries, FROM scratch, Redis and the Docker
+# API proxy from Debian's packages); otherwise Compose builds them from the Dockerfile and pulls
+# redis:7-alpine and haproxy:2.8-alpine.
 # Settings come from ./.env (see .env.example). Stop with: scripts/compose.sh down
 set -euo pipefail
 
@@ -26,6 +27,7 @@ if command -v cargo >/dev/null 2>&1; then
     export HEMOSTAT_IMAGE="${HEMOSTAT_IMAGE:-hemostat:local}"
     export PATIENT_IMAGE="${PATIENT_IMAGE:-hemostat-patient:local}"
     export REDIS_IMAGE="${REDIS_IMAGE:-hemostat-redis:local}"
+    export DOCKER_PROXY_IMAGE="${DOCKER_PROXY_IMAGE:-hemostat-docker-proxy:local}"
     build=()
 else
     echo "==> no Rust toolchain here: Compose builds the images from the Dockerfile (needs a registry)"

@@ -17,6 +17,16 @@ use crate::shutdown::Shutdown;
 /// Longest health-check output carried in an alert.
 pub const HEALTH_OUTPUT_LIMIT: usize = 1024;
 
+/// A client for `docker_host` (`DOCKER_HOST`: `unix:///path` or `tcp://host:port`, the latter
+/// how compose's agents reach Docker through their proxy), or for the local socket when unset.
+/// Makes no connection yet.
+pub fn client(docker_host: Option<&str>) -> Result<Docker, bollard::errors::Error> {
+    match docker_host {
+        Some(host) => Docker::connect_with_host(host),
+        None => Docker::connect_with_local_defaults(),
+    }
+}
+
 /// Connects to Docker (unix socket or `DOCKER_HOST`) and negotiates the API version, waiting
 /// with backoff while Docker is unreachable.
 pub async fn connect_docker(
@@ -27,11 +37,7 @@ pub async fn connect_docker(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let attempt = async {
-            let docker = match docker_host {
-                Some(host) => Docker::connect_with_host(host),
-                None => Docker::connect_with_local_defaults(),
-            }
-            .context("docker client")?;
+            let docker = client(docker_host).context("docker client")?;
             docker
                 .negotiate_version()
                 .await
@@ -151,5 +157,18 @@ mod tests {
             state.error.as_deref(),
             Some("connect postgres://app:[REDACTED]@db:5432/app: refused")
         );
+    }
+
+    #[test]
+    fn docker_host_may_be_a_socket_or_a_tcp_proxy() {
+        for host in [
+            "unix:///var/run/docker.sock",
+            "tcp://docker-read:2375",
+            "tcp://127.0.0.1:2375",
+            "http://docker-write:2375",
+        ] {
+            assert!(client(Some(host)).is_ok(), "{host}");
+        }
+        assert!(client(Some("ftp://docker:21")).is_err());
     }
 }

@@ -259,6 +259,42 @@ pub fn ensure_patient_image() {
     *built = true;
 }
 
+/// The Docker API proxy image (docker-read and docker-write in docker-compose.yml), the tag
+/// `scripts/up.sh` and `scripts/test.sh` build.
+pub const DOCKER_PROXY_IMAGE: &str = "hemostat-docker-proxy:local";
+
+static PROXY_IMAGE_BUILT: Mutex<bool> = Mutex::new(false);
+
+/// Builds the Docker API proxy image (Debian's haproxy, no registry) if it is missing. Its
+/// configuration is mounted from `docker/docker-proxy/` by whoever runs it, as compose does, so
+/// an image from an older checkout still tests the current rules.
+pub fn ensure_docker_proxy_image() {
+    let mut built = PROXY_IMAGE_BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if *built {
+        return;
+    }
+    let present = Command::new("docker")
+        .args(["image", "inspect", DOCKER_PROXY_IMAGE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/build-docker-proxy-image.sh"))
+            .env("DOCKER_PROXY_IMAGE", DOCKER_PROXY_IMAGE)
+            .output()
+            .expect("run build-docker-proxy-image.sh");
+        assert!(
+            out.status.success(),
+            "building the docker proxy image failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    *built = true;
+}
+
 /// How to run one patient container.
 #[derive(Debug, Clone, Default)]
 pub struct PatientSpec {

@@ -296,8 +296,9 @@ impl RunningAnalyzer {
         let a: AnalyzerArgs = hemostat_common::config::parse_from(args).expect("analyzer args");
         let cfg = a.validate().expect("analyzer config");
         let shutdown = hemostat_common::shutdown::Shutdown::new();
+        // `--docker-host` in `extra` (a proxy) or `DOCKER_HOST`; else the local socket.
         let docker = hemostat_common::docker::connect_docker(
-            None,
+            a.docker_host.as_deref(),
             &hemostat_common::http::Health::default(),
             &shutdown,
         )

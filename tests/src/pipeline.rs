@@ -64,9 +64,14 @@ impl RunningResponder {
         let a: ResponderArgs = hemostat_common::config::parse_from(args).expect("responder args");
         let cfg = a.validate().expect("responder config");
         let shutdown = Shutdown::new();
-        let docker = hemostat_common::docker::connect_docker(None, &Health::default(), &shutdown)
-            .await
-            .expect("docker");
+        // `--docker-host` in `extra` (a proxy) or `DOCKER_HOST`; else the local socket.
+        let docker = hemostat_common::docker::connect_docker(
+            a.docker_host.as_deref(),
+            &Health::default(),
+            &shutdown,
+        )
+        .await
+        .expect("docker");
         let ctx = AgentContext::start(
             &a.common,
             hemostat_responder::AGENT,

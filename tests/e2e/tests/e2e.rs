@@ -211,6 +211,7 @@ async fn the_whole_stack_heals_what_it_should_and_leaves_alone_what_it_must() {
         format!("hemostat:e2e-{id}"),
         format!("hemostat-patient:e2e-{id}"),
         format!("hemostat-redis:e2e-{id}"),
+        format!("hemostat-docker-proxy:e2e-{id}"),
     ];
     let (redis_port, sink_port, dash_port) = (free_port(), free_port(), free_port());
 
@@ -221,6 +222,7 @@ async fn the_whole_stack_heals_what_it_should_and_leaves_alone_what_it_must() {
         .env("HEMOSTAT_IMAGE", &tags[0])
         .env("PATIENT_IMAGE", &tags[1])
         .env("REDIS_IMAGE", &tags[2])
+        .env("DOCKER_PROXY_IMAGE", &tags[3])
         .output()
         .expect("build images");
     assert!(
@@ -235,6 +237,7 @@ async fn the_whole_stack_heals_what_it_should_and_leaves_alone_what_it_must() {
         ("HEMOSTAT_IMAGE", tags[0].as_str()),
         ("PATIENT_IMAGE", tags[1].as_str()),
         ("REDIS_IMAGE", tags[2].as_str()),
+        ("DOCKER_PROXY_IMAGE", tags[3].as_str()),
         ("REDIS_PASSWORD", "e2e-pass"),
         // One Redis user per service, as a production .env has them.
         ("HEMOSTAT_MONITOR_REDIS_PASSWORD", "e2e-monitor"),
@@ -297,6 +300,35 @@ async fn the_whole_stack_heals_what_it_should_and_leaves_alone_what_it_must() {
             inspect(&id, "{{.State.Health.Status}}") == "healthy"
         })
         .await;
+    }
+    // The Docker API proxies (no health check: nothing but HAProxy in their image) are the only
+    // containers with the Docker socket.
+    for service in ["docker-read", "docker-write"] {
+        let id = stack.container(service);
+        eventually(&format!("{service} running"), || {
+            inspect(&id, "{{.State.Running}}") == "true"
+        })
+        .await;
+    }
+    for service in [
+        "redis",
+        "monitor",
+        "analyzer",
+        "responder",
+        "alert",
+        "dashboard",
+        "docker-read",
+        "docker-write",
+    ] {
+        let mounts = inspect(
+            &stack.container(service),
+            "{{range .Mounts}}{{.Source}} {{end}}",
+        );
+        assert_eq!(
+            mounts.contains("docker.sock"),
+            service.starts_with("docker-"),
+            "{service} mounts: {mounts}"
+        );
     }
     let client = redis::Client::open(format!("redis://:e2e-pass@127.0.0.1:{redis_port}")).unwrap();
     // Agents' consumer groups start at the end of their streams: wait until they exist.
@@ -532,6 +564,22 @@ async fn the_whole_stack_heals_what_it_should_and_leaves_alone_what_it_must() {
         .unwrap();
     // Exactly the one refusal above.
     assert_eq!(log.len(), 1, "Redis refused commands: {log:#?}");
+
+    // Everything the agents asked Docker for, through the whole run, was allowed: the proxies
+    // log only what they refuse or fail.
+    for service in ["docker-read", "docker-write"] {
+        let out = Command::new("docker")
+            .args(["logs", &stack.container(service)])
+            .output()
+            .expect("docker logs");
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let refused: Vec<&str> = log.lines().filter(|l| l.contains(" 403 ")).collect();
+        assert!(refused.is_empty(), "{service} refused an agent:\n{log}");
+    }
 
     // 9. Down, and nothing left behind.
     let project = stack.project.clone();

@@ -19,6 +19,16 @@ for arg in "$@"; do
         *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
     esac
 done
+# Each service's own Redis password: made once, kept in .env (the compose defaults are public).
+for service in MONITOR ANALYZER RESPONDER ALERT DASHBOARD; do
+    var="HEMOSTAT_${service}_REDIS_PASSWORD"
+    if [ -z "${!var:-}" ] && ! grep -qs "^${var}=." .env; then
+        [ -f .env ] || printf '# hemostat settings (see .env.example).\n' > .env
+        printf '%s=%s\n' "$var" "$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')" >> .env
+        made=1
+    fi
+done
+[ -n "${made:-}" ] && echo "==> wrote a Redis password for each service to .env"
 if [ -f .env ]; then set -a; . ./.env; set +a; fi
 
 if command -v cargo >/dev/null 2>&1; then
@@ -35,6 +45,8 @@ else
 fi
 
 bash scripts/compose.sh "${profile[@]}" up -d "${build[@]}"
+# A Redis that was already running keeps the users it loaded: give it the new passwords.
+if [ -n "${made:-}" ]; then bash scripts/compose.sh restart redis >/dev/null; fi
 
 port="${HEMOSTAT_REDIS_PORT:-6379}"
 cat <<TXT

@@ -304,6 +304,8 @@ pub struct PatientSpec {
     pub memory_limit_mb: Option<i64>,
     /// A health check running `/patient probe` at this interval.
     pub health_interval: Option<Duration>,
+    /// What the health check prints besides its verdict (`/patient probe --say TEXT`).
+    pub health_says: Option<String>,
     pub health_retries: Option<i64>,
     pub health_start_period: Option<Duration>,
     pub restart_policy: Option<String>,
@@ -355,7 +357,17 @@ impl Patient {
             })
             .transpose()?;
         let healthcheck = spec.health_interval.map(|every| HealthConfig {
-            test: Some(vec!["CMD".into(), "/patient".into(), "probe".into()]),
+            test: Some(
+                ["CMD", "/patient", "probe"]
+                    .into_iter()
+                    .map(str::to_owned)
+                    .chain(
+                        spec.health_says
+                            .iter()
+                            .flat_map(|t| ["--say".to_owned(), t.clone()]),
+                    )
+                    .collect(),
+            ),
             interval: Some(every.as_nanos() as i64),
             timeout: Some(Duration::from_secs(2).as_nanos() as i64),
             retries: Some(spec.health_retries.unwrap_or(1)),

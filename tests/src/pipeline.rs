@@ -3,7 +3,11 @@
 //! as SIGKILL would ([`Killable`]): every task of it stops at its next await, nothing more is
 //! written, its connections close.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
 
 use hemostat_common::agent::AgentContext;
 use hemostat_common::events::Channel;
@@ -233,4 +237,65 @@ impl Drop for Killable {
             rt.shutdown_background();
         }
     }
+}
+
+/// A Slack-protocol sink: records every body it is sent.
+pub async fn slack_sink() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let app = Router::new()
+        .fallback(
+            |State(got): State<Arc<Mutex<Vec<String>>>>, body: String| async move {
+                got.lock().unwrap().push(body);
+                "ok"
+            },
+        )
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, got)
+}
+
+/// The alert service with `url`, sending to the Slack webhook `slack` (fast test settings);
+/// returns once its consumer groups exist.
+pub async fn alert(url: &str, slack: &str) -> (Shutdown, tokio::task::JoinHandle<bool>) {
+    let args = [
+        "hemostat-alert".to_owned(),
+        format!("--redis-url={url}"),
+        "--listen=127.0.0.1:0".into(),
+        format!("--host-id={HOST}"),
+        "--heartbeat-interval=1s".into(),
+        "--shutdown-timeout=3s".into(),
+        "--group-wait=500ms".into(),
+        "--notify-crashes=true".into(),
+        format!("--slack-webhook-url={slack}"),
+        "--webhook-url=".into(),
+        "--pagerduty-routing-key=".into(),
+    ];
+    let a: hemostat_alert::config::AlertArgs = hemostat_common::config::parse_from(args).unwrap();
+    let cfg = a.validate().unwrap();
+    let shutdown = Shutdown::new();
+    let ctx = AgentContext::start(
+        &a.common,
+        hemostat_alert::AGENT,
+        HOST.into(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let svc = Arc::new(hemostat_alert::AlertService::new(cfg, ctx.bus.clone()));
+    let sinks = svc.sinks().unwrap();
+    hemostat_alert::spawn(svc, sinks, &ctx);
+    let done = tokio::spawn(ctx.finish());
+    let client = redis::Client::open(url).unwrap();
+    for c in [
+        Channel::RemediationComplete,
+        Channel::Alerts,
+        Channel::HealthAlert,
+    ] {
+        crate::wait_for_group(&client, c.stream(), hemostat_alert::AGENT).await;
+    }
+    (shutdown, done)
 }

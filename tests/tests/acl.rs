@@ -5,21 +5,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::State;
 use hemostat_common::acl;
 use hemostat_common::agent::AgentContext;
 use hemostat_common::events::{Channel, Outcome};
 use hemostat_common::shutdown::Shutdown;
 use hemostat_tests::openai_stub::RunningAnalyzer;
-use hemostat_tests::pipeline::{HOST, RunningResponder};
+use hemostat_tests::pipeline::{HOST, RunningResponder, alert, slack_sink};
 use hemostat_tests::records::{foreign_responders, result_of};
 use hemostat_tests::{
     Patient, PatientSpec, RunningMonitor, StreamReader, TestRedis, docker, ensure_patient_image,
-    init_logs, random_id, repo_root, require, wait_for_group,
+    init_logs, random_id, repo_root, require,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -354,66 +352,6 @@ async fn the_compose_file_builds_its_users_from_the_same_rules() {
     let _ = child.wait();
 }
 
-/// A Slack-protocol sink: records every body it is sent.
-async fn sink() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let got: Arc<Mutex<Vec<String>>> = Arc::default();
-    let app = Router::new()
-        .fallback(
-            |State(got): State<Arc<Mutex<Vec<String>>>>, body: String| async move {
-                got.lock().unwrap().push(body);
-                "ok"
-            },
-        )
-        .with_state(got.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (addr, got)
-}
-
-/// The alert service as its user, sending to `slack`.
-async fn alert(url: &str, slack: &str) -> (Shutdown, tokio::task::JoinHandle<bool>) {
-    let args = [
-        "hemostat-alert".to_owned(),
-        format!("--redis-url={url}"),
-        "--listen=127.0.0.1:0".into(),
-        format!("--host-id={HOST}"),
-        "--heartbeat-interval=1s".into(),
-        "--shutdown-timeout=3s".into(),
-        "--group-wait=500ms".into(),
-        "--notify-crashes=true".into(),
-        format!("--slack-webhook-url={slack}"),
-        "--webhook-url=".into(),
-        "--pagerduty-routing-key=".into(),
-    ];
-    let a: hemostat_alert::config::AlertArgs = hemostat_common::config::parse_from(args).unwrap();
-    let cfg = a.validate().unwrap();
-    let shutdown = Shutdown::new();
-    let ctx = AgentContext::start(
-        &a.common,
-        hemostat_alert::AGENT,
-        HOST.into(),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    let svc = Arc::new(hemostat_alert::AlertService::new(cfg, ctx.bus.clone()));
-    let sinks = svc.sinks().unwrap();
-    hemostat_alert::spawn(svc, sinks, &ctx);
-    let done = tokio::spawn(ctx.finish());
-    let client = redis::Client::open(url).unwrap();
-    for c in [
-        Channel::RemediationComplete,
-        Channel::Alerts,
-        Channel::HealthAlert,
-    ] {
-        wait_for_group(&client, c.stream(), hemostat_alert::AGENT).await;
-    }
-    (shutdown, done)
-}
-
 /// The dashboard as its user; returns where it serves.
 async fn dashboard(url: &str) -> (SocketAddr, Shutdown, tokio::task::JoinHandle<bool>) {
     let args = [
@@ -481,7 +419,7 @@ async fn the_whole_pipeline_runs_under_its_own_users() {
     ensure_patient_image();
     let prefix = format!("hsacl-{}", random_id());
     let scope = format!("hemostat.test={prefix}");
-    let (sink_addr, sunk) = sink().await;
+    let (sink_addr, sunk) = slack_sink().await;
     let mut results = StreamReader::new(&redis, Channel::RemediationComplete);
 
     let monitor = RunningMonitor::start(&redis.url_as("monitor"), &["--scope-label", &scope]).await;

@@ -26,7 +26,7 @@ const IDLE_SLEEP: f64 = 3600.0;
 
 const USAGE: &str = "\
 usage: patient [run] [OPTIONS]
-       patient probe
+       patient probe [--say TEXT]
        patient sink [--listen ADDR]   record HTTP requests; GET /received shows them
        patient help
 
@@ -46,7 +46,8 @@ run (the default) misbehaves as asked; with no option it sleeps forever, healthy
   --log-lines-at-start TEXT print TEXT once at start (repeatable)
   --ignore-sigterm          do not exit on SIGTERM (docker stop must SIGKILL)
 
-probe reads the health file and exits 1 if it says \"fail\", 0 otherwise.
+probe reads the health file and exits 1 if it says \"fail\", 0 otherwise; with --say it
+also prints TEXT (the health check's output).
 The health file is /patient-health, or $PATIENT_HEALTH_FILE if set.
 Options also accept the --opt=VALUE form.";
 
@@ -70,7 +71,8 @@ const VALUE_OPTIONS: &[&str] = &[
 #[derive(Debug, Clone, PartialEq)]
 enum Command {
     Run(Config),
-    Probe,
+    /// Reads the health file; `Some(text)`: prints `text` too (health output a test controls).
+    Probe(Option<String>),
     Help,
     /// Record HTTP requests (an end-to-end test's Slack/webhook stand-in).
     Sink(String),
@@ -126,9 +128,10 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
         return Ok(Command::Help);
     }
     if sub == "probe" {
-        return match rest.first() {
-            None => Ok(Command::Probe),
-            Some(a) => Err(format!("probe takes no arguments, got {a:?}")),
+        return match rest {
+            [] => Ok(Command::Probe(None)),
+            [flag, text] if flag == "--say" => Ok(Command::Probe(Some(text.clone()))),
+            [a, ..] => Err(format!("probe takes only --say TEXT, got {a:?}")),
         };
     }
     parse_run(rest).map(Command::Run)
@@ -555,9 +558,12 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match parse_args(&args) {
         Ok(Command::Run(cfg)) => run(cfg),
-        Ok(Command::Probe) => {
+        Ok(Command::Probe(text)) => {
             let (code, msg) = probe(&health_file());
             say(&msg);
+            if let Some(t) = text {
+                say(&t);
+            }
             std::process::exit(code);
         }
         Ok(Command::Help) => say(USAGE),
@@ -613,14 +619,18 @@ mod tests {
 
     #[test]
     fn subcommands() {
-        assert_eq!(parse_args(&args(&["probe"])), Ok(Command::Probe));
+        assert_eq!(parse_args(&args(&["probe"])), Ok(Command::Probe(None)));
+        assert_eq!(
+            parse_args(&args(&["probe", "--say", "db <!channel>"])),
+            Ok(Command::Probe(Some("db <!channel>".into())))
+        );
         assert_eq!(parse_args(&args(&["help"])), Ok(Command::Help));
         assert_eq!(parse_args(&args(&["--help"])), Ok(Command::Help));
         assert_eq!(
             parse_args(&args(&["run", "--cpu", "-h"])),
             Ok(Command::Help)
         );
-        assert!(parse_err(&["probe", "--x"]).contains("probe takes no arguments"));
+        assert!(parse_err(&["probe", "--x"]).contains("probe takes only --say TEXT"));
         assert!(parse_err(&["explode"]).contains("unknown subcommand"));
     }
 

@@ -233,7 +233,8 @@ async fn gatekeeper(
         return ApiError::UnknownHost.into_response();
     }
     let path = req.uri().path();
-    if path.starts_with("/api/") || path == "/metrics" {
+    let guarded = path.starts_with("/api/") || path == "/metrics";
+    if guarded && s.cfg.read_token.is_some() {
         let header = req
             .headers()
             .get(header::AUTHORIZATION)

@@ -157,6 +157,24 @@ pub async fn dead_letters(client: &redis::Client) -> Vec<HashMap<String, String>
         .collect()
 }
 
+/// Whether this engine is free of other hemostat responders, which would act on a test's
+/// `hemostat.enable=true` containers. When it is not, says so through [`crate::require`]
+/// (a failure under `CI=true`, a loud skip otherwise) and returns false.
+pub fn engine_to_ourselves() -> bool {
+    let foreign = foreign_responders();
+    if foreign.is_empty() {
+        return true;
+    }
+    crate::require(
+        "a Docker engine without other hemostat responders",
+        &format!(
+            "{foreign} would act on this test's hemostat.enable=true containers (stop that \
+             stack, or wait for the end-to-end test to finish)"
+        ),
+    );
+    false
+}
+
 /// Names of hemostat responders running in containers on this engine (a compose stack, the
 /// end-to-end test's): they act on every `hemostat.enable=true` container, a test's too.
 pub fn foreign_responders() -> String {

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, ExecConfig};
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, ExecConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, KillContainerOptions,
     ListContainersOptionsBuilder, LogsOptionsBuilder, PruneImagesOptionsBuilder,
@@ -25,10 +25,10 @@ use hemostat_common::shutdown::Shutdown;
 use hemostat_responder::docker_ops;
 use hemostat_tests::openai_stub::RunningAnalyzer;
 use hemostat_tests::pipeline::RunningResponder;
-use hemostat_tests::records::{foreign_responders, result_of, started_at, status};
+use hemostat_tests::records::{engine_to_ourselves, result_of, started_at, status};
 use hemostat_tests::{
     DOCKER_PROXY_IMAGE, Patient, PatientSpec, RunningMonitor, StreamReader, TestRedis, docker,
-    ensure_docker_proxy_image, init_logs, random_id, repo_root, require,
+    ensure_docker_proxy_image, init_logs, random_id, repo_root,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -492,15 +492,7 @@ async fn docker_read_lets_through_only_the_reads_of_the_monitor_and_the_analyzer
     check(&proxy, &p, &prefix, REFUSED_BY_BOTH).await;
 
     // Nothing happened to it, and nothing was created.
-    let after = direct
-        .inspect_container(&p.id, None::<InspectContainerOptions>)
-        .await
-        .unwrap();
-    assert_eq!(status(&after), "running");
-    assert_eq!(started_at(&after), started_at(&before));
-    assert_eq!(after.name, before.name);
-    assert!(after.exec_ids.unwrap_or_default().is_empty(), "an exec ran");
-    assert_no_container(&direct, &prefix, "created").await;
+    untouched(&direct, &p, &before, &prefix).await;
     // Each refusal is in the proxy's log.
     let log = proxy.log();
     assert!(log.contains("/containers/create"), "{log}");
@@ -642,19 +634,11 @@ async fn docker_write_lets_through_only_the_responders_calls() {
     .await;
     check(&proxy, &p, &prefix, REFUSED_BY_BOTH).await;
 
-    let after = direct
-        .inspect_container(&p.id, None::<InspectContainerOptions>)
-        .await
-        .unwrap();
-    assert_eq!(status(&after), "running");
-    assert_eq!(started_at(&after), started_at(&before));
-    assert_eq!(after.name, before.name);
+    let after = untouched(&direct, &p, &before, &prefix).await;
     assert!(
         after.host_config.and_then(|h| h.privileged) != Some(true),
         "privileged after a refused start"
     );
-    assert!(after.exec_ids.unwrap_or_default().is_empty(), "an exec ran");
-    assert_no_container(&direct, &prefix, "created").await;
 }
 
 /// Every request on a kept-alive connection is checked, not only the first.
@@ -705,13 +689,7 @@ async fn every_request_on_a_kept_alive_connection_is_checked() {
         let rest = String::from_utf8_lossy(&rest);
         assert_eq!(status_of(&rest), 403, "{}: {second}: {rest}", proxy.name);
     }
-    let after = direct
-        .inspect_container(&p.id, None::<InspectContainerOptions>)
-        .await
-        .unwrap();
-    assert_eq!(status(&after), "running");
-    assert_eq!(started_at(&after), started_at(&before));
-    assert_no_container(&direct, &prefix, "created").await;
+    untouched(&direct, &p, &before, &prefix).await;
 }
 
 /// The whole pipeline as compose wires it: the monitor and the analyzer through docker-read,
@@ -724,12 +702,7 @@ async fn the_agents_heal_a_container_through_the_proxies_with_nothing_refused() 
         return;
     };
     let Some(direct) = docker().await else { return };
-    let foreign = foreign_responders();
-    if !foreign.is_empty() {
-        require(
-            "a Docker engine without other hemostat responders",
-            &format!("{foreign} would act on this test's containers"),
-        );
+    if !engine_to_ourselves() {
         return;
     }
     let prefix = format!("hsproxy-{}", random_id());
@@ -945,6 +918,29 @@ async fn exec(
             },
         )
         .await
+}
+
+/// `p` as refused requests must leave it: still running, never restarted or renamed, no exec
+/// run in it, and no container created beside it. Returns the fresh look, for more checks.
+async fn untouched(
+    direct: &Docker,
+    p: &Patient,
+    before: &ContainerInspectResponse,
+    prefix: &str,
+) -> ContainerInspectResponse {
+    let after = direct
+        .inspect_container(&p.id, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    assert_eq!(status(&after), "running");
+    assert_eq!(started_at(&after), started_at(before));
+    assert_eq!(after.name, before.name);
+    assert!(
+        after.exec_ids.clone().unwrap_or_default().is_empty(),
+        "an exec ran"
+    );
+    assert_no_container(direct, prefix, "created").await;
+    after
 }
 
 async fn assert_no_container(direct: &Docker, prefix: &str, suffix: &str) {

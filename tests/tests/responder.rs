@@ -30,12 +30,12 @@ use hemostat_common::shutdown::Shutdown;
 use hemostat_responder::Responder;
 use hemostat_tests::pipeline::RunningResponder;
 use hemostat_tests::records::{
-    self, created_at, escalation_of, exit_code, finished_at, foreign_responders, health, result_of,
-    started_at, status,
+    self, created_at, engine_to_ourselves, escalation_of, exit_code, finished_at,
+    foreign_responders, health, result_of, started_at, status,
 };
 use hemostat_tests::{
     PATIENT_IMAGE, Patient, PatientSpec, StreamReader, TestRedis, docker, ensure_patient_image,
-    init_logs, random_id, require,
+    init_logs, random_id,
 };
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -85,15 +85,7 @@ impl World {
         init_logs();
         let redis = TestRedis::start()?;
         let docker = docker().await?;
-        let foreign = foreign_responders();
-        if !foreign.is_empty() {
-            require(
-                "a Docker engine without other hemostat responders",
-                &format!(
-                    "{foreign} would remediate this test's hemostat.enable=true containers \
-                     (stop that stack, or wait for the end-to-end test to finish)"
-                ),
-            );
+        if !engine_to_ourselves() {
             return None;
         }
         ensure_patient_image();

@@ -369,6 +369,22 @@ pub struct ContainerAlert {
     /// The container carries `hemostat.protect=true` or is one of hemostat's own: alert only.
     #[serde(default)]
     pub protected: bool,
+    /// For deaths, OOM kills and failing health checks: the newest lines of the container's
+    /// output, read by the monitor on the container's own host, scrubbed and bounded there.
+    /// The analyzer reads no engine; this is all it knows of the container's logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<LogTail>,
+}
+
+/// The newest lines of a container's output, scrubbed of secrets and cut to a byte budget at
+/// the monitor. Untrusted data: nothing in it is an instruction.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct LogTail {
+    /// Oldest first.
+    pub lines: Vec<String>,
+    /// Older lines read but left out to fit the budget.
+    #[serde(default)]
+    pub dropped: usize,
 }
 
 /// A threshold or baseline breach, with the numbers that made it.
@@ -932,6 +948,7 @@ mod tests {
             since: Some(Utc::now()),
             docker_event_time: Some(Utc::now()),
             protected: true,
+            logs: None,
         }
     }
 

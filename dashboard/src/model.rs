@@ -916,6 +916,7 @@ mod tests {
             since: None,
             docker_event_time: None,
             protected: false,
+            logs: None,
         }
     }
 

@@ -296,14 +296,7 @@ impl RunningAnalyzer {
         let a: AnalyzerArgs = hemostat_common::config::parse_from(args).expect("analyzer args");
         let cfg = a.validate().expect("analyzer config");
         let shutdown = hemostat_common::shutdown::Shutdown::new();
-        // `--docker-host` in `extra` (a proxy) or `DOCKER_HOST`; else the local socket.
-        let docker = hemostat_common::docker::connect_docker(
-            a.docker_host.as_deref(),
-            &hemostat_common::http::Health::default(),
-            &shutdown,
-        )
-        .await
-        .expect("docker");
+        // No Docker: the analyzer decides from the bus alone.
         let ctx = hemostat_common::agent::AgentContext::start(
             &a.common,
             hemostat_analyzer::AGENT,
@@ -313,13 +306,8 @@ impl RunningAnalyzer {
         .await
         .expect("agent context");
         let analyzer = Arc::new(
-            hemostat_analyzer::Analyzer::new(
-                cfg,
-                docker,
-                ctx.bus.clone(),
-                hemostat_analyzer::AGENT,
-            )
-            .expect("analyzer"),
+            hemostat_analyzer::Analyzer::new(cfg, ctx.bus.clone(), hemostat_analyzer::AGENT)
+                .expect("analyzer"),
         );
         hemostat_analyzer::spawn(analyzer.clone(), &ctx);
         let http = ctx.http_addr;

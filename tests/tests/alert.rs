@@ -474,6 +474,7 @@ fn alert(name: &str, kind: AlertKind, summary: String) -> ContainerAlert {
         since: None,
         docker_event_time: None,
         protected: false,
+        logs: None,
     }
 }
 

@@ -128,8 +128,34 @@ impl World {
         .await
     }
 
+    /// Publishes `env` as the monitor would: a death, an OOM kill or a failing health check
+    /// carries the container's log tail, read and scrubbed by the monitor's own function.
     async fn publish(&self, env: &Envelope) {
-        self.bus.publish(env).await.expect("publish");
+        self.publish_tail(env, 100).await;
+    }
+
+    /// [`World::publish`] with a tail of `lines` lines (the monitor's `HEMOSTAT_LOG_LINES`).
+    async fn publish_tail(&self, env: &Envelope, lines: usize) {
+        let mut env = env.clone();
+        if let Payload::ContainerUnhealthy(a) = &mut env.payload
+            && a.logs.is_none()
+            && matches!(
+                a.kind,
+                AlertKind::Died | AlertKind::OomKilled | AlertKind::Unhealthy
+            )
+        {
+            a.logs = Some(
+                hemostat_common::docker::log_tail(
+                    &self.docker,
+                    &a.container.id,
+                    lines,
+                    8192,
+                    Duration::from_secs(3),
+                )
+                .await,
+            );
+        }
+        self.bus.publish(&env).await.expect("publish");
     }
 
     /// Waits for the verdict on `alert_id` and checks it is on `channel` (fails at once if it
@@ -423,6 +449,7 @@ fn alert(p: &Patient, kind: AlertKind, exit_code: Option<i64>) -> ContainerAlert
         since: Some(Utc::now()),
         docker_event_time: Some(Utc::now()),
         protected: false,
+        logs: None,
     }
 }
 
@@ -1172,23 +1199,10 @@ async fn a_log_tail_that_starts_inside_a_private_key_leaks_none_of_it() {
     lines.extend(key.iter().cloned());
     lines.push("FATAL: upstream rejected the key, exiting".to_owned());
     let p = w.crashed_patient("pem-tail", &lines).await;
-    // Eight lines: the tail starts six lines before the end of the key's body, with no BEGIN.
-    let an = w
-        .analyzer(&[
-            "--openai-base-url",
-            &stub.base_url(),
-            "--openai-api-key",
-            "test-key-not-secret",
-            "--llm-model",
-            MODEL,
-            "--llm-timeout",
-            "5s",
-            "--log-lines",
-            "8",
-        ])
-        .await;
+    let an = w.analyzer_llm(&stub.base_url(), "5s").await;
     let crash = died(&p, 3);
-    w.publish(&crash).await;
+    // Eight lines: the tail starts six lines before the end of the key's body, with no BEGIN.
+    w.publish_tail(&crash, 8).await;
     w.expect(Channel::RemediationNeeded, &crash.id).await;
 
     assert_eq!(stub.count(), 1);

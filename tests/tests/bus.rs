@@ -62,6 +62,7 @@ fn alert(name: &str) -> Envelope {
             since: None,
             docker_event_time: None,
             protected: false,
+            logs: None,
         }),
     )
 }

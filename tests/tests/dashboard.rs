@@ -309,6 +309,7 @@ fn container_alert(
         since: None,
         docker_event_time: None,
         protected: false,
+        logs: None,
     }
 }
 

@@ -1,5 +1,5 @@
-//! The Docker API proxies of docker-compose.yml (`docker-read` for the monitor and the analyzer,
-//! `docker-write` for the responder), run from the hemostat-docker-proxy image with the
+//! The Docker API proxies of docker-compose.yml (`docker-read` for the monitor, `docker-write` for
+//! the responder; the analyzer reaches no engine), run from the hemostat-docker-proxy image with the
 //! configuration in `docker/docker-proxy/`, as compose runs them, against the real engine: what
 //! each lets through, what it refuses (and that a refused call changed nothing), and that the
 //! agents' own Docker code works through them with nothing refused.
@@ -301,7 +301,7 @@ async fn check(proxy: &Proxy, target: &Patient, prefix: &str, cases: &[Case]) {
     );
 }
 
-/// Refused by both proxies: what neither the monitor, the analyzer nor the responder needs, and
+/// Refused by both proxies: what neither the monitor nor the responder needs, and
 /// the ways of dressing up a refused call as an allowed one.
 const REFUSED_BY_BOTH: &[Case] = &[
     no("POST", "/containers/create"),
@@ -370,10 +370,10 @@ const REFUSED_BY_BOTH: &[Case] = &[
     no_with("GET", "/v1.41/containers/{id}/json", &[], Some("{}")),
 ];
 
-/// The monitor's and the analyzer's proxy: their reads pass (through their own client code),
+/// The monitor's proxy: its reads pass (through their own client code),
 /// every write and every other read is refused, and the refused calls changed nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_read_lets_through_only_the_reads_of_the_monitor_and_the_analyzer() {
+async fn docker_read_lets_through_only_the_reads_of_the_monitor() {
     init_logs();
     let Some(direct) = docker().await else { return };
     let prefix = format!("hsproxy-{}", random_id());
@@ -604,7 +604,7 @@ async fn docker_write_lets_through_only_the_responders_calls() {
                 "POST",
                 "/v1.41/images/prune?filters=%7B%22label%22%3A%5B%22hemostat.test.none%3D{prefix}%22%5D%7D",
             ),
-            // Reads only the monitor and the analyzer make.
+            // Reads only the monitor makes.
             no("GET", "/v1.41/containers/{id}/logs?stdout=1"),
             no("GET", "/v1.41/containers/{id}/stats?stream=false"),
             no("GET", "/v1.41/images/json"),
@@ -692,8 +692,8 @@ async fn every_request_on_a_kept_alive_connection_is_checked() {
     untouched(&direct, &p, &before, &prefix).await;
 }
 
-/// The whole pipeline as compose wires it: the monitor and the analyzer through docker-read,
-/// the responder through docker-write. A killed container is detected (the event stream flows
+/// The whole pipeline as compose wires it: the monitor through docker-read, the responder
+/// through docker-write, the analyzer with no Docker at all. A killed container is detected (the event stream flows
 /// through the proxy), analysed and restarted, and neither proxy refused anything on the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agents_heal_a_container_through_the_proxies_with_nothing_refused() {
@@ -722,7 +722,7 @@ async fn the_agents_heal_a_container_through_the_proxies_with_nothing_refused() 
         ],
     )
     .await;
-    let _analyzer = RunningAnalyzer::start(&redis.url(), &["--docker-host", &read_host]).await;
+    let _analyzer = RunningAnalyzer::start(&redis.url(), &[]).await;
     let _responder = RunningResponder::start(
         &redis.url(),
         &["--docker-host", &write_host, "--scope-label", &scope],
@@ -789,7 +789,7 @@ fn compose_gives_the_socket_only_to_the_proxies_and_each_agent_its_proxy() {
             "{name}: `:ro` restricts nothing"
         );
         let want = match name.as_str() {
-            "monitor" | "analyzer" => Some("docker-read"),
+            "monitor" => Some("docker-read"),
             "responder" => Some("docker-write"),
             _ => None,
         };
@@ -804,7 +804,15 @@ fn compose_gives_the_socket_only_to_the_proxies_and_each_agent_its_proxy() {
                     "{name}: the network of {p}"
                 );
             }
-            None => assert!(!block.contains("DOCKER_HOST"), "{name}: DOCKER_HOST"),
+            None => {
+                assert!(!block.contains("DOCKER_HOST"), "{name}: DOCKER_HOST");
+                if !proxy {
+                    assert!(
+                        !block.contains("docker-read") && !block.contains("docker-write"),
+                        "{name}: on a proxy's network"
+                    );
+                }
+            }
         }
         if proxy {
             let inside = format!("/usr/local/etc/haproxy/{name}.cfg");

@@ -94,6 +94,55 @@ async fn a_crash_reports_the_exit_code() {
     assert!(monitor.stop().await);
 }
 
+/// The analyzer reads no engine, so the monitor sends the context with the alert: the newest
+/// lines of the container's output, scrubbed of secrets and cut to `HEMOSTAT_LOG_LINES`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_carries_its_scrubbed_log_tail() {
+    let (_redis, docker, monitor, mut reader, prefix) = setup!("--log-lines", "3");
+    let p = Patient::start(
+        &docker,
+        &prefix,
+        "tail",
+        PatientSpec::watched(&[
+            "run",
+            "--log-lines-at-start",
+            "booting 1",
+            "--log-lines-at-start",
+            "booting 2",
+            "--log-lines-at-start",
+            "connecting to postgres://app:hunter2pass@db/app",
+            "--log-lines-at-start",
+            "login failed password=s3cr3tvalue user=bob",
+            "--log-lines-at-start",
+            "fatal: giving up",
+            "--exit-code",
+            "3",
+            "--after",
+            "1",
+        ]),
+    )
+    .await;
+    let e = reader
+        .wait_for(WAIT, "died alert with its log tail", |e| {
+            is(e, &p.name, "container_unhealthy", AlertKind::Died)
+        })
+        .await;
+    let a = container_alert(&e).unwrap();
+    let tail = a.logs.as_ref().expect("a death carries its log tail");
+    assert_eq!(tail.lines.len(), 3, "{tail:?}");
+    assert_eq!(tail.lines[2], "fatal: giving up", "{tail:?}");
+    assert!(
+        tail.lines[1].contains("login failed") && tail.lines[1].contains("[REDACTED]"),
+        "{tail:?}"
+    );
+    let raw = serde_json::to_string(&e).unwrap();
+    for secret in ["hunter2pass", "s3cr3tvalue"] {
+        assert!(!raw.contains(secret), "{secret} left the host: {raw}");
+    }
+    assert!(!raw.contains("booting 1"), "more than 3 lines: {raw}");
+    assert!(monitor.stop().await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oom_kill_under_a_memory_limit_is_an_oom_alert() {
     let (_redis, docker, monitor, mut reader, prefix) = setup!();

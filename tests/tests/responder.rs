@@ -699,6 +699,7 @@ async fn manual_stop_remembered_after_busy_engine() {
             since: None,
             docker_event_time: None,
             protected: false,
+            logs: None,
         }),
     );
     w.publish(&stopped).await;

@@ -305,6 +305,7 @@ mod tests {
             since: None,
             docker_event_time: None,
             protected: false,
+            logs: None,
         }
     }
 

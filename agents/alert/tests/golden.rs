@@ -59,6 +59,7 @@ fn alert(name: &str, kind: AlertKind, summary: &str) -> ContainerAlert {
         since: None,
         docker_event_time: None,
         protected: false,
+        logs: None,
     }
 }
 

@@ -15,10 +15,6 @@ pub struct AnalyzerArgs {
     #[command(flatten)]
     pub common: CommonArgs,
 
-    /// The Docker API (for inspect and logs). Default: the local socket.
-    #[arg(long, env = "DOCKER_HOST")]
-    pub docker_host: Option<String>,
-
     /// At or above this confidence, a verdict with an action becomes `remediation_needed`;
     /// below it, `false_alarm`.
     #[arg(long, env = "ANALYZER_CONFIDENCE_THRESHOLD", default_value_t = 0.7)]
@@ -52,21 +48,11 @@ pub struct AnalyzerArgs {
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub llm_concurrency: u16,
 
-    /// Alerts analysed at once by rules alone (each is mostly waiting on Docker and Redis).
+    /// Alerts analysed at once by rules alone (each is mostly waiting on Redis).
     /// With an LLM configured, HEMOSTAT_LLM_CONCURRENCY sets it instead.
     #[arg(long, env = "HEMOSTAT_ANALYZER_CONCURRENCY", default_value_t = 32,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
-
-    /// Container log lines read as context.
-    #[arg(long, env = "HEMOSTAT_LOG_LINES", default_value_t = 100,
-          value_parser = clap::value_parser!(u32).range(0..=10_000))]
-    pub log_lines: u32,
-
-    /// Byte budget of those lines after scrubbing (newest kept).
-    #[arg(long, env = "HEMOSTAT_LOG_BYTES", default_value_t = 8192,
-          value_parser = clap::value_parser!(u32).range(256..=1_000_000))]
-    pub log_bytes: u32,
 
     /// Window for counting a container's recent remediations and alerts.
     #[arg(long, env = "HEMOSTAT_CRASH_LOOP_WINDOW", default_value = "30m", value_parser = parse_duration)]
@@ -103,8 +89,6 @@ impl std::fmt::Debug for AnalyzerArgs {
 pub struct AnalyzerConfig {
     pub confidence_threshold: f64,
     pub llm: Option<LlmConfig>,
-    pub log_lines: usize,
-    pub log_bytes: usize,
     pub crash_loop_window: Duration,
     pub crash_loop_budget: u32,
     pub coalesce_window: Duration,
@@ -167,8 +151,6 @@ impl AnalyzerArgs {
         Ok(AnalyzerConfig {
             confidence_threshold: self.confidence_threshold,
             llm,
-            log_lines: self.log_lines as usize,
-            log_bytes: self.log_bytes as usize,
             crash_loop_window: self.crash_loop_window,
             crash_loop_budget: self.crash_loop_budget,
             coalesce_window: self.coalesce_window.max(Duration::from_secs(1)),

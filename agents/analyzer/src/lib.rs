@@ -3,10 +3,14 @@
 //!
 //! Per alert: skip it if already answered (idempotent on the envelope id), fold it if the same
 //! problem of the same container already has an analysis or a remediation in flight (and
-//! record the fold), gather the facts (inspect, metric trends, recent remediations and
-//! alerts), decide by the rules, and, when an LLM is configured and the deciding rule does not
-//! bind, read the scrubbed log tail and ask it; validate, publish. Logs are read only for the
-//! LLM: the rules never look at them.
+//! record the fold), gather the facts (the state and log tail the monitor attached, metric
+//! trends, recent remediations and alerts), decide by the rules, and, when an LLM is
+//! configured and the deciding rule does not bind, ask it with the log tail; validate,
+//! publish. The rules never look at the logs.
+//!
+//! Architecture invariant: the analyzer touches no Docker engine. Everything it knows of a
+//! container came on the bus from the monitor of that container's host, so one analyzer (or
+//! many replicas) serves any number of hosts and never confuses same-named containers.
 //!
 //! Architecture invariant: every alert leaves a trace: a verdict (`remediation_needed` or
 //! `false_alarm`), or an `alert_folded` record naming what it joined. Only an alert of the same
@@ -24,13 +28,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bollard::Docker;
-use bollard::query_parameters::{InspectContainerOptions, LogsOptionsBuilder};
 use chrono::Utc;
-use futures::StreamExt;
 use hemostat_common::agent::AgentContext;
 use hemostat_common::bus::{Bus, ConsumerConfig, RecentWindow, consume};
-use hemostat_common::docker::container_state;
 use hemostat_common::events::{
     Action, AnalysisMethod, Channel, ContainerAlert, ContainerRef, Envelope, Escalation,
     EscalationKind, FalseAlarm, Fold, HostAlert, Payload, Problem, ProblemKind, RemediationRequest,
@@ -49,8 +49,9 @@ use crate::rules::{Facts, Trend, Verdict};
 /// The agent's name on the bus and its consumer group.
 pub const AGENT: &str = "analyzer";
 
-/// The longest wait for one Docker call (inspect, logs) while gathering context.
-const DOCKER_TIMEOUT: Duration = Duration::from_secs(3);
+/// The most log bytes that go into one LLM document, whatever an alert carries (the monitor
+/// bounds its tail far below this; this bounds the prompt against any publisher).
+const PROMPT_LOG_BYTES: usize = 65_536;
 
 /// How long "already answered" markers live.
 const ANSWERED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -74,7 +75,6 @@ pub struct AnalyzerMetrics {
 /// The analyzer's state shared by its concurrent handlers.
 pub struct Analyzer {
     cfg: AnalyzerConfig,
-    docker: Docker,
     bus: Bus,
     llm: Option<Llm>,
     agent: String,
@@ -221,16 +221,10 @@ impl Joined {
 }
 
 impl Analyzer {
-    pub fn new(
-        cfg: AnalyzerConfig,
-        docker: Docker,
-        bus: Bus,
-        agent: &str,
-    ) -> anyhow::Result<Analyzer> {
+    pub fn new(cfg: AnalyzerConfig, bus: Bus, agent: &str) -> anyhow::Result<Analyzer> {
         let llm = cfg.llm.clone().map(Llm::new).transpose()?;
         Ok(Analyzer {
             cfg,
-            docker,
             bus,
             llm,
             agent: agent.to_owned(),
@@ -501,32 +495,14 @@ impl Analyzer {
         Ok(())
     }
 
-    /// Collects the facts for the rules.
+    /// Collects the facts for the rules: the state the monitor attached (inspected on the
+    /// container's own host), the metric trends and the history on the bus.
     async fn gather(&self, env: &Envelope, a: &ContainerAlert) -> Facts {
         let id = &a.container.id;
-        let inspect = tokio::time::timeout(
-            DOCKER_TIMEOUT,
-            self.docker
-                .inspect_container(id, None::<InspectContainerOptions>),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok);
-        let fresh = inspect.as_ref().and_then(container_state);
-        // The alert's state is what the monitor saw; a fresh inspect adds what it could not.
-        let state = fresh.or_else(|| a.state.clone()).unwrap_or_default();
-        let exit_code = a
-            .state
-            .as_ref()
-            .and_then(|s| s.exit_code)
-            .or(state.exit_code);
-        let oom_killed = a.state.as_ref().is_some_and(|s| s.oom_killed) || state.oom_killed;
-        let health_output = a
-            .state
-            .as_ref()
-            .and_then(|s| s.health.as_ref())
-            .or(state.health.as_ref())
-            .and_then(|h| h.last_output.clone());
+        let state = a.state.clone().unwrap_or_default();
+        let exit_code = state.exit_code;
+        let oom_killed = state.oom_killed;
+        let health_output = state.health.as_ref().and_then(|h| h.last_output.clone());
 
         let (cpu, memory) = self.series(id).await;
         let (remediations, alerts) = self.history(env, id).await;
@@ -536,9 +512,7 @@ impl Analyzer {
             user_initiated: a.user_initiated,
             exit_code,
             oom_killed,
-            restart_count: state
-                .restart_count
-                .max(a.state.as_ref().map(|s| s.restart_count).unwrap_or(0)),
+            restart_count: state.restart_count,
             memory_limit_bytes: state.memory_limit_bytes,
             health_output,
             cpu_trend: Trend::of(&cpu, 5.0),
@@ -549,13 +523,16 @@ impl Analyzer {
         }
     }
 
-    /// The scrubbed JSON document for the LLM: the facts, and the container's log tail.
+    /// The JSON document for the LLM: the facts, and the container's log tail as the monitor
+    /// attached it.
     async fn document(&self, a: &ContainerAlert, facts: &Facts) -> String {
-        let (logs, dropped) = self.logs(&a.container.id, DOCKER_TIMEOUT).await;
-        // Everything from the container is data, in quoted JSON strings. Its labels, image,
-        // summary and health output were scrubbed where they entered hemostat (the monitor's
-        // event and listing, `docker::container_state`), its name is Docker's identifier; the
-        // log tail is read here, so it is scrubbed here.
+        // Everything from the container is data, in quoted JSON strings, scrubbed where it
+        // entered hemostat (the monitor's event, listing, inspect and log read). The tail is
+        // scrubbed and cut once more here, so no publisher can put more than a bounded text,
+        // or a secret the monitor missed, into a prompt.
+        let tail = a.logs.clone().unwrap_or_default();
+        let (logs, cut) = scrub::scrub_and_trim(&tail.lines, PROMPT_LOG_BYTES);
+        let dropped = tail.dropped + cut;
         serde_json::json!({
             "container": {"name": a.container.name, "image": a.container.image, "labels": a.container.labels},
             "alert": {
@@ -579,36 +556,6 @@ impl Analyzer {
             "logs": logs,
         })
         .to_string()
-    }
-
-    /// The scrubbed, trimmed log tail.
-    async fn logs(&self, id: &str, timeout: Duration) -> (Vec<String>, usize) {
-        if self.cfg.log_lines == 0 {
-            return (Vec::new(), 0);
-        }
-        let opts = LogsOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true)
-            .tail(&self.cfg.log_lines.to_string())
-            .build();
-        let read = self
-            .docker
-            .logs(id, Some(opts))
-            .take(self.cfg.log_lines * 4)
-            .filter_map(|r| async move { r.ok() })
-            .map(|chunk| chunk.to_string())
-            .collect::<Vec<String>>();
-        let chunks = tokio::time::timeout(timeout, read)
-            .await
-            .unwrap_or_default();
-        let lines: Vec<String> = chunks
-            .iter()
-            .flat_map(|c| c.lines().map(str::to_owned).collect::<Vec<_>>())
-            .collect();
-        let start = lines.len().saturating_sub(self.cfg.log_lines);
-        // The whole tail is scrubbed as one text, so a key printed over many lines, or one the
-        // tail starts or ends inside, goes whole.
-        scrub::scrub_and_trim(&lines[start..], self.cfg.log_bytes)
     }
 
     /// The container's recent CPU and memory percentages, oldest first.
@@ -845,8 +792,6 @@ mod tests {
         AnalyzerConfig {
             confidence_threshold: 0.7,
             llm: None,
-            log_lines: 100,
-            log_bytes: 8192,
             crash_loop_window: Duration::from_secs(1800),
             crash_loop_budget: 5,
             coalesce_window: Duration::from_secs(120),
@@ -873,6 +818,7 @@ mod tests {
             since: None,
             docker_event_time: None,
             protected: false,
+            logs: None,
         }
     }
 

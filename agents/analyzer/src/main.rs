@@ -1,11 +1,10 @@
-//! `hemostat-analyzer`: the agent base's `main` around the analyzer.
+//! `hemostat-analyzer`: the agent base's `main` around the analyzer. It connects to Redis only:
+//! the analyzer reads no Docker engine.
 
 use std::sync::Arc;
 
 use hemostat_analyzer::config::AnalyzerArgs;
 use hemostat_common::agent::{self, AgentContext};
-use hemostat_common::docker;
-use hemostat_common::http::Health;
 
 fn main() -> std::process::ExitCode {
     agent::main(
@@ -22,21 +21,16 @@ fn main() -> std::process::ExitCode {
                 threshold = cfg.confidence_threshold,
                 "analyzer settings"
             );
-            let d =
-                docker::connect_docker(args.docker_host.as_deref(), &Health::default(), &shutdown)
-                    .await?;
-            let host = match args.common.host_id() {
-                Some(h) => h.to_owned(),
-                None => d.info().await?.name.unwrap_or_else(|| "unknown".into()),
-            };
+            // Its own envelopes (heartbeats) name where it runs; verdicts name the alert's host.
+            let host = args
+                .common
+                .host_id()
+                .map(str::to_owned)
+                .unwrap_or_else(hemostat_common::agent::machine_name);
             let ctx =
                 AgentContext::start(&args.common, hemostat_analyzer::AGENT, host, shutdown).await?;
-            let analyzer = hemostat_analyzer::Analyzer::new(
-                cfg,
-                d,
-                ctx.bus.clone(),
-                hemostat_analyzer::AGENT,
-            )?;
+            let analyzer =
+                hemostat_analyzer::Analyzer::new(cfg, ctx.bus.clone(), hemostat_analyzer::AGENT)?;
             hemostat_analyzer::spawn(Arc::new(analyzer), &ctx);
             Ok(ctx.finish().await)
         },

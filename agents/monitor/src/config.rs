@@ -124,6 +124,21 @@ pub struct MonitorArgs {
     /// How often Docker's own disk use (images, stopped containers) is measured.
     #[arg(long, env = "HEMOSTAT_DOCKER_DF_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub docker_df_interval: Duration,
+
+    /// Log lines attached to an alert of a death, an OOM kill or a failing health check, read
+    /// on this host (the analyzer reads no engine). 0 attaches none.
+    #[arg(long, env = "HEMOSTAT_LOG_LINES", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub log_lines: u32,
+
+    /// Byte budget of those lines after scrubbing (newest kept).
+    #[arg(long, env = "HEMOSTAT_LOG_BYTES", default_value_t = 8192,
+          value_parser = clap::value_parser!(u32).range(256..=65_536))]
+    pub log_bytes: u32,
+
+    /// Longest wait for those lines; the alert goes with what arrived by then.
+    #[arg(long, env = "HEMOSTAT_LOG_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
+    pub log_timeout: Duration,
 }
 
 /// Validated settings.
@@ -146,6 +161,15 @@ pub struct MonitorConfig {
     pub host_breach_samples: u32,
     pub startup_lookback: Duration,
     pub docker_df_interval: Duration,
+    pub logs: AlertLogs,
+}
+
+/// The log tail attached to alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertLogs {
+    pub lines: usize,
+    pub bytes: usize,
+    pub timeout: Duration,
 }
 
 /// How many stats requests a round keeps in flight.
@@ -315,6 +339,11 @@ impl MonitorArgs {
                 self.docker_df_interval,
                 ms(1000),
             )?,
+            logs: AlertLogs {
+                lines: self.log_lines as usize,
+                bytes: self.log_bytes as usize,
+                timeout: within("HEMOSTAT_LOG_TIMEOUT", self.log_timeout, ms(10), ms(10_000))?,
+            },
         })
     }
 }

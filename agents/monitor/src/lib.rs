@@ -144,6 +144,7 @@ pub fn spawn(cfg: MonitorConfig, docker: Docker, ctx: &AgentContext) {
         metrics: metrics.clone(),
         docker_up: ctx.metrics.docker_up.clone(),
         known: Arc::default(),
+        logs: cfg.logs,
     };
     ctx.spawn_critical(
         "watch_events",
@@ -182,6 +183,8 @@ struct Out {
     /// The last inspected state of each container, taken while it was alive, so a death can be
     /// reported with its restart count and limits without inspecting the dying container.
     known: Arc<std::sync::Mutex<HashMap<String, ContainerState>>>,
+    /// The log tail attached to deaths, OOM kills and failing health checks.
+    logs: crate::config::AlertLogs,
 }
 
 impl Out {
@@ -298,7 +301,37 @@ fn severity_of(kind: AlertKind, class: Class, exit: Option<i64>) -> Severity {
 /// Inspects the container (for exit code, OOMKilled, restart count, health output) and
 /// publishes the alert. A container already removed is reported from the event alone.
 async fn publish_decision(docker: Docker, out: Out, d: Decision) {
-    let state = if is_fresh_death(&d) {
+    // The log tail is read beside the inspect, so it adds no round trip of its own; only a
+    // problem whose cause may be in the output gets one.
+    let wants_logs = d.class == Class::Problem
+        && matches!(
+            d.kind,
+            AlertKind::Died | AlertKind::OomKilled | AlertKind::Unhealthy
+        );
+    let logs = async {
+        if !wants_logs || out.logs.lines == 0 {
+            return None;
+        }
+        let started = Instant::now();
+        let tail = hemostat_common::docker::log_tail(
+            &docker,
+            &d.container_id,
+            out.logs.lines,
+            out.logs.bytes,
+            out.logs.timeout,
+        )
+        .await;
+        tracing::debug!(container = %d.name, logs_ms = started.elapsed().as_secs_f64() * 1e3, lines = tail.lines.len(), "log tail read");
+        Some(tail)
+    };
+    let (state, logs) = tokio::join!(decision_state(&docker, &out, &d), logs);
+    publish_with(out, d, state, logs).await;
+}
+
+/// The container's state for the alert: from the event and what was known before for a fresh
+/// death, from a fresh inspect otherwise.
+async fn decision_state(docker: &Docker, out: &Out, d: &Decision) -> Option<ContainerState> {
+    if is_fresh_death(d) {
         // Inspecting a container that has just died waits on Docker's container lock while
         // the engine tears it down: 50-100 ms measured on Engine 20.10, more than the whole
         // detection budget. A death is therefore reported from the event (exit code; OOM from
@@ -337,7 +370,15 @@ async fn publish_decision(docker: Docker, out: Out, d: Decision) {
                 None
             }
         }
-    };
+    }
+}
+
+async fn publish_with(
+    out: Out,
+    d: Decision,
+    state: Option<ContainerState>,
+    logs: Option<hemostat_common::events::LogTail>,
+) {
     // The kernel's verdict wins: a die with OOMKilled set is an OOM kill even if the `oom`
     // event was missed.
     let mut kind = d.kind;
@@ -383,6 +424,7 @@ async fn publish_decision(docker: Docker, out: Out, d: Decision) {
         since: d.since_nano.and_then(nano_to_utc),
         docker_event_time: d.event_time_nano.and_then(nano_to_utc),
         protected: scope::is_protected(labels),
+        logs,
     };
     tracing::info!(container = %alert.container.name, kind = alert.kind.as_str(),
         user_initiated = alert.user_initiated, reminder = alert.reminder, "health alert");
@@ -1003,6 +1045,7 @@ fn judge_sample(
             since: None,
             docker_event_time: None,
             protected: scope::is_protected(&l.labels),
+            logs: None,
         };
         out.push(match class {
             Class::Recovered => Payload::ContainerRecovered(alert),

@@ -349,6 +349,7 @@ mod tests {
                 since: t,
                 docker_event_time: t,
                 protected: false,
+                logs: None,
             }),
         )
     }

@@ -143,6 +143,7 @@ fn alert(id: &str, name: &str) -> Envelope {
             since: None,
             docker_event_time: None,
             protected: false,
+            logs: None,
         }),
     )
 }

@@ -267,6 +267,17 @@ impl RunningAnalyzer {
     /// the environment says (an `OPENAI_BASE_URL` in the environment is refused: the tests
     /// must never reach a real provider).
     pub async fn start(redis_url: &str, extra: &[&str]) -> RunningAnalyzer {
+        RunningAnalyzer::start_with_docker(redis_url, extra, None).await
+    }
+
+    /// [`RunningAnalyzer::start`] with this Docker client instead of connecting to one from
+    /// `--docker-host` / `DOCKER_HOST` (a client for a socket that does not exist shows that
+    /// the analyzer needs no Docker access).
+    pub async fn start_with_docker(
+        redis_url: &str,
+        extra: &[&str],
+        docker: Option<bollard::Docker>,
+    ) -> RunningAnalyzer {
         use hemostat_analyzer::config::AnalyzerArgs;
         let mut args: Vec<String> = [
             "hemostat-analyzer",
@@ -297,13 +308,16 @@ impl RunningAnalyzer {
         let cfg = a.validate().expect("analyzer config");
         let shutdown = hemostat_common::shutdown::Shutdown::new();
         // `--docker-host` in `extra` (a proxy) or `DOCKER_HOST`; else the local socket.
-        let docker = hemostat_common::docker::connect_docker(
-            a.docker_host.as_deref(),
-            &hemostat_common::http::Health::default(),
-            &shutdown,
-        )
-        .await
-        .expect("docker");
+        let docker = match docker {
+            Some(d) => d,
+            None => hemostat_common::docker::connect_docker(
+                a.docker_host.as_deref(),
+                &hemostat_common::http::Health::default(),
+                &shutdown,
+            )
+            .await
+            .expect("docker"),
+        };
         let ctx = hemostat_common::agent::AgentContext::start(
             &a.common,
             hemostat_analyzer::AGENT,

@@ -27,7 +27,8 @@ pub struct SecondEngine {
     dir: PathBuf,
     bridge: String,
     child: Option<Child>,
-    docker: Docker,
+    /// Made once the socket exists (bollard checks for it).
+    docker: Option<Docker>,
 }
 
 impl SecondEngine {
@@ -70,12 +71,7 @@ impl SecondEngine {
         std::fs::write(dir.join("daemon.json"), "{}").context("second engine config file")?;
         // From here on, drop cleans whatever was made.
         let mut engine = SecondEngine {
-            docker: Docker::connect_with_unix(
-                &dir.join("d2.sock").display().to_string(),
-                30,
-                bollard::API_DEFAULT_VERSION,
-            )
-            .context("second engine client")?,
+            docker: None,
             dir,
             bridge,
             child: None,
@@ -137,6 +133,14 @@ impl SecondEngine {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+        engine.docker = Some(
+            Docker::connect_with_unix(
+                &engine.dir.join("d2.sock").display().to_string(),
+                30,
+                bollard::API_DEFAULT_VERSION,
+            )
+            .context("second engine client")?,
+        );
         let load = format!(
             "docker save {PATIENT_IMAGE} | docker -H {} load",
             engine.docker_host()
@@ -158,9 +162,14 @@ impl SecondEngine {
         format!("unix://{}", self.dir.join("d2.sock").display())
     }
 
-    /// A client for it.
-    pub fn docker(&self) -> &Docker {
-        &self.docker
+    /// A client for it, at the API version it speaks.
+    pub async fn docker(&self) -> Docker {
+        self.docker
+            .clone()
+            .expect("a started engine has a client")
+            .negotiate_version()
+            .await
+            .expect("the second engine's API version")
     }
 
     /// `spec` made to run on this engine: no network (it has no iptables rules of its own).
@@ -230,11 +239,11 @@ fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
 
 fn alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .unwrap_or_default()
             .split_whitespace()
             .nth(2)
-            .is_some_and(|state| state == "Z")
+            .is_none_or(|state| state != "Z")
 }
 
 /// SIGTERM, a bounded wait, then SIGKILL.

@@ -61,7 +61,7 @@ async fn a_kill_on_one_engine_is_healed_there_only() {
     let Some(b) = SecondEngine::start() else {
         return;
     };
-    let docker_b = b.docker().clone();
+    let docker_b = b.docker().await;
     let host_b = b.docker_host();
     let url = redis.url();
 
@@ -83,9 +83,13 @@ async fn a_kill_on_one_engine_is_healed_there_only() {
     let name = pa.name.clone();
 
     let stub = OpenAiStub::start(vec![], Reply::good_restart()).await;
-    // A client for a socket that does not exist: the analyzer must work without Docker.
+    // A client for a socket nobody listens on (bound once, then closed): the analyzer must
+    // work without Docker.
+    let dead = tempfile::tempdir().expect("temp dir");
+    let dead_sock = dead.path().join("no-docker.sock");
+    drop(std::os::unix::net::UnixListener::bind(&dead_sock).expect("bind a socket"));
     let no_docker = Docker::connect_with_unix(
-        "/nonexistent/hemostat-no-docker.sock",
+        &dead_sock.display().to_string(),
         5,
         bollard::API_DEFAULT_VERSION,
     )

@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod bench;
+pub mod engine2;
 pub mod openai_stub;
 pub mod pipeline;
 pub mod records;
@@ -309,6 +310,8 @@ pub struct PatientSpec {
     pub health_retries: Option<i64>,
     pub health_start_period: Option<Duration>,
     pub restart_policy: Option<String>,
+    /// Docker's network mode (`none` on a second engine); the engine's default when unset.
+    pub network_mode: Option<String>,
 }
 
 impl PatientSpec {
@@ -388,6 +391,7 @@ impl Patient {
                     name: Some(name),
                     maximum_retry_count: None,
                 }),
+                network_mode: spec.network_mode.clone(),
                 ..HostConfig::default()
             }),
             ..ContainerCreateBody::default()
@@ -614,6 +618,12 @@ pub struct RunningMonitor {
 impl RunningMonitor {
     /// Starts a monitor for `redis_url` with fast test settings; `extra` flags override them.
     pub async fn start(redis_url: &str, extra: &[&str]) -> RunningMonitor {
+        RunningMonitor::start_on(redis_url, "test-host", extra).await
+    }
+
+    /// [`RunningMonitor::start`] reporting as host `host_id` (with `--docker-host` in `extra`
+    /// to watch another engine).
+    pub async fn start_on(redis_url: &str, host_id: &str, extra: &[&str]) -> RunningMonitor {
         use hemostat_monitor::config::MonitorArgs;
         let mut args: Vec<String> = [
             "hemostat-monitor",
@@ -622,7 +632,7 @@ impl RunningMonitor {
             "--listen",
             "127.0.0.1:0",
             "--host-id",
-            "test-host",
+            host_id,
             "--stats-interval",
             "1s",
             "--host-interval",
@@ -646,7 +656,7 @@ impl RunningMonitor {
         let ctx = hemostat_common::agent::AgentContext::start(
             &a.common,
             hemostat_monitor::AGENT,
-            "test-host".into(),
+            host_id.into(),
             shutdown.clone(),
         )
         .await

@@ -42,10 +42,21 @@ impl RunningResponder {
         extra: &[&str],
         hook: Option<FaultHook>,
     ) -> RunningResponder {
+        RunningResponder::start_on(redis_url, HOST, extra, hook).await
+    }
+
+    /// [`RunningResponder::start_with`] acting for host `host` (with `--docker-host` in
+    /// `extra` for another engine).
+    pub async fn start_on(
+        redis_url: &str,
+        host: &str,
+        extra: &[&str],
+        hook: Option<FaultHook>,
+    ) -> RunningResponder {
         let defaults = [
             ("--redis-url", redis_url),
             ("--listen", "127.0.0.1:0"),
-            ("--host-id", HOST),
+            ("--host-id", host),
             ("--heartbeat-interval", "1s"),
             ("--shutdown-timeout", "3s"),
             ("--backoff-initial", "1s"),
@@ -79,7 +90,7 @@ impl RunningResponder {
         let ctx = AgentContext::start(
             &a.common,
             hemostat_responder::AGENT,
-            HOST.into(),
+            host.into(),
             shutdown.clone(),
         )
         .await
@@ -88,7 +99,7 @@ impl RunningResponder {
             cfg,
             docker,
             ctx.bus.clone(),
-            HOST,
+            host,
             &ctx.identity.instance,
             shutdown.clone(),
         );
@@ -102,7 +113,7 @@ impl RunningResponder {
         crate::wait_for_group(
             &client,
             Channel::RemediationNeeded.stream(),
-            RESPONDER_GROUP,
+            &format!("responder:{host}"),
         )
         .await;
         RunningResponder {

@@ -788,6 +788,21 @@ mod tests {
     use super::*;
     use hemostat_common::events::{AlertKind, Breach, Detection, HostAlertKind, HostSample};
 
+    /// The analyzer touches no engine: not in its code, its dependencies or its settings.
+    #[test]
+    fn the_analyzer_depends_on_no_docker_client_and_takes_no_docker_host() {
+        let manifest = include_str!("../Cargo.toml");
+        assert!(!manifest.contains("bollard"), "{manifest}");
+        for source in [
+            include_str!("lib.rs"),
+            include_str!("main.rs"),
+            include_str!("config.rs"),
+        ] {
+            assert!(!source.contains(concat!("bollard", "::")));
+            assert!(!source.contains(concat!("DOCKER", "_HOST")));
+        }
+    }
+
     fn cfg() -> AnalyzerConfig {
         AnalyzerConfig {
             confidence_threshold: 0.7,

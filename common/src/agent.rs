@@ -77,8 +77,8 @@ impl AgentContext {
         });
         tracing::info!(%http_addr, "serving /healthz and /metrics");
 
-        let bus = match Bus::connect(
-            &common.redis_url,
+        let bus = match Bus::connect_to(
+            &common.redis_target(),
             common.stream_maxlen,
             metrics.clone(),
             health.clone(),

@@ -16,7 +16,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
 use redis::{AsyncCommands, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::events::{
     Channel, DEAD_LETTER_STREAM, Envelope, STREAM_FIELD_ENVELOPE, STREAM_FIELD_EVENT_TYPE,
@@ -24,6 +24,7 @@ use crate::events::{
 use crate::http::Health;
 use crate::metrics::{AgentMetrics, ChannelLabel};
 use crate::redact;
+use crate::sentinel::{self, Sentinels};
 use crate::shutdown::Shutdown;
 
 /// Largest raw payload copied into a dead-letter entry.
@@ -94,11 +95,48 @@ impl Op {
     }
 }
 
-/// A handle to Redis for publishing and bookkeeping. Cheap to clone; reconnects by itself.
-#[derive(Clone)]
-pub struct Bus {
+/// Where Redis is: one server at `url`, or, with sentinels, whichever server they name as
+/// master, reached with `url`'s user, password and database.
+#[derive(Debug, Clone)]
+pub struct RedisTarget {
+    /// `REDIS_URL`. With sentinels only its credentials and database are used.
+    pub url: String,
+    /// The sentinels to ask for the master, if Redis runs under Sentinel.
+    pub sentinels: Option<Sentinels>,
+}
+
+impl RedisTarget {
+    /// A single Redis server, no Sentinel.
+    pub fn direct(url: &str) -> RedisTarget {
+        RedisTarget {
+            url: url.to_owned(),
+            sentinels: None,
+        }
+    }
+}
+
+/// The master the bus talks to now: its client, its shared connection, and its address as
+/// the sentinels named it (`None` without Sentinel).
+struct Current {
     client: redis::Client,
     conn: ConnectionManager,
+    master: Option<String>,
+}
+
+/// A handle to Redis for publishing and bookkeeping. Cheap to clone; reconnects by itself.
+///
+/// Under Sentinel the handle follows failovers: a task asks the sentinels who the master is
+/// every second (and at once when a command fails with a connection error or `READONLY`) and,
+/// when the answer changes, swaps in a client and connection to the new master. Everything
+/// that holds a connection of its own ([`consume`]'s blocking reads, [`subscribe_bus`])
+/// watches for the swap and reconnects.
+#[derive(Clone)]
+pub struct Bus {
+    current: watch::Receiver<std::sync::Arc<Current>>,
+    /// Keeps the watch open when no follower task owns the sender (no Sentinel).
+    _keep: Option<std::sync::Arc<watch::Sender<std::sync::Arc<Current>>>>,
+    /// Wakes the follower early: a command just failed in a way a failover would explain.
+    kick: Option<std::sync::Arc<Notify>>,
     maxlen: u64,
     metrics: AgentMetrics,
     health: Health,
@@ -177,6 +215,110 @@ async fn connect_manager(
     }
 }
 
+/// Fires each time a [`Bus`] starts following a new master. Never fires without Sentinel.
+pub struct MasterChanges(watch::Receiver<std::sync::Arc<Current>>);
+
+impl MasterChanges {
+    /// Waits for the next change of master; pends forever once the bus stops following.
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Asks the sentinels for the master until one answers or `shutdown` fires.
+async fn resolve_master(
+    sentinels: &Sentinels,
+    health: &Health,
+    shutdown: &Shutdown,
+) -> Result<(String, u16), BusError> {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        match sentinels.resolve().await {
+            Ok(found) => return Ok(found),
+            Err(e) => {
+                health.degraded("redis", e.clone());
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "redis master not known yet");
+                if wait(shutdown, delay).await {
+                    return Err(BusError::Shutdown);
+                }
+            }
+        }
+    }
+}
+
+fn addr_of(host: &str, port: u16) -> String {
+    format!("{host}:{port}")
+}
+
+/// Follows the master under Sentinel until `shutdown` or until every [`Bus`] is gone: asks
+/// every second, or at once when kicked, and swaps in a new master when the answer changes.
+async fn follow_master(
+    target: RedisTarget,
+    sentinels: Sentinels,
+    tx: watch::Sender<std::sync::Arc<Current>>,
+    kick: std::sync::Arc<Notify>,
+    health: Health,
+    shutdown: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            // Nobody holds the bus any more.
+            () = tx.closed() => return,
+            () = kick.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let (host, port) = match sentinels.resolve().await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask the sentinels for the redis master");
+                continue;
+            }
+        };
+        let addr = addr_of(&host, port);
+        if tx.borrow().master.as_deref() == Some(addr.as_str()) {
+            continue;
+        }
+        let url = sentinel::master_url(&target.url, &host, port);
+        let client = match redis::Client::open(url.as_str()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, master = %addr, "new redis master unusable");
+                continue;
+            }
+        };
+        // One bounded attempt: if the new master does not answer yet the next round retries,
+        // and commands meanwhile keep failing on the old one rather than hanging.
+        let conn = tokio::time::timeout(
+            Duration::from_secs(3),
+            ConnectionManager::new_with_config(
+                client.clone(),
+                manager_config(Duration::from_secs(5)),
+            ),
+        )
+        .await;
+        match conn {
+            Ok(Ok(conn)) => {
+                let from = tx.borrow().master.clone().unwrap_or_default();
+                tracing::warn!(master = %addr, previous = %from, "redis master changed; following it");
+                health.ok("redis");
+                tx.send_replace(std::sync::Arc::new(Current {
+                    client,
+                    conn,
+                    master: Some(addr),
+                }));
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, master = %addr, "new redis master not reachable yet")
+            }
+            Err(_) => tracing::warn!(master = %addr, "new redis master did not answer within 3s"),
+        }
+    }
+}
+
 impl Bus {
     /// Connects to `redis_url`, waiting for Redis if it is not up yet.
     pub async fn connect(
@@ -186,22 +328,122 @@ impl Bus {
         health: Health,
         shutdown: &Shutdown,
     ) -> Result<Bus, BusError> {
-        let client = redis::Client::open(redis_url)?;
-        tracing::info!(redis = %redact::url(redis_url), "connecting to redis");
-        let conn = connect_manager(&client, Duration::from_secs(5), &health, shutdown).await?;
+        Bus::connect_to(
+            &RedisTarget::direct(redis_url),
+            maxlen,
+            metrics,
+            health,
+            shutdown,
+        )
+        .await
+    }
+
+    /// Connects to `target`, waiting for Redis (and, under Sentinel, for a sentinel that
+    /// names the master) if it is not up yet. Under Sentinel the bus then follows failovers
+    /// until `shutdown`.
+    pub async fn connect_to(
+        target: &RedisTarget,
+        maxlen: u64,
+        metrics: AgentMetrics,
+        health: Health,
+        shutdown: &Shutdown,
+    ) -> Result<Bus, BusError> {
+        let Some(sentinels) = target.sentinels.clone() else {
+            let client = redis::Client::open(target.url.as_str())?;
+            tracing::info!(redis = %redact::url(&target.url), "connecting to redis");
+            let conn = connect_manager(&client, Duration::from_secs(5), &health, shutdown).await?;
+            metrics.redis_up.set(1);
+            let (tx, rx) = watch::channel(std::sync::Arc::new(Current {
+                client,
+                conn,
+                master: None,
+            }));
+            return Ok(Bus {
+                current: rx,
+                _keep: Some(std::sync::Arc::new(tx)),
+                kick: None,
+                maxlen,
+                metrics,
+                health,
+            });
+        };
+        tracing::info!(
+            sentinels = ?sentinels.addrs,
+            master_name = %sentinels.master,
+            "asking the sentinels for the redis master"
+        );
+        // The master can change between asking and connecting: ask again until a connection
+        // to the named master stands.
+        let (client, conn, addr) = loop {
+            let (host, port) = resolve_master(&sentinels, &health, shutdown).await?;
+            let url = sentinel::master_url(&target.url, &host, port);
+            let client = redis::Client::open(url.as_str())?;
+            let addr = addr_of(&host, port);
+            tracing::info!(redis = %redact::url(&url), master = %addr, "connecting to the redis master");
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(3),
+                ConnectionManager::new_with_config(
+                    client.clone(),
+                    manager_config(Duration::from_secs(5)),
+                ),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(conn)) => break (client, conn, addr),
+                Ok(Err(e)) => {
+                    health.degraded("redis", e.to_string());
+                    tracing::warn!(error = %e, master = %addr, "redis master not reachable");
+                }
+                Err(_) => tracing::warn!(master = %addr, "redis master did not answer within 3s"),
+            }
+            if wait(shutdown, Duration::from_millis(500)).await {
+                return Err(BusError::Shutdown);
+            }
+        };
+        health.ok("redis");
         metrics.redis_up.set(1);
-        Ok(Bus {
+        tracing::info!(master = %addr, "following the redis master named by the sentinels");
+        let (tx, rx) = watch::channel(std::sync::Arc::new(Current {
             client,
             conn,
+            master: Some(addr),
+        }));
+        let kick = std::sync::Arc::new(Notify::new());
+        tokio::spawn(follow_master(
+            target.clone(),
+            sentinels,
+            tx,
+            kick.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
+        Ok(Bus {
+            current: rx,
+            _keep: None,
+            kick: Some(kick),
             maxlen,
             metrics,
             health,
         })
     }
 
-    /// The underlying client, for connections of one's own (pub/sub, blocking reads).
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// A client for the current master, for connections of one's own (pub/sub, blocking
+    /// reads). Under Sentinel it goes stale at a failover: long-lived holders watch
+    /// [`Bus::master_changes`].
+    pub fn client(&self) -> redis::Client {
+        self.current.borrow().client.clone()
+    }
+
+    /// The master's address as the sentinels named it; `None` without Sentinel.
+    pub fn master(&self) -> Option<String> {
+        self.current.borrow().master.clone()
+    }
+
+    /// Resolves each time the bus starts following a new master (never without Sentinel).
+    pub fn master_changes(&self) -> MasterChanges {
+        let mut rx = self.current.clone();
+        rx.mark_unchanged();
+        MasterChanges(rx)
     }
 
     /// The most entries a stream keeps (`HEMOSTAT_STREAM_MAXLEN`).
@@ -209,9 +451,9 @@ impl Bus {
         self.maxlen
     }
 
-    /// A clone of the shared, self-reconnecting connection.
+    /// A clone of the shared, self-reconnecting connection to the current master.
     pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+        self.current.borrow().conn.clone()
     }
 
     fn note<T>(&self, r: redis::RedisResult<T>) -> Result<T, BusError> {
@@ -223,9 +465,17 @@ impl Bus {
             }
             Err(e) => {
                 // Server-side errors (a wrong type, NOGROUP) say nothing about connectivity.
-                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                let connection = e.is_io_error() || e.is_timeout() || e.is_connection_dropped();
+                if connection {
                     self.metrics.redis_up.set(0);
                     self.health.degraded("redis", e.to_string());
+                }
+                // A dead master or one demoted to replica: ask the sentinels now rather than
+                // at the next round. Nothing is retried here; the caller decides.
+                if (connection || e.code() == Some("READONLY"))
+                    && let Some(kick) = &self.kick
+                {
+                    kick.notify_one();
                 }
                 Err(e.into())
             }
@@ -247,7 +497,7 @@ impl Bus {
         for env in envs {
             self.add_publish(&mut pipe, env);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         let r = pipe.query_async::<()>(&mut conn).await;
         self.note(r)?;
         for env in envs {
@@ -280,7 +530,7 @@ impl Bus {
 
     /// Runs a pipeline on the shared connection, recording connectivity.
     pub async fn run(&self, pipe: &redis::Pipeline) -> Result<(), BusError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         let r = pipe.query_async::<()>(&mut conn).await;
         self.note(r)
     }
@@ -288,7 +538,7 @@ impl Bus {
     /// True the first time `(scope, id)` is seen within `ttl`: the idempotency guard for
     /// at-least-once delivery.
     pub async fn first_time(&self, scope: &str, id: &str, ttl: Duration) -> Result<bool, BusError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         let r: redis::RedisResult<Option<String>> = redis::cmd("SET")
             .arg(format!("hemostat:seen:{scope}:{id}"))
             .arg(1)
@@ -426,7 +676,7 @@ impl Bus {
                 inv.arg(a);
             }
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         let r: redis::RedisResult<i64> = inv.invoke_async(&mut conn).await;
         let published = self.note(r)? == 1;
         if published {
@@ -456,7 +706,7 @@ impl Bus {
 
     /// Redis's memory use and its limit (`used_memory`, `maxmemory`; 0 when unlimited).
     pub async fn memory(&self) -> Result<(u64, u64), BusError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         let r: redis::RedisResult<String> = redis::cmd("INFO")
             .arg("memory")
             .query_async(&mut conn)
@@ -473,7 +723,7 @@ impl Bus {
 
     /// The newest `count` envelopes of a stream, newest first (undecodable entries skipped).
     pub async fn recent(&self, channel: Channel, count: usize) -> Result<Vec<Envelope>, BusError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         let r: redis::RedisResult<redis::streams::StreamRangeReply> = redis::cmd("XREVRANGE")
             .arg(channel.stream())
             .arg("+")
@@ -602,7 +852,7 @@ impl RecentWindow {
                 Some(id) => format!("({id}"),
                 None => "-".to_owned(),
             };
-            let mut conn = bus.conn.clone();
+            let mut conn = bus.connection();
             let r: redis::RedisResult<redis::streams::StreamRangeReply> = redis::cmd("XREVRANGE")
                 .arg(self.channel.stream())
                 .arg("+")
@@ -943,8 +1193,9 @@ where
     let stream = cfg.channel.stream();
     // Blocking reads get a connection of their own: on the shared one they would hold up
     // every other command (acks included) for the length of the block.
-    let Ok(read_conn) = connect_manager(
-        bus.client(),
+    let mut master_changes = bus.master_changes();
+    let Ok(mut read_conn) = connect_manager(
+        &bus.client(),
         cfg.block + Duration::from_secs(5),
         &bus.health,
         &shutdown,
@@ -1036,6 +1287,19 @@ where
             Some(()) = handling.next(), if !handling.is_empty() => {}
             // Time to look for entries a dead peer left pending.
             () = tokio::time::sleep_until(claim_at), if free > 0 && !stopping && group_ready => {}
+            // A failover: the blocking read is on the old master. It is dropped, not awaited:
+            // entries it may have been handed never reached a handler, so they sit pending
+            // and are reclaimed after `claim_idle`, handled once. The group is checked again
+            // on the new master, which may have lost its latest writes.
+            () = master_changes.changed(), if !stopping => {
+                read = None;
+                group_ready = false;
+                match connect_manager(&bus.client(), cfg.block + Duration::from_secs(5), &bus.health, &shutdown).await {
+                    Ok(conn) => read_conn = conn,
+                    Err(_) => break,
+                }
+                tracing::info!(stream, master = ?bus.master(), "reading from the new redis master");
+            }
             reply = async { match read.as_mut() { Some((r, _)) => r.await, None => std::future::pending().await } }, if read.is_some() => {
                 read = None;
                 match bus.note(reply) {
@@ -1283,10 +1547,36 @@ pub fn subscribe(
     patterns: Vec<String>,
     shutdown: Shutdown,
 ) -> mpsc::Receiver<(String, String)> {
+    subscribe_from(move || client.clone(), None, patterns, shutdown)
+}
+
+/// [`subscribe`] on the bus's Redis; under Sentinel it resubscribes on the new master after a
+/// failover (messages published in between are not seen, as with any reconnect).
+pub fn subscribe_bus(
+    bus: &Bus,
+    patterns: Vec<String>,
+    shutdown: Shutdown,
+) -> mpsc::Receiver<(String, String)> {
+    let source = bus.clone();
+    subscribe_from(
+        move || source.client(),
+        Some(bus.master_changes()),
+        patterns,
+        shutdown,
+    )
+}
+
+fn subscribe_from(
+    client: impl Fn() -> redis::Client + Send + 'static,
+    mut changes: Option<MasterChanges>,
+    patterns: Vec<String>,
+    shutdown: Shutdown,
+) -> mpsc::Receiver<(String, String)> {
     let (tx, rx) = mpsc::channel(4096);
     tokio::spawn(async move {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         while !shutdown.is_cancelled() {
+            let client = client();
             let session = async {
                 let mut pubsub = client.get_async_pubsub().await?;
                 for p in &patterns {
@@ -1306,6 +1596,13 @@ pub fn subscribe(
                     loop {
                         let msg = tokio::select! {
                             () = shutdown.cancelled() => return,
+                            // A failover: this subscription is on the old master.
+                            () = async {
+                                match changes.as_mut() {
+                                    Some(c) => c.changed().await,
+                                    None => std::future::pending().await,
+                                }
+                            } => None,
                             m = futures::StreamExt::next(&mut messages) => m,
                         };
                         let Some(msg) = msg else { break };
@@ -1318,7 +1615,7 @@ pub fn subscribe(
                             return;
                         }
                     }
-                    tracing::warn!("pub/sub connection lost; resubscribing");
+                    tracing::warn!("pub/sub connection lost or master changed; resubscribing");
                 }
                 Err(e) => tracing::warn!(error = %e, "pub/sub connect failed"),
             }

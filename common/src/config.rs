@@ -28,6 +28,20 @@ pub struct CommonArgs {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
+    /// Redis Sentinels to learn the master from: comma-separated `host:port` list. Empty: no
+    /// Sentinel, `REDIS_URL` is the server. When set, `REDIS_URL` supplies only the user,
+    /// password and database; its host and port are ignored.
+    #[arg(long, env = "REDIS_SENTINELS", default_value = "")]
+    pub redis_sentinels: String,
+
+    /// The master's name in the sentinels' `sentinel monitor` line.
+    #[arg(long, env = "REDIS_SENTINEL_MASTER", default_value = "hemostat")]
+    pub redis_sentinel_master: String,
+
+    /// The sentinels' own password (`requirepass` in sentinel.conf), if they have one.
+    #[arg(long, env = "REDIS_SENTINEL_PASSWORD")]
+    pub redis_sentinel_password: Option<String>,
+
     /// Name of this Docker host on the bus. Default: the Docker engine's name (`docker info`).
     #[arg(long, env = "HEMOSTAT_HOST_ID")]
     pub host_id: Option<String>,
@@ -68,6 +82,12 @@ impl std::fmt::Debug for CommonArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CommonArgs")
             .field("redis_url", &redact::url(&self.redis_url))
+            .field("redis_sentinels", &self.redis_sentinels)
+            .field("redis_sentinel_master", &self.redis_sentinel_master)
+            .field(
+                "redis_sentinel_password",
+                &self.redis_sentinel_password.as_ref().map(|_| "***"),
+            )
             .field("host_id", &self.host_id)
             .field("log_format", &self.log_format)
             .field("listen", &self.listen)
@@ -110,6 +130,19 @@ impl CommonArgs {
                 redact::url(&self.redis_url)
             ),
         })?;
+        crate::sentinel::parse_addrs(&self.redis_sentinels).map_err(|why| ConfigError {
+            variable: "REDIS_SENTINELS",
+            message: format!(
+                "{why}; expected a comma-separated list of host:port, e.g. \
+                 sentinel-1:26379,sentinel-2:26379, or empty for no Sentinel"
+            ),
+        })?;
+        if !self.redis_sentinels.trim().is_empty() && self.redis_sentinel_master.trim().is_empty() {
+            return Err(ConfigError {
+                variable: "REDIS_SENTINEL_MASTER",
+                message: "is empty; expected the master name the sentinels monitor".into(),
+            });
+        }
         if let Some(host) = self.host_id()
             && (host.len() > 253 || host.contains(char::is_whitespace))
         {
@@ -132,6 +165,22 @@ impl CommonArgs {
             .filter(|h| !h.is_empty())
     }
 
+    /// Where Redis is: `REDIS_URL` itself, or the master the sentinels name.
+    pub fn redis_target(&self) -> crate::bus::RedisTarget {
+        let addrs = crate::sentinel::parse_addrs(&self.redis_sentinels).unwrap_or_default();
+        crate::bus::RedisTarget {
+            url: self.redis_url.clone(),
+            sentinels: (!addrs.is_empty()).then(|| crate::sentinel::Sentinels {
+                addrs,
+                master: self.redis_sentinel_master.trim().to_owned(),
+                password: self
+                    .redis_sentinel_password
+                    .clone()
+                    .filter(|p| !p.is_empty()),
+            }),
+        }
+    }
+
     /// How long each stream keeps its entries.
     pub fn retention(&self) -> crate::bus::Retention {
         crate::bus::Retention {
@@ -143,8 +192,17 @@ impl CommonArgs {
     /// The settings as a log-safe summary (passwords redacted).
     pub fn summary(&self) -> String {
         format!(
-            "redis={} host_id={} listen={} stream_maxlen={} stream_retention={:?} metrics_retention={:?} heartbeat={:?}",
+            "redis={}{} host_id={} listen={} stream_maxlen={} stream_retention={:?} metrics_retention={:?} heartbeat={:?}",
             redact::url(&self.redis_url),
+            if self.redis_sentinels.trim().is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " sentinels={} sentinel_master={}",
+                    self.redis_sentinels.trim(),
+                    self.redis_sentinel_master
+                )
+            },
             self.host_id().unwrap_or("<from docker>"),
             self.listen,
             self.stream_maxlen,
@@ -347,5 +405,27 @@ mod tests {
         cli.common.validate().unwrap();
         assert!(!cli.common.summary().contains("secret"));
         assert!(!format!("{:?}", cli.common).contains("secret"));
+    }
+
+    #[test]
+    fn sentinels_are_checked_and_their_password_redacted() {
+        let mut cli = parse_from::<Cli, _, _>(["x"]).unwrap();
+        assert!(cli.common.redis_target().sentinels.is_none());
+        for bad in ["sentinel-1", "a:26379,b", "a:port", "a:0"] {
+            cli.common.redis_sentinels = bad.into();
+            let err = cli.common.validate().unwrap_err();
+            assert_eq!(err.variable, "REDIS_SENTINELS", "{bad}");
+            assert!(err.to_string().contains("host:port"), "{err}");
+        }
+        cli.common.redis_sentinels = "a:26379, b:26380".into();
+        cli.common.redis_sentinel_password = Some("sentinel-secret".into());
+        cli.common.validate().unwrap();
+        let target = cli.common.redis_target();
+        let sentinels = target.sentinels.as_ref().unwrap();
+        assert_eq!(sentinels.addrs, ["a:26379", "b:26380"]);
+        assert_eq!(sentinels.master, "hemostat");
+        assert!(!format!("{:?}", cli.common).contains("sentinel-secret"));
+        assert!(!format!("{target:?}").contains("sentinel-secret"));
+        assert!(!cli.common.summary().contains("sentinel-secret"));
     }
 }

@@ -19,5 +19,6 @@ pub mod metrics;
 pub mod redact;
 pub mod scope;
 pub mod scrub;
+pub mod sentinel;
 pub mod shutdown;
 pub mod telemetry;

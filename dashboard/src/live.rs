@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use hemostat_common::agent::spawn_critical;
-use hemostat_common::bus::{Bus, subscribe};
+use hemostat_common::bus::{Bus, subscribe_bus};
 use hemostat_common::events::{Channel, Envelope};
 use hemostat_common::http::Health;
 use hemostat_common::metrics::{AgentMetrics, ChannelLabel};
@@ -58,11 +58,7 @@ impl Live {
         let (events, _) = broadcast::channel(FANOUT);
         let (up_tx, redis_up) = watch::channel(true);
 
-        let mut rx = subscribe(
-            bus.client().clone(),
-            vec!["hemostat:*".into()],
-            shutdown.clone(),
-        );
+        let mut rx = subscribe_bus(bus, vec!["hemostat:*".into()], shutdown.clone());
         let tx = events.clone();
         let m = metrics.clone();
         spawn_critical(tracker, shutdown, "live fan-out", async move {

@@ -15,6 +15,7 @@ pub mod engine2;
 pub mod openai_stub;
 pub mod pipeline;
 pub mod records;
+pub mod sentinel;
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -61,7 +62,7 @@ pub fn random_id() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

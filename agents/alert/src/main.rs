@@ -103,8 +103,8 @@ async fn test(cfg: AlertConfig) -> anyhow::Result<bool> {
 }
 
 async fn silence(args: &AlertArgs, cmd: SilenceCommand, shutdown: &Shutdown) -> anyhow::Result<()> {
-    let bus = Bus::connect(
-        &args.common.redis_url,
+    let bus = Bus::connect_to(
+        &args.common.redis_target(),
         args.common.stream_maxlen,
         AgentMetrics::default(),
         Health::default(),

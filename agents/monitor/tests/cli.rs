@@ -37,6 +37,12 @@ fn bad_settings_exit_2_naming_the_variable() {
         ("HEMOSTAT_SCOPE_LABEL", "shop", "key=value"),
         ("HEMOSTAT_RESTART_SETTLE", "100ms", "at least 250ms"),
         ("HEMOSTAT_STARTUP_LOOKBACK", "200h", "at most"),
+        ("REDIS_SENTINELS", "sentinel-1", "host:port"),
+        (
+            "REDIS_SENTINELS",
+            "sentinel-1:26379,sentinel-2:port",
+            "host:port",
+        ),
     ];
     for (var, value, hint) in cases {
         let (code, text) = monitor(&[(var, value)]);
@@ -56,6 +62,17 @@ fn bad_settings_exit_2_naming_the_variable() {
 fn a_password_in_a_bad_redis_url_is_not_printed() {
     let (code, text) = monitor(&[("REDIS_URL", "http://:hunter2@redis:6379")]);
     assert_eq!(code, 2, "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[test]
+fn a_sentinel_password_is_not_printed() {
+    let (code, text) = monitor(&[
+        ("REDIS_SENTINELS", "sentinel-1"),
+        ("REDIS_SENTINEL_PASSWORD", "hunter2"),
+    ]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("REDIS_SENTINELS"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
 }
 
@@ -83,6 +100,9 @@ fn help_lists_every_variable() {
         "HEMOSTAT_BREACH_SAMPLES",
         "HEMOSTAT_REMINDER_INTERVAL",
         "HEMOSTAT_DISK_THRESHOLD",
+        "REDIS_SENTINELS",
+        "REDIS_SENTINEL_MASTER",
+        "REDIS_SENTINEL_PASSWORD",
     ] {
         assert!(help.contains(var), "--help does not mention {var}");
     }

@@ -73,8 +73,8 @@ async fn reset(args: &ResponderArgs, container: &str, shutdown: &Shutdown) -> an
     let d =
         docker::connect_docker(args.docker_host.as_deref(), &Health::default(), shutdown).await?;
     let host = host_id(args, &d).await?;
-    let bus = Bus::connect(
-        &args.common.redis_url,
+    let bus = Bus::connect_to(
+        &args.common.redis_target(),
         args.common.stream_maxlen,
         AgentMetrics::default(),
         Health::default(),

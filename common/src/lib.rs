@@ -8,6 +8,7 @@
 //!   the plumbing, as plain functions.
 
 pub mod acl;
+pub mod ask;
 pub mod agent;
 pub mod bus;
 pub mod config;

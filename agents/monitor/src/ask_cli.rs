@@ -20,7 +20,7 @@ pub struct AskArgs {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// How long to wait for the host's answer (at most 30s).
-    #[arg(long, global = true, default_value = "5s", value_parser = ask::parse_duration)]
+    #[arg(long, global = true, default_value = "5s", value_parser = hemostat_common::config::parse_duration)]
     timeout: Duration,
     /// Print the reply as JSON.
     #[arg(long, global = true)]

@@ -8,8 +8,8 @@
 //!   the plumbing, as plain functions.
 
 pub mod acl;
-pub mod ask;
 pub mod agent;
+pub mod ask;
 pub mod bus;
 pub mod config;
 pub mod docker;

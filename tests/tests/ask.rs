@@ -175,7 +175,14 @@ async fn no_monitor_is_a_timeout_within_the_deadline() {
     };
     let bus = bus(&redis).await;
     let started = Instant::now();
-    let r = ask::ask(&bus, "nobody", Query::Containers, Duration::from_secs(1), "test").await;
+    let r = ask::ask(
+        &bus,
+        "nobody",
+        Query::Containers,
+        Duration::from_secs(1),
+        "test",
+    )
+    .await;
     let took = started.elapsed();
     let Err(e @ AskError::Timeout { .. }) = r else {
         panic!("expected a timeout, got {r:?}");

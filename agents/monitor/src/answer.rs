@@ -94,7 +94,11 @@ async fn read_loop(
         let count = 1 + slots.available_permits();
         let from = pending_after.clone().unwrap_or_else(|| ">".to_owned());
         let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(ASK_GROUP).arg(CONSUMER).arg("COUNT").arg(count);
+        cmd.arg("GROUP")
+            .arg(ASK_GROUP)
+            .arg(CONSUMER)
+            .arg("COUNT")
+            .arg(count);
         if pending_after.is_none() {
             cmd.arg("BLOCK").arg(BLOCK.as_millis() as u64);
         }
@@ -176,7 +180,16 @@ async fn handle(docker: &Docker, bus: &Bus, host: &str, stream: &str, entry: Str
         .get(REQUEST_FIELD)
         .and_then(|v| redis::from_redis_value_ref(v).ok());
     let Some(payload) = payload else {
-        reject(bus, host, stream, &entry.id, "entry has no request field", "", None).await;
+        reject(
+            bus,
+            host,
+            stream,
+            &entry.id,
+            "entry has no request field",
+            "",
+            None,
+        )
+        .await;
         return;
     };
     if payload.len() > REQUEST_LIMIT {
@@ -306,7 +319,11 @@ async fn write_reply(
         .arg(ttl.as_millis().max(1) as u64)
         .ignore();
     if ack {
-        pipe.cmd("XACK").arg(stream).arg(ASK_GROUP).arg(entry_id).ignore();
+        pipe.cmd("XACK")
+            .arg(stream)
+            .arg(ASK_GROUP)
+            .arg(entry_id)
+            .ignore();
     }
     let give_up = tokio::time::Instant::now() + ttl;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
@@ -431,7 +448,12 @@ async fn inspect(docker: &Docker, container: &str) -> Result<InspectSummary, Ans
     let config = i.config.unwrap_or_default();
     Ok(InspectSummary {
         id: i.id.unwrap_or_default(),
-        name: scrub::scrub(i.name.as_deref().unwrap_or_default().trim_start_matches('/')),
+        name: scrub::scrub(
+            i.name
+                .as_deref()
+                .unwrap_or_default()
+                .trim_start_matches('/'),
+        ),
         image: scrub::scrub(config.image.as_deref().unwrap_or_default()),
         state,
         labels: relevant_labels(config.labels.unwrap_or_default()),
@@ -492,7 +514,10 @@ mod tests {
 
     #[test]
     fn health_is_read_from_the_status_text() {
-        assert_eq!(health_of("Up 3 minutes (healthy)").as_deref(), Some("healthy"));
+        assert_eq!(
+            health_of("Up 3 minutes (healthy)").as_deref(),
+            Some("healthy")
+        );
         assert_eq!(
             health_of("Up 3 minutes (unhealthy)").as_deref(),
             Some("unhealthy")

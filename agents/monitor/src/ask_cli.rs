@@ -110,7 +110,10 @@ pub fn main() -> ExitCode {
         let bus = match tokio::time::timeout(Duration::from_secs(5), connect).await {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
-                eprintln!("error: cannot connect to redis {}: {e}", redact::url(&args.redis_url));
+                eprintln!(
+                    "error: cannot connect to redis {}: {e}",
+                    redact::url(&args.redis_url)
+                );
                 return ExitCode::from(1);
             }
             Err(_) => {
@@ -165,7 +168,11 @@ fn print_reply(reply: &AskReply, json: bool) -> ExitCode {
         }
         Answer::Inspect(s) => {
             let st = &s.state;
-            println!("container   {} ({})", s.name, s.id.get(..12).unwrap_or(&s.id));
+            println!(
+                "container   {} ({})",
+                s.name,
+                s.id.get(..12).unwrap_or(&s.id)
+            );
             println!("image       {}", s.image);
             println!("state       {} (running: {})", st.status, st.running);
             println!("restarts    {}", st.restart_count);
@@ -174,7 +181,10 @@ fn print_reply(reply: &AskReply, json: bool) -> ExitCode {
             }
             println!("oom killed  {}", st.oom_killed);
             if let Some(h) = &st.health {
-                println!("health      {} (failing streak {})", h.status, h.failing_streak);
+                println!(
+                    "health      {} (failing streak {})",
+                    h.status, h.failing_streak
+                );
                 if let Some(out) = &h.last_output {
                     println!("last check  {out}");
                 }

@@ -194,7 +194,7 @@ pub enum Answer {
     Containers {
         containers: Vec<ContainerListing>,
     },
-    Inspect(InspectSummary),
+    Inspect(Box<InspectSummary>),
     Logs {
         /// Oldest first, scrubbed.
         lines: Vec<String>,

@@ -348,7 +348,7 @@ pub async fn answer(docker: &Docker, query: &Query) -> Answer {
     match query {
         Query::Containers => containers(docker).await,
         Query::Inspect { container } => match inspect(docker, container).await {
-            Ok(s) => Answer::Inspect(s),
+            Ok(s) => Answer::Inspect(Box::new(s)),
             Err(e) => e,
         },
         Query::Logs {
@@ -481,7 +481,7 @@ async fn logs(
     if let Some(since) = since {
         opts = opts.since(i32::try_from(since.timestamp()).unwrap_or(0).max(0));
     }
-    let mut read = docker.logs(&id, Some(opts.build()));
+    let mut read = std::pin::pin!(docker.logs(&id, Some(opts.build())));
     let mut text = String::new();
     let mut cut = false;
     while let Some(chunk) = read.next().await {

@@ -59,7 +59,8 @@ async fn a_host_answers_containers_inspect_and_logs_scrubbed_and_bounded() {
         "line three",
     ]);
     let p = Patient::start(&docker, &prefix, "talker", spec).await;
-    let monitor = RunningMonitor::start(&redis.url(), &["--scope-label", "hemostat.none"]).await;
+    let monitor =
+        RunningMonitor::start(&redis.url(), &["--scope-label", "hemostat.test-ask=none"]).await;
     let bus = bus(&redis).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -204,7 +205,8 @@ async fn a_request_made_while_the_monitor_restarts_is_answered() {
         require("docker", "no engine");
         return;
     }
-    let monitor = RunningMonitor::start(&redis.url(), &["--scope-label", "hemostat.none"]).await;
+    let monitor =
+        RunningMonitor::start(&redis.url(), &["--scope-label", "hemostat.test-ask=none"]).await;
     assert!(monitor.stop().await);
     // The request waits in the stream while no monitor runs.
     let request = AskRequest {
@@ -223,7 +225,8 @@ async fn a_request_made_while_the_monitor_restarts_is_answered() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let monitor = RunningMonitor::start(&redis.url(), &["--scope-label", "hemostat.none"]).await;
+    let monitor =
+        RunningMonitor::start(&redis.url(), &["--scope-label", "hemostat.test-ask=none"]).await;
     let popped: Option<(String, String)> = redis::cmd("BLPOP")
         .arg(ask::reply_key(&request.id))
         .arg(10)
@@ -248,7 +251,8 @@ async fn bench_ask_logs_round_trip() {
     let prefix = format!("askb-{}", random_id());
     let spec = PatientSpec::watched(&["run", "--log-lines-at-start", "hello"]);
     let p = Patient::start(&docker, &prefix, "bench", spec).await;
-    let monitor = RunningMonitor::start(&redis.url(), &["--scope-label", "hemostat.none"]).await;
+    let monitor =
+        RunningMonitor::start(&redis.url(), &["--scope-label", "hemostat.test-ask=none"]).await;
     let bus = bus(&redis).await;
     let mut took = Vec::new();
     for _ in 0..100 {

@@ -7,8 +7,10 @@
 //! - only the analyzer adds remediation requests and false alarms;
 //! - only the responder adds results and owns locks, breakers, queues and its history;
 //! - only the alert agent owns the notification state;
-//! - the dashboard adds audit entries and silences and may delete a breaker (a reset), and
-//!   nothing else: no remediation request, no result, no lock.
+//! - the dashboard adds audit entries and silences and may delete a breaker (a reset), asks
+//!   a host (`XADD` to `hemostat:ask:*`, `BLPOP` on `hemostat:reply:*`), and nothing else: no
+//!   remediation request, no result, no lock;
+//! - only the monitor reads the ask streams (as a consumer group) and writes replies.
 //!
 //! A consumer group changes the stream it reads (`XREADGROUP`, `XACK` are writes), so reading
 //! a stream as a consumer is granted by a separate selector that allows only the consumer
@@ -62,9 +64,18 @@ pub fn rules(service: &str) -> Option<Vec<String>> {
         match service {
             "monitor" => (
                 AGENT_COMMANDS,
-                &["~hemostat:stream:health_alert", "~hemostat:stream:metrics"],
+                &[
+                    "~hemostat:stream:health_alert",
+                    "~hemostat:stream:metrics",
+                    "~hemostat:reply:*",
+                ],
                 &["&hemostat:health_alert", "&hemostat:metrics"],
-                vec![],
+                // Asks to its host are read as a consumer group, never added or trimmed.
+                vec![
+                    "(~hemostat:ask:* -@all +xreadgroup +xack +xgroup|create \
+                     +xinfo|groups +xinfo|stream)"
+                        .to_owned(),
+                ],
             ),
             "analyzer" => (
                 AGENT_COMMANDS,
@@ -127,6 +138,9 @@ pub fn rules(service: &str) -> Option<Vec<String>> {
                     "(~hemostat:breaker:* ~hemostat:history:* -@all +del +exists)".to_owned(),
                     "(&hemostat:* -@all +psubscribe +punsubscribe +subscribe +unsubscribe)"
                         .to_owned(),
+                    // Asking a host: add a request, wait for its reply.
+                    "(~hemostat:ask:* -@all +xadd)".to_owned(),
+                    "(~hemostat:reply:* -@all +blpop)".to_owned(),
                 ],
             ),
             _ => return None,

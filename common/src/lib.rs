@@ -9,6 +9,7 @@
 
 pub mod acl;
 pub mod agent;
+pub mod ask;
 pub mod bus;
 pub mod config;
 pub mod docker;

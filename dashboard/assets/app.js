@@ -224,7 +224,9 @@
     const rows = d.containers.map((c) => el('tr', { dataset: { host: c.host, container: c.name } },
       el('th', { scope: 'row' }, el('span', { class: 'name' }, c.name),
         el('span', { class: 'muted small block' }, c.host + (c.image ? ' · ' + c.image : '')),
-        c.protected ? el('span', { class: 'small block' }, '◆ protected') : null),
+        c.protected ? el('span', { class: 'small block' }, '◆ protected') : null,
+        el('button', { type: 'button', class: 'small-btn logs-btn', onclick: () => showLogs(c.host, c.name) },
+          'Logs', el('span', { class: 'visually-hidden' }, ' of ' + c.name))),
       el('td', {}, badge(c.state)),
       el('td', {}, badge(c.health, c.unhealthy && c.problem ? 'unhealthy: ' + c.problem : c.health),
         c.problem_summary && c.unhealthy ? el('span', { class: 'small block' }, c.problem_summary) : null),
@@ -245,6 +247,26 @@
         : el('span', { class: 'muted' }, 'none'))));
     replace($('#containers-table tbody'),
       rows.length ? rows : el('tr', {}, el('td', { colspan: 8, class: 'muted' }, 'No containers seen yet.')));
+  }
+
+  // Asks the container's own host for its log tail; the lines are shown as text only.
+  async function showLogs(host, name) {
+    const panel = $('#logs');
+    panel.hidden = false;
+    $('#logs-title').textContent = 'Logs of ' + name + ' on ' + host;
+    const pre = $('#logs-text');
+    pre.textContent = 'Asking ' + host + '…';
+    const path = '/api/hosts/' + encodeURIComponent(host) + '/containers/' +
+      encodeURIComponent(name) + '/logs?tail=100';
+    try {
+      const reply = await api(path);
+      const r = reply.result;
+      pre.textContent = r.lines.length ? r.lines.join('\n') : '(no lines)';
+      $('#logs-note').textContent = r.truncated ? r.dropped + ' older lines left out.' : '';
+    } catch (e) {
+      pre.textContent = '';
+      $('#logs-note').textContent = e.message;
+    }
   }
 
   function timelineEntry(item, live) {

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod hosts;
 pub mod live;
 pub mod model;
 pub mod store;

@@ -143,6 +143,61 @@ async fn each_service_may_write_only_what_its_job_needs() {
         ),
         ("responder", vec!["SET", "hemostat:lock:h:c", "me"], true),
         ("dashboard", vec!["SET", "hemostat:lock:h:c", "me"], false),
+        // Asking a host: the dashboard adds a request and waits for its reply; only the
+        // monitor reads the requests (as a group) and writes replies.
+        ("dashboard", xadd("hemostat:ask:h"), true),
+        (
+            "dashboard",
+            vec!["BLPOP", "hemostat:reply:r1", "0.01"],
+            true,
+        ),
+        ("dashboard", vec!["RPUSH", "hemostat:reply:r1", "{}"], false),
+        ("dashboard", vec!["DEL", "hemostat:ask:h"], false),
+        (
+            "dashboard",
+            vec!["XTRIM", "hemostat:ask:h", "MAXLEN", "0"],
+            false,
+        ),
+        ("analyzer", xadd("hemostat:ask:h"), false),
+        ("responder", vec!["RPUSH", "hemostat:reply:r1", "{}"], false),
+        ("monitor", vec!["RPUSH", "hemostat:reply:r1", "{}"], true),
+        (
+            "monitor",
+            vec!["PEXPIRE", "hemostat:reply:r1", "5000"],
+            true,
+        ),
+        ("monitor", xadd("hemostat:ask:h"), false),
+        ("monitor", vec!["XDEL", "hemostat:ask:h", "0-1"], false),
+        (
+            "monitor",
+            vec![
+                "XGROUP",
+                "CREATE",
+                "hemostat:ask:h",
+                "monitor",
+                "0",
+                "MKSTREAM",
+            ],
+            true,
+        ),
+        (
+            "monitor",
+            vec![
+                "XREADGROUP",
+                "GROUP",
+                "monitor",
+                "monitor",
+                "STREAMS",
+                "hemostat:ask:h",
+                ">",
+            ],
+            true,
+        ),
+        (
+            "monitor",
+            vec!["XACK", "hemostat:ask:h", "monitor", "0-1"],
+            true,
+        ),
         ("dashboard", vec!["DEL", "hemostat:lock:h:c"], false),
         ("alert", vec!["SET", "hemostat:breaker:h:c", "open"], false),
         (

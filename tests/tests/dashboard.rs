@@ -2039,3 +2039,85 @@ async fn binary_never_logs_the_token_and_checks_its_settings() {
         "the token reached the logs:\n{logs}"
     );
 }
+
+/// Asking a host through the dashboard: behind the read token, the host's reply passed through
+/// as it is (here from a stand-in monitor that answers one request), a silent host a 504 that
+/// says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_a_host_needs_the_read_token_and_a_silent_host_is_a_timeout() {
+    use hemostat_common::ask;
+    init_logs();
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let read = "reader-0123456789abcdef";
+    let d = Running::start_with(&redis, Some(TOKEN), &[&format!("--read-token={read}")]).await;
+    let path = format!("/api/hosts/{H1}/containers/web/logs?tail=5&since=10m");
+    assert_eq!(d.get(&path).await.status, 401);
+
+    // A stand-in for H1's monitor: one request, answered with two lines.
+    let client = redis.client();
+    let answerer = tokio::spawn(async move {
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let read: redis::streams::StreamReadReply = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(10_000)
+            .arg("STREAMS")
+            .arg(ask::ask_stream(H1))
+            .arg("0")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let entry = &read.keys[0].ids[0];
+        let json: String = entry.get(ask::REQUEST_FIELD).unwrap();
+        let request: ask::AskRequest = serde_json::from_str(&json).unwrap();
+        let reply = ask::AskReply {
+            request_id: request.id.clone(),
+            host: H1.into(),
+            answered_at: Utc::now(),
+            result: ask::Answer::Logs {
+                lines: vec!["one".into(), "<b>two</b>".into()],
+                dropped: 0,
+                truncated: false,
+            },
+        };
+        let _: () = redis::cmd("RPUSH")
+            .arg(ask::reply_key(&request.id))
+            .arg(serde_json::to_string(&reply).unwrap())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        request
+    });
+    let bearer = format!("Bearer {read}");
+    let r = http(d.addr, "GET", &path, &[("Authorization", &bearer)], None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["result"]["lines"][1], "<b>two</b>");
+    let request = answerer.await.unwrap();
+    assert!(
+        matches!(
+            &request.query,
+            ask::Query::Logs { container, tail: Some(5), since: Some(_) } if container == "web"
+        ),
+        "{:?}",
+        request.query
+    );
+    assert_eq!(request.asked_by, "dashboard");
+
+    let started = Instant::now();
+    let r = http(
+        d.addr,
+        "GET",
+        "/api/hosts/nobody/containers",
+        &[("Authorization", &bearer)],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(
+        r.json()["error"],
+        "host nobody did not answer within 5 s (is its monitor running?)"
+    );
+    assert!(started.elapsed() < Duration::from_secs(7));
+    assert!(d.stop().await);
+}

@@ -9,6 +9,8 @@
 //!
 //! Architecture invariant: the monitor only reads from Docker; it never changes a container.
 
+pub mod answer;
+pub mod ask_cli;
 pub mod config;
 pub mod detect;
 pub mod host;
@@ -163,6 +165,15 @@ pub fn spawn(cfg: MonitorConfig, docker: Docker, ctx: &AgentContext) {
             cfg.clone(),
             docker.clone(),
             out.clone(),
+            ctx.shutdown.clone(),
+        ),
+    );
+    ctx.spawn_critical(
+        "answer_asks",
+        answer::answer_forever(
+            docker.clone(),
+            ctx.bus.clone(),
+            ctx.identity.host.clone(),
             ctx.shutdown.clone(),
         ),
     );

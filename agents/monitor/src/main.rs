@@ -5,6 +5,10 @@ use hemostat_common::http::Health;
 use hemostat_monitor::config::MonitorArgs;
 
 fn main() -> std::process::ExitCode {
+    // A one-off question to a host's monitor, not the agent itself.
+    if std::env::args().nth(1).as_deref() == Some("ask") {
+        return hemostat_monitor::ask_cli::main();
+    }
     agent::main(
         "hemostat-monitor",
         |a: &MonitorArgs| &a.common,

@@ -303,6 +303,17 @@ where
     });
 }
 
+/// The name of the machine (or container) this process runs on: `HOSTNAME`, else
+/// `/etc/hostname`, else `unknown`. For agents that read no Docker engine to ask its name.
+pub fn machine_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::expect_used)]
@@ -367,15 +378,4 @@ mod tests {
         drop(rt);
         assert!(!shutdown.failed(), "a runtime going away is not a failure");
     }
-}
-
-/// The name of the machine (or container) this process runs on: `HOSTNAME`, else
-/// `/etc/hostname`, else `unknown`. For agents that read no Docker engine to ask its name.
-pub fn machine_name() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
 }

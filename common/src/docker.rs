@@ -110,6 +110,56 @@ pub fn container_state(i: &ContainerInspectResponse) -> Option<ContainerState> {
     })
 }
 
+/// The newest `lines` lines of a container's stdout and stderr, scrubbed as one text and cut to
+/// `budget` bytes (newest kept), read within `timeout`. Whatever arrived before the timeout or
+/// an error is used; an unreadable log is an empty tail, never a failure: the alert matters
+/// more than its context.
+pub async fn log_tail(
+    docker: &Docker,
+    id: &str,
+    lines: usize,
+    budget: usize,
+    timeout: Duration,
+) -> crate::events::LogTail {
+    use futures::StreamExt as _;
+    if lines == 0 {
+        return crate::events::LogTail::default();
+    }
+    let opts = bollard::query_parameters::LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(true)
+        .tail(&lines.to_string())
+        .build();
+    let mut chunks = Vec::new();
+    // Chunks are lines for a container without a TTY; bound them anyway, so a container that
+    // writes without newlines cannot make this read unbounded.
+    let mut read = docker.logs(id, Some(opts)).take(lines * 4);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, read.next()).await {
+            Ok(Some(Ok(chunk))) => chunks.push(chunk.to_string()),
+            Ok(Some(Err(e))) => {
+                tracing::debug!(container = id, error = %e, "log read failed");
+                break;
+            }
+            Ok(None) => break,
+            Err(_) => {
+                tracing::debug!(container = id, ?timeout, "log read timed out");
+                break;
+            }
+        }
+    }
+    let all: Vec<String> = chunks
+        .iter()
+        .flat_map(|c| c.lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    let start = all.len().saturating_sub(lines);
+    // The whole tail is scrubbed as one text, so a key printed over many lines, or one the
+    // tail starts or ends inside, goes whole.
+    let (lines, dropped) = crate::scrub::scrub_and_trim(&all[start..], budget);
+    crate::events::LogTail { lines, dropped }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -171,54 +221,4 @@ mod tests {
         }
         assert!(client(Some("ftp://docker:21")).is_err());
     }
-}
-
-/// The newest `lines` lines of a container's stdout and stderr, scrubbed as one text and cut to
-/// `budget` bytes (newest kept), read within `timeout`. Whatever arrived before the timeout or
-/// an error is used; an unreadable log is an empty tail, never a failure: the alert matters
-/// more than its context.
-pub async fn log_tail(
-    docker: &Docker,
-    id: &str,
-    lines: usize,
-    budget: usize,
-    timeout: Duration,
-) -> crate::events::LogTail {
-    use futures::StreamExt as _;
-    if lines == 0 {
-        return crate::events::LogTail::default();
-    }
-    let opts = bollard::query_parameters::LogsOptionsBuilder::new()
-        .stdout(true)
-        .stderr(true)
-        .tail(&lines.to_string())
-        .build();
-    let mut chunks = Vec::new();
-    // Chunks are lines for a container without a TTY; bound them anyway, so a container that
-    // writes without newlines cannot make this read unbounded.
-    let mut read = docker.logs(id, Some(opts)).take(lines * 4);
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match tokio::time::timeout_at(deadline, read.next()).await {
-            Ok(Some(Ok(chunk))) => chunks.push(chunk.to_string()),
-            Ok(Some(Err(e))) => {
-                tracing::debug!(container = id, error = %e, "log read failed");
-                break;
-            }
-            Ok(None) => break,
-            Err(_) => {
-                tracing::debug!(container = id, ?timeout, "log read timed out");
-                break;
-            }
-        }
-    }
-    let all: Vec<String> = chunks
-        .iter()
-        .flat_map(|c| c.lines().map(str::to_owned).collect::<Vec<_>>())
-        .collect();
-    let start = all.len().saturating_sub(lines);
-    // The whole tail is scrubbed as one text, so a key printed over many lines, or one the
-    // tail starts or ends inside, goes whole.
-    let (lines, dropped) = crate::scrub::scrub_and_trim(&all[start..], budget);
-    crate::events::LogTail { lines, dropped }
 }

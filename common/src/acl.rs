@@ -10,7 +10,8 @@
 //! - the dashboard adds audit entries and silences and may delete a breaker (a reset), asks
 //!   a host (`XADD` to `hemostat:ask:*`, `BLPOP` on `hemostat:reply:*`), and nothing else: no
 //!   remediation request, no result, no lock;
-//! - only the monitor reads the ask streams (as a consumer group) and writes replies.
+//! - only the monitor reads the ask streams (as a consumer group) and writes replies; it may
+//!   also ask (its `ask` command runs with its credentials).
 //!
 //! A consumer group changes the stream it reads (`XREADGROUP`, `XACK` are writes), so reading
 //! a stream as a consumer is granted by a separate selector that allows only the consumer
@@ -70,9 +71,11 @@ pub fn rules(service: &str) -> Option<Vec<String>> {
                     "~hemostat:reply:*",
                 ],
                 &["&hemostat:health_alert", "&hemostat:metrics"],
-                // Asks to its host are read as a consumer group, never added or trimmed.
+                // Asks to its host are read as a consumer group; `hemostat-monitor ask`, run in
+                // the monitor's container with its credentials, adds one. Never deleted or
+                // trimmed other than by the capped XADD.
                 vec![
-                    "(~hemostat:ask:* -@all +xreadgroup +xack +xgroup|create \
+                    "(~hemostat:ask:* -@all +xadd +xreadgroup +xack +xgroup|create \
                      +xinfo|groups +xinfo|stream)"
                         .to_owned(),
                 ],

@@ -166,7 +166,8 @@ async fn each_service_may_write_only_what_its_job_needs() {
             vec!["PEXPIRE", "hemostat:reply:r1", "5000"],
             true,
         ),
-        ("monitor", xadd("hemostat:ask:h"), false),
+        // `hemostat-monitor ask` runs with the monitor's credentials.
+        ("monitor", xadd("hemostat:ask:h"), true),
         ("monitor", vec!["XDEL", "hemostat:ask:h", "0-1"], false),
         (
             "monitor",

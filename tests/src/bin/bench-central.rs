@@ -25,8 +25,8 @@ use axum::routing::post;
 use clap::Parser;
 use hemostat_common::bus::Bus;
 use hemostat_common::events::{
-    Action, AlertKind, Channel, ContainerAlert, ContainerRef, ContainerState, Detection,
-    Envelope, Outcome, Payload, RemediationResult, Severity,
+    Action, AlertKind, Channel, ContainerAlert, ContainerRef, ContainerState, Detection, Envelope,
+    LogTail, Outcome, Payload, RemediationResult, Severity,
 };
 use hemostat_common::http::Health;
 use hemostat_common::metrics::AgentMetrics;
@@ -79,7 +79,14 @@ fn redis_benchmark(
 ) -> anyhow::Result<f64> {
     let out = Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &redis.port().to_string()])
-        .args(["-c", "10", "-n", &n.to_string(), "-P", &pipeline.to_string()])
+        .args([
+            "-c",
+            "10",
+            "-n",
+            &n.to_string(),
+            "-P",
+            &pipeline.to_string(),
+        ])
         .arg("--csv")
         .args(cmd)
         .output()
@@ -144,7 +151,10 @@ fn alert(h: usize, c: usize, crash: bool) -> Envelope {
             since: None,
             docker_event_time: None,
             protected: false,
-            logs: Some(format!("worker finished with status {code}\n")),
+            logs: Some(LogTail {
+                lines: vec![format!("worker finished with status {code}")],
+                dropped: 0,
+            }),
         }),
     )
 }
@@ -218,7 +228,12 @@ async fn reader(
         Channel::Alerts.stream(),
         hemostat_alert::HISTORY_STREAM,
     ];
-    let mut last = ["0-0".to_owned(), "0-0".to_owned(), "0-0".to_owned(), "0-0".to_owned()];
+    let mut last = [
+        "0-0".to_owned(),
+        "0-0".to_owned(),
+        "0-0".to_owned(),
+        "0-0".to_owned(),
+    ];
     while !stop.is_cancelled() {
         HARNESS_COMMANDS.fetch_add(1, Ordering::Relaxed);
         let reply: Option<StreamReadReply> = redis::cmd("XREAD")
@@ -333,7 +348,12 @@ async fn commandstats(conn: &mut MultiplexedConnection) -> anyhow::Result<HashMa
         .lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
             Some((name.to_owned(), calls))
         })
         .collect())
@@ -376,8 +396,7 @@ async fn pending(conn: &mut MultiplexedConnection, groups: &[(&str, &str)]) -> u
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.alerts == 0 || args.hosts == 0 || args.containers_per_host == 0 || args.replicas == 0
-    {
+    if args.alerts == 0 || args.hosts == 0 || args.containers_per_host == 0 || args.replicas == 0 {
         bail!("--alerts, --hosts, --containers-per-host and --replicas must be at least 1");
     }
     let redis = TestRedis::start().context("redis-server is required")?;
@@ -492,7 +511,12 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let stop = tokio_util::sync::CancellationToken::new();
-    let read = tokio::spawn(reader(redis.client(), bus.clone(), seen.clone(), stop.clone()));
+    let read = tokio::spawn(reader(
+        redis.client(),
+        bus.clone(),
+        seen.clone(),
+        stop.clone(),
+    ));
 
     let ticks = bench::clock_ticks() as f64;
     let mut pids: Vec<(String, u32)> = agents.iter().map(|(n, a)| (n.clone(), a.pid())).collect();
@@ -514,7 +538,10 @@ async fn main() -> anyhow::Result<()> {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(env) = envs.get(i) else { break };
-                seen.lock().await.published.insert(env.id.clone(), Instant::now());
+                seen.lock()
+                    .await
+                    .published
+                    .insert(env.id.clone(), Instant::now());
                 // As the monitor publishes: XADD and PUBLISH in one MULTI (four commands).
                 HARNESS_COMMANDS.fetch_add(4, Ordering::Relaxed);
                 bus.publish(env).await?;
@@ -534,7 +561,11 @@ async fn main() -> anyhow::Result<()> {
     let timed_out = loop {
         let (traced, expected, missing) = {
             let s = seen.lock().await;
-            let missing = s.expected.iter().filter(|e| !s.recorded.contains_key(*e)).count();
+            let missing = s
+                .expected
+                .iter()
+                .filter(|e| !s.recorded.contains_key(*e))
+                .count();
             (s.traced.len(), s.expected.len(), missing)
         };
         if traced >= args.alerts && missing == 0 {

@@ -689,7 +689,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|(k, v)| (k.clone(), v.saturating_sub(*stats0.get(k).unwrap_or(&0))))
         .filter(|(_, v)| *v > 0)
         .collect();
-    per.sort_by(|a, b| b.1.cmp(&a.1));
+    per.sort_by_key(|c| std::cmp::Reverse(c.1));
     println!("redis commands per alert, by command (agents and harness together):");
     for (name, calls) in per.iter().take(16) {
         println!("  {name:<24} {:>6.2}", *calls as f64 / n as f64);

@@ -191,7 +191,6 @@ mod tests {
             (&["--openai-base-url", "ftp://x"], "OPENAI_BASE_URL"),
             (&["--llm-timeout", "1ms"], "HEMOSTAT_LLM_TIMEOUT"),
             (&["--llm-rate", "0"], "HEMOSTAT_LLM_RATE"),
-            (&["--log-lines", "many"], "HEMOSTAT_LOG_LINES"),
             (&["--concurrency", "0"], "HEMOSTAT_ANALYZER_CONCURRENCY"),
         ];
         for (args, var) in cases {

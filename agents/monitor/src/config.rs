@@ -486,6 +486,11 @@ mod tests {
                 &["--stats-concurrency", "513"],
                 "HEMOSTAT_STATS_CONCURRENCY",
             ),
+            (&["--log-lines", "many"], "HEMOSTAT_LOG_LINES"),
+            (&["--log-lines", "1001"], "HEMOSTAT_LOG_LINES"),
+            (&["--log-bytes", "100"], "HEMOSTAT_LOG_BYTES"),
+            (&["--log-timeout", "1ms"], "HEMOSTAT_LOG_TIMEOUT"),
+            (&["--log-timeout", "1m"], "HEMOSTAT_LOG_TIMEOUT"),
         ];
         for (args, var) in cases {
             let err = parse(args).unwrap_err();

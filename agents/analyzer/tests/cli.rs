@@ -29,7 +29,7 @@ fn bad_settings_exit_2_naming_the_variable() {
         ("OPENAI_BASE_URL", "localhost:11434", "http(s) URL"),
         ("HEMOSTAT_LLM_TIMEOUT", "forever", "expected e.g. 10s"),
         ("HEMOSTAT_LLM_RATE", "0", "1..=100000"),
-        ("HEMOSTAT_LOG_BYTES", "10", "256..=1000000"),
+        ("HEMOSTAT_CRASH_LOOP_BUDGET", "0", "1..=1000"),
         ("REDIS_URL", "mysql://db", "redis://"),
     ];
     for (var, value, hint) in cases {

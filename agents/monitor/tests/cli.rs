@@ -33,6 +33,7 @@ fn bad_settings_exit_2_naming_the_variable() {
         ("LOG_FORMAT", "xml", "json"),
         ("HEMOSTAT_LISTEN", "not-an-address", "not-an-address"),
         ("HEMOSTAT_BREACH_SAMPLES", "0", "1..=1000"),
+        ("HEMOSTAT_LOG_BYTES", "10", "256..=65536"),
         ("HEMOSTAT_HOST_BREACH_SAMPLES", "0", "from 1 to 1000"),
         ("HEMOSTAT_SCOPE_LABEL", "shop", "key=value"),
         ("HEMOSTAT_RESTART_SETTLE", "100ms", "at least 250ms"),

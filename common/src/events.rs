@@ -20,6 +20,13 @@ pub const DEAD_LETTER_STREAM: &str = "hemostat:stream:dead_letter";
 pub const AUDIT_STREAM: &str = "hemostat:stream:audit";
 /// Prefix of the per-instance liveness keys: `hemostat:heartbeat:<agent>:<instance>`, with a TTL.
 pub const HEARTBEAT_KEY_PREFIX: &str = "hemostat:heartbeat:";
+/// The responder's "reported" marker of a request (`hemostat:seen:responder:<host>:<request
+/// id>`). It is set in the same atomic step that publishes the request's
+/// `remediation_complete`, so while it exists the request is finished, whether or not a reader
+/// has seen the report yet.
+pub fn responder_reported_key(host: &str, request_id: &str) -> String {
+    format!("hemostat:seen:responder:{host}:{request_id}")
+}
 /// The field of a stream entry that holds the envelope's JSON.
 pub const STREAM_FIELD_ENVELOPE: &str = "envelope";
 /// The field of a stream entry that holds the envelope's `event_type`, for cheap filtering.

@@ -1458,6 +1458,59 @@ async fn only_the_same_problem_folds_into_a_remediation() {
     assert!(an.stop().await);
 }
 
+/// A mark whose request the responder has already reported (its report's clear was lost: the
+/// analyzer died, or Redis failed over, in between) does not swallow the next death: that
+/// death is analysed and requested, and the stale mark is replaced by the new request's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mark_outliving_its_reported_request_folds_nothing() {
+    let w = setup!();
+    let p = w.patient("lost-clear", &["ERROR upstream closed"]).await;
+    let an = w.analyzer(&[]).await;
+    let metrics = an.analyzer.metrics.clone();
+    let first = died(&p, 1);
+    w.publish(&first).await;
+    let request = w.expect(Channel::RemediationNeeded, &first.id).await;
+    w.until_inflight(&p, ProblemKind::Died, Some(&request.id))
+        .await;
+
+    // While the mark is live and unreported, a second report of the death folds.
+    let again = died(&p, 1);
+    w.publish(&again).await;
+    assert_eq!(w.fold_of(&again.id).await.into, request.id);
+
+    // The responder's report marker exists (set with its remediation_complete), but the
+    // analyzer never saw that report: the mark is stale.
+    let mut conn = w.redis.conn().await;
+    let _: () = redis::cmd("SET")
+        .arg(hemostat_common::events::responder_reported_key(
+            HOST,
+            &request.id,
+        ))
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let later = died(&p, 1);
+    w.publish(&later).await;
+    let next = w.expect(Channel::RemediationNeeded, &later.id).await;
+    assert_eq!(remediation(&next).action, Action::Restart);
+    assert_ne!(next.id, request.id);
+    assert_eq!(
+        w.inflight(&p, ProblemKind::Died).await.as_deref(),
+        Some(next.id.as_str()),
+        "the new request holds the mark"
+    );
+    assert_eq!(metrics.stale_marks.get(), 1);
+    assert_eq!(
+        metrics.folded.get(),
+        1,
+        "only the report before it was folded"
+    );
+    assert_eq!(w.folds().await.len(), 1);
+    w.assert_only_target(&p, &[]).await;
+    assert!(an.stop().await);
+}
+
 /// An alert published before any analyzer ever ran (no consumer group yet) is answered once
 /// one starts; one older than the new group's look-back is history and is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,7 +34,7 @@ use hemostat_common::bus::{Bus, ConsumerConfig, RecentWindow, consume};
 use hemostat_common::events::{
     Action, AnalysisMethod, Channel, ContainerAlert, ContainerRef, Envelope, Escalation,
     EscalationKind, FalseAlarm, Fold, HostAlert, Payload, Problem, ProblemKind, RemediationRequest,
-    Severity,
+    Severity, responder_reported_key,
 };
 use hemostat_common::scrub;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -68,6 +68,8 @@ pub struct VerdictLabel {
 pub struct AnalyzerMetrics {
     pub verdicts: Family<VerdictLabel, Counter>,
     pub folded: Counter,
+    /// In-flight marks found after their request was reported (a lost clear) and removed.
+    pub stale_marks: Counter,
     pub duplicates: Counter,
     pub llm_fallbacks: Counter,
 }
@@ -249,6 +251,11 @@ impl Analyzer {
                 self.metrics.folded.clone(),
             );
             r.register(
+                "hemostat_analyzer_stale_inflight_marks",
+                "In-flight marks found after the responder had reported their request, and removed",
+                self.metrics.stale_marks.clone(),
+            );
+            r.register(
                 "hemostat_analyzer_duplicates",
                 "Redelivered alerts that were already answered",
                 self.metrics.duplicates.clone(),
@@ -310,6 +317,32 @@ impl Analyzer {
         let cleared: i64 = inv.invoke_async(&mut conn).await?;
         tracing::debug!(request_id = %r.request_id, cleared, "remediation reported");
         Ok(())
+    }
+
+    /// Whether the in-flight mark `key` (holding `request`) outlived its request: the responder
+    /// has reported on it, but the clear that report should have caused never ran (the
+    /// analyzer died, or Redis failed over, between the two). Such a mark is removed (only if
+    /// it still holds `request`) and the alert is analysed: folding it into a finished
+    /// remediation would leave a new problem unanswered.
+    async fn stale_mark(&self, env: &Envelope, key: &str, request: &str) -> anyhow::Result<bool> {
+        let mut conn = self.bus.connection();
+        let reported: bool = redis::cmd("EXISTS")
+            .arg(responder_reported_key(&env.host, request))
+            .query_async(&mut conn)
+            .await?;
+        if !reported {
+            return Ok(false);
+        }
+        static CLEAR: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(CLEAR_SCRIPT));
+        let cleared: i64 = CLEAR.key(key).arg(request).invoke_async(&mut conn).await?;
+        self.metrics.stale_marks.inc();
+        tracing::info!(
+            request,
+            cleared,
+            "the remediation this alert would join was already reported; analysing it"
+        );
+        Ok(true)
     }
 
     /// Records that `env` joined `into` instead of getting a verdict of its own, once: the
@@ -378,7 +411,9 @@ impl Analyzer {
         if let Some(key) = &inflight {
             let mut conn = self.bus.connection();
             let request: Option<String> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
-            if let Some(into) = request {
+            if let Some(into) = request
+                && !self.stale_mark(env, key, &into).await?
+            {
                 return self.fold(env, a, marker, into, Joined::Remediation).await;
             }
         }

@@ -59,7 +59,7 @@ pub mod keys {
         format!("hemostat:job:{host}:{id}")
     }
     pub fn handled(host: &str, id: &str) -> String {
-        format!("hemostat:seen:responder:{host}:{id}")
+        hemostat_common::events::responder_reported_key(host, id)
     }
     /// "This escalation was sent": one per storm, breaker opening or restart-policy loop.
     pub fn escalated(host: &str, what: &str) -> String {

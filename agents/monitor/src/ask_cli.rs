@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use hemostat_common::ask::{self, Answer, AskReply, Query};
 use hemostat_common::bus::Bus;
+use hemostat_common::config::CommonArgs;
 use hemostat_common::http::Health;
 use hemostat_common::metrics::AgentMetrics;
 use hemostat_common::redact;
@@ -16,9 +17,10 @@ use hemostat_common::shutdown::Shutdown;
 #[derive(Debug, Parser)]
 #[command(name = "hemostat-monitor ask")]
 pub struct AskArgs {
-    /// Redis to ask through.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    redis_url: String,
+    /// Redis to ask through: the agent's own settings (`REDIS_URL`, `REDIS_SENTINELS`...),
+    /// so the command run in the monitor's container finds the master the monitor uses.
+    #[command(flatten)]
+    common: CommonArgs,
     /// How long to wait for the host's answer (at most 30s).
     #[arg(long, global = true, default_value = "5s", value_parser = hemostat_common::config::parse_duration)]
     timeout: Duration,
@@ -88,6 +90,10 @@ pub fn main() -> ExitCode {
             }
         }
     };
+    if let Err(e) = args.common.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -100,8 +106,9 @@ pub fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         let shutdown = Shutdown::new();
-        let connect = Bus::connect(
-            &args.redis_url,
+        let target = args.common.redis_target();
+        let connect = Bus::connect_to(
+            &target,
             1000,
             AgentMetrics::default(),
             Health::default(),
@@ -112,14 +119,14 @@ pub fn main() -> ExitCode {
             Ok(Err(e)) => {
                 eprintln!(
                     "error: cannot connect to redis {}: {e}",
-                    redact::url(&args.redis_url)
+                    redact::url(&args.common.redis_url)
                 );
                 return ExitCode::from(1);
             }
             Err(_) => {
                 eprintln!(
                     "error: redis {} did not answer within 5 s",
-                    redact::url(&args.redis_url)
+                    redact::url(&args.common.redis_url)
                 );
                 return ExitCode::from(1);
             }
@@ -223,4 +230,48 @@ fn print_reply(reply: &AskReply, json: bool) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn it_parses_with_the_agents_redis_settings() {
+        let args = AskArgs::try_parse_from([
+            "ask",
+            "--redis-url",
+            "redis://:pw@127.0.0.1:6390/2",
+            "--redis-sentinels",
+            "127.0.0.1:26379,127.0.0.1:26380",
+            "--redis-sentinel-master",
+            "hemo",
+            "host-a",
+            "logs",
+            "web",
+            "--tail",
+            "20",
+        ])
+        .unwrap();
+        assert!(args.common.validate().is_ok());
+        let target = args.common.redis_target();
+        assert_eq!(target.url, "redis://:pw@127.0.0.1:6390/2");
+        let sentinels = target.sentinels.unwrap();
+        assert_eq!(sentinels.addrs, ["127.0.0.1:26379", "127.0.0.1:26380"]);
+        assert_eq!(sentinels.master, "hemo");
+        assert_eq!(args.host, "host-a");
+        assert!(matches!(args.what, What::Logs { tail: 20, .. }));
+
+        let bad = AskArgs::try_parse_from([
+            "ask",
+            "--redis-sentinels",
+            "not a sentinel",
+            "host-a",
+            "containers",
+        ])
+        .unwrap();
+        let err = bad.common.validate().unwrap_err().to_string();
+        assert!(err.contains("REDIS_SENTINELS"), "{err}");
+    }
 }

@@ -1,13 +1,20 @@
 //! Pieces shared by the benchmark harnesses in `src/bin/bench-*.rs`: percentiles and their
-//! printed rows, and the release agent binaries run as child processes.
+//! printed rows, the release agent binaries run as child processes, Redis's own baseline
+//! (`redis-benchmark`) and counters, and a local webhook sink.
 //!
 //! Benchmarks are not tests: they print numbers for `docs/BENCHMARKS.md` and never assert
 //! timings. Everything they start is theirs and is stopped when they end.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, bail};
+use axum::Router;
+use axum::routing::post;
+use redis::aio::MultiplexedConnection;
 
 use crate::TestRedis;
 
@@ -137,6 +144,91 @@ pub fn clock_ticks() -> u64 {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100)
+}
+
+/// One redis-benchmark run: requests per second for `cmd` with 10 clients.
+pub fn redis_benchmark(
+    redis: &TestRedis,
+    n: usize,
+    pipeline: usize,
+    cmd: &[&str],
+) -> anyhow::Result<f64> {
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &redis.port().to_string()])
+        .args([
+            "-c",
+            "10",
+            "-n",
+            &n.to_string(),
+            "-P",
+            &pipeline.to_string(),
+        ])
+        .arg("--csv")
+        .args(cmd)
+        .output()
+        .context("run redis-benchmark (Debian's redis-tools)")?;
+    if !out.status.success() {
+        bail!(
+            "redis-benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // CSV: a header line, then `"<command>","<rps>",` and six latency columns. The command
+    // itself holds quotes and commas (the JSON payload), so count columns from the end.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .nth(1)
+        .context("redis-benchmark printed no result")?;
+    let cols: Vec<&str> = line.split("\",\"").collect();
+    let rps = cols
+        .len()
+        .checked_sub(7)
+        .and_then(|i| cols.get(i))
+        .context("redis-benchmark result has no rps column")?
+        .trim_matches('"');
+    rps.parse()
+        .with_context(|| format!("redis-benchmark rps {rps:?}"))
+}
+
+/// A string field of a `HGETALL` reply.
+pub fn field(map: &HashMap<String, redis::Value>, key: &str) -> Option<String> {
+    match map.get(key)? {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Redis's `total_commands_processed`.
+pub async fn commands_processed(conn: &mut MultiplexedConnection) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO").arg("stats").query_async(conn).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .context("INFO stats has no total_commands_processed")?
+        .trim()
+        .parse()
+        .context("total_commands_processed")
+}
+
+/// The local webhook sink: counts requests and accepts each with 200.
+pub async fn sink(requests: Arc<AtomicU64>) -> anyhow::Result<String> {
+    let app = Router::new().route(
+        "/hook",
+        post(move |_body: String| {
+            let requests = requests.clone();
+            async move {
+                requests.fetch_add(1, Ordering::Relaxed);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}/hook"))
 }
 
 #[cfg(test)]

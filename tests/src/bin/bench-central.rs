@@ -14,14 +14,11 @@
 //! Run with `scripts/bench-central.sh` (builds in release first). Not part of the test run.
 
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use axum::Router;
-use axum::routing::post;
 use clap::Parser;
 use hemostat_common::bus::Bus;
 use hemostat_common::events::{
@@ -69,51 +66,6 @@ struct Args {
 
 /// Redis commands the harness itself sent, so that they can be told apart from the agents'.
 static HARNESS_COMMANDS: AtomicU64 = AtomicU64::new(0);
-
-/// One redis-benchmark run: requests per second for `cmd` with 10 clients.
-fn redis_benchmark(
-    redis: &TestRedis,
-    n: usize,
-    pipeline: usize,
-    cmd: &[&str],
-) -> anyhow::Result<f64> {
-    let out = Command::new("redis-benchmark")
-        .args(["-h", "127.0.0.1", "-p", &redis.port().to_string()])
-        .args([
-            "-c",
-            "10",
-            "-n",
-            &n.to_string(),
-            "-P",
-            &pipeline.to_string(),
-        ])
-        .arg("--csv")
-        .args(cmd)
-        .output()
-        .context("run redis-benchmark (Debian's redis-tools)")?;
-    if !out.status.success() {
-        bail!(
-            "redis-benchmark failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    // CSV: a header line, then `"<command>","<rps>",` and six latency columns. The command
-    // itself holds quotes and commas (the JSON payload), so count columns from the end.
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .nth(1)
-        .context("redis-benchmark printed no result")?;
-    let cols: Vec<&str> = line.split("\",\"").collect();
-    let rps = cols
-        .len()
-        .checked_sub(7)
-        .and_then(|i| cols.get(i))
-        .context("redis-benchmark result has no rps column")?
-        .trim_matches('"');
-    rps.parse()
-        .with_context(|| format!("redis-benchmark rps {rps:?}"))
-}
 
 /// The synthetic alert of container `c` on host `h`: a crash (exit code 1, rule `crash`) or a
 /// clean exit (exit code 0, rule `clean_exit`, which the monitor reports at info severity).
@@ -180,14 +132,6 @@ struct Seen {
     escalations: usize,
     last_trace: Option<Instant>,
     last_record: Option<Instant>,
-}
-
-fn field(map: &HashMap<String, redis::Value>, key: &str) -> Option<String> {
-    match map.get(key)? {
-        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
 }
 
 /// The result the target host's responder would report for `req` (dry-run, done).
@@ -257,9 +201,10 @@ async fn reader(
             for entry in key.ids {
                 last[i] = entry.id.clone();
                 if i == 3 {
-                    let (Some(ev), Some(decision)) =
-                        (field(&entry.map, "event_id"), field(&entry.map, "decision"))
-                    else {
+                    let (Some(ev), Some(decision)) = (
+                        bench::field(&entry.map, "event_id"),
+                        bench::field(&entry.map, "decision"),
+                    ) else {
                         continue;
                     };
                     if !s.recorded.contains_key(&ev) {
@@ -274,7 +219,7 @@ async fn reader(
                     continue;
                 }
                 let Some(env) =
-                    field(&entry.map, "envelope").and_then(|j| Envelope::from_json(&j).ok())
+                    bench::field(&entry.map, "envelope").and_then(|j| Envelope::from_json(&j).ok())
                 else {
                     continue;
                 };
@@ -327,17 +272,6 @@ async fn reader(
     Ok(())
 }
 
-/// Redis's `total_commands_processed`.
-async fn commands_processed(conn: &mut MultiplexedConnection) -> anyhow::Result<u64> {
-    let info: String = redis::cmd("INFO").arg("stats").query_async(conn).await?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .context("INFO stats has no total_commands_processed")?
-        .trim()
-        .parse()
-        .context("total_commands_processed")
-}
-
 /// Calls per command from `INFO commandstats` (`cmdstat_xadd:calls=12,...`).
 async fn commandstats(conn: &mut MultiplexedConnection) -> anyhow::Result<HashMap<String, u64>> {
     let info: String = redis::cmd("INFO")
@@ -357,26 +291,6 @@ async fn commandstats(conn: &mut MultiplexedConnection) -> anyhow::Result<HashMa
             Some((name.to_owned(), calls))
         })
         .collect())
-}
-
-/// The local webhook sink: counts requests and accepts each with 200.
-async fn sink(requests: Arc<AtomicU64>) -> anyhow::Result<String> {
-    let app = Router::new().route(
-        "/hook",
-        post(move |_body: String| {
-            let requests = requests.clone();
-            async move {
-                requests.fetch_add(1, Ordering::Relaxed);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok(format!("http://{addr}/hook"))
 }
 
 /// Entries pending in every `(stream, group)` pair.
@@ -415,8 +329,8 @@ async fn main() -> anyhow::Result<()> {
         "envelope",
         &sample,
     ];
-    let rb_xadd = redis_benchmark(&redis, args.redis_requests, 1, &xadd)?;
-    let rb_xadd_p = redis_benchmark(&redis, args.redis_requests, 16, &xadd)?;
+    let rb_xadd = bench::redis_benchmark(&redis, args.redis_requests, 1, &xadd)?;
+    let rb_xadd_p = bench::redis_benchmark(&redis, args.redis_requests, 16, &xadd)?;
     let mut conn = redis.conn().await;
     let _: () = redis::cmd("DEL")
         .arg("bench:xadd")
@@ -426,7 +340,7 @@ async fn main() -> anyhow::Result<()> {
     // Every alert and what follows it must stay in its stream until read: no trimming.
     let maxlen = (args.alerts * 4 + 10_000).to_string();
     let requests = Arc::new(AtomicU64::new(0));
-    let hook = sink(requests.clone()).await?;
+    let hook = bench::sink(requests.clone()).await?;
     let mut agents: Vec<(String, Agent)> = Vec::new();
     for i in 0..args.replicas {
         agents.push((
@@ -526,7 +440,7 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|(_, p)| bench::cpu_ticks(*p).unwrap_or(0))
         .collect();
-    let commands0 = commands_processed(&mut conn).await?;
+    let commands0 = bench::commands_processed(&mut conn).await?;
     let stats0 = commandstats(&mut conn).await?;
 
     let t0 = Instant::now();
@@ -592,7 +506,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
         left = pending(&mut conn, &groups).await;
     }
-    let commands = commands_processed(&mut conn)
+    let commands = bench::commands_processed(&mut conn)
         .await?
         .saturating_sub(commands0);
     let stats1 = commandstats(&mut conn).await?;

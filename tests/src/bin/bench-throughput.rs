@@ -19,8 +19,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use axum::Router;
-use axum::routing::post;
 use bollard::Docker;
 use bollard::query_parameters::InspectContainerOptions;
 use clap::Parser;
@@ -70,50 +68,6 @@ static HARNESS_COMMANDS: AtomicU64 = AtomicU64::new(0);
 /// How long one alert may take to come back as a `remediation_complete` before it counts as
 /// lost (generous: the p99 is tens of milliseconds).
 const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// One redis-benchmark run: requests per second for `cmd` with 10 clients.
-fn redis_benchmark(
-    redis: &TestRedis,
-    n: usize,
-    pipeline: usize,
-    cmd: &[&str],
-) -> anyhow::Result<f64> {
-    let out = Command::new("redis-benchmark")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &redis.port().to_string(),
-            "-c",
-            "10",
-        ])
-        .args(["-n", &n.to_string(), "-P", &pipeline.to_string(), "--csv"])
-        .args(cmd)
-        .output()
-        .context("run redis-benchmark (Debian's redis-tools)")?;
-    if !out.status.success() {
-        bail!(
-            "redis-benchmark failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    // CSV: a header line, then `"<command>","<rps>",` and six latency columns. The command
-    // itself holds quotes and commas (the JSON payload), so count columns from the end.
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .nth(1)
-        .context("redis-benchmark printed no result")?;
-    let cols: Vec<&str> = line.split("\",\"").collect();
-    let rps = cols
-        .len()
-        .checked_sub(7)
-        .and_then(|i| cols.get(i))
-        .context("redis-benchmark result has no rps column")?
-        .trim_matches('"');
-    rps.parse()
-        .with_context(|| format!("redis-benchmark rps {rps:?}"))
-}
 
 /// The synthetic alert: the container died with exit code 1 (rule `crash` → restart).
 fn alert(id: &str, name: &str) -> Envelope {
@@ -165,14 +119,6 @@ struct Seen {
     last_complete: Option<Instant>,
 }
 
-fn field(map: &HashMap<String, redis::Value>, key: &str) -> Option<String> {
-    match map.get(key)? {
-        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
 /// Follows remediation_complete, false_alarm and the alert agent's notification history.
 async fn reader(
     redis: redis::Client,
@@ -208,8 +154,8 @@ async fn reader(
             for entry in key.ids {
                 last[i] = entry.id.clone();
                 if i == 2 {
-                    if field(&entry.map, "decision").as_deref() == Some("sent")
-                        && let Some(ev) = field(&entry.map, "event_id")
+                    if bench::field(&entry.map, "decision").as_deref() == Some("sent")
+                        && let Some(ev) = bench::field(&entry.map, "event_id")
                         && let Some(t0) = s.completes.get(&ev).copied()
                     {
                         s.sent
@@ -219,7 +165,7 @@ async fn reader(
                     continue;
                 }
                 let Some(env) =
-                    field(&entry.map, "envelope").and_then(|j| Envelope::from_json(&j).ok())
+                    bench::field(&entry.map, "envelope").and_then(|j| Envelope::from_json(&j).ok())
                 else {
                     continue;
                 };
@@ -370,17 +316,6 @@ async fn publisher(bus: Bus, patient: Arc<Patient>, loops: Arc<Loops>) -> anyhow
     Ok(())
 }
 
-/// Redis's `total_commands_processed`.
-async fn commands_processed(conn: &mut MultiplexedConnection) -> anyhow::Result<u64> {
-    let info: String = redis::cmd("INFO").arg("stats").query_async(conn).await?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .context("INFO stats has no total_commands_processed")?
-        .trim()
-        .parse()
-        .context("total_commands_processed")
-}
-
 /// Which hop a lost alert reached: a verdict for it, and a result for that verdict.
 async fn where_it_stopped(conn: &mut MultiplexedConnection, alert_id: &str) -> String {
     let all = |stream: &'static str| {
@@ -396,7 +331,7 @@ async fn where_it_stopped(conn: &mut MultiplexedConnection, alert_id: &str) -> S
                 .unwrap_or_default()
                 .into_iter()
                 .filter_map(|e| {
-                    field(&e.map, "envelope").and_then(|j| Envelope::from_json(&j).ok())
+                    bench::field(&e.map, "envelope").and_then(|j| Envelope::from_json(&j).ok())
                 })
                 .collect::<Vec<Envelope>>()
         }
@@ -449,26 +384,6 @@ async fn inspect_rate(docker: &Docker, patients: &[Arc<Patient>], n: usize) -> a
     Ok(n as f64 / t0.elapsed().as_secs_f64())
 }
 
-/// The local webhook sink: counts requests and accepts each with 200.
-async fn sink(requests: Arc<AtomicU64>) -> anyhow::Result<String> {
-    let app = Router::new().route(
-        "/hook",
-        post(move |_body: String| {
-            let requests = requests.clone();
-            async move {
-                requests.fetch_add(1, Ordering::Relaxed);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok(format!("http://{addr}/hook"))
-}
-
 fn dockerd_pid() -> Option<u32> {
     let out = Command::new("pidof").arg("dockerd").output().ok()?;
     String::from_utf8(out.stdout)
@@ -508,10 +423,10 @@ async fn main() -> anyhow::Result<()> {
         &sample,
     ];
     let pubsub = ["PUBLISH", "bench:publish", &sample];
-    let rb_xadd = redis_benchmark(&redis, n, 1, &xadd)?;
-    let rb_xadd_p = redis_benchmark(&redis, n, 16, &xadd)?;
-    let rb_pub = redis_benchmark(&redis, n, 1, &pubsub)?;
-    let rb_pub_p = redis_benchmark(&redis, n, 16, &pubsub)?;
+    let rb_xadd = bench::redis_benchmark(&redis, n, 1, &xadd)?;
+    let rb_xadd_p = bench::redis_benchmark(&redis, n, 16, &xadd)?;
+    let rb_pub = bench::redis_benchmark(&redis, n, 1, &pubsub)?;
+    let rb_pub_p = bench::redis_benchmark(&redis, n, 16, &pubsub)?;
     let mut conn = redis.conn().await;
     let _: () = redis::cmd("DEL")
         .arg("bench:xadd")
@@ -533,7 +448,7 @@ async fn main() -> anyhow::Result<()> {
     let inspects = inspect_rate(&docker, &patients, args.inspects).await?;
 
     let requests = Arc::new(AtomicU64::new(0));
-    let hook = sink(requests.clone()).await?;
+    let hook = bench::sink(requests.clone()).await?;
     // Guards that exist for a real host's sake (backoff, breaker, storm, write rate) are opened:
     // the same few containers are "remediated" many times a second, and this measures the path,
     // not the guards. Every check still runs on every request.
@@ -627,7 +542,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|(_, p)| bench::cpu_ticks(*p).unwrap_or(0))
         .collect();
 
-    let commands0 = commands_processed(&mut conn).await?;
+    let commands0 = bench::commands_processed(&mut conn).await?;
     let loops = Arc::new(Loops {
         seen: seen.clone(),
         cleared: cleared.clone(),
@@ -694,7 +609,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     progress.abort();
-    let commands = commands_processed(&mut conn)
+    let commands = bench::commands_processed(&mut conn)
         .await?
         .saturating_sub(commands0);
     let harness_commands = HARNESS_COMMANDS.load(Ordering::Relaxed);

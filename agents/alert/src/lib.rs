@@ -91,6 +91,11 @@ pub struct AlertService {
     render: RenderContext,
     /// Recent verdicts, read incrementally: a remediation's message quotes the verdict's why.
     recent_verdicts: RecentWindow,
+    /// The group as this instance last read or wrote it, with its version. Ingests take it in
+    /// turn: each decides against it, and the write's version check proves it current, so the
+    /// group (up to `GROUP_MAX` notifications) is read again only after someone else changed
+    /// it, not once per notification.
+    group_cache: tokio::sync::Mutex<Option<store::Group>>,
     pub metrics: AlertMetrics,
 }
 
@@ -122,6 +127,7 @@ impl AlertService {
             flushed_for_good: tokio::sync::watch::Sender::new(false),
             silences: RwLock::default(),
             recent_verdicts: RecentWindow::new(Channel::RemediationNeeded, 500),
+            group_cache: tokio::sync::Mutex::new(None),
             metrics: AlertMetrics::default(),
         }
     }
@@ -234,9 +240,13 @@ impl AlertService {
             .max(Duration::from_secs(86_400))
             .as_secs()
             * 2;
+        let mut cached = self.group_cache.lock().await;
         for _ in 0..50 {
             let (state, fp_version) = self.store.fp(&n.fingerprint).await?;
-            let group = self.store.group().await?;
+            let group = match cached.take() {
+                Some(g) => g,
+                None => self.store.group().await?,
+            };
             let silences = self
                 .silences
                 .read()
@@ -289,8 +299,20 @@ impl AlertService {
             match self.store.apply(&pre, &ops).await? {
                 Applied::Done => {
                     match recorded {
-                        Some(d) => self.count(d, "-", 1),
-                        None => self.group_wake.notify_one(),
+                        Some(d) => {
+                            self.count(d, "-", 1);
+                            *cached = Some(group);
+                        }
+                        None => {
+                            // What the write made of the group: one more, and the next version.
+                            let mut group = group;
+                            let version = group.version.parse::<u64>().unwrap_or(0) + 1;
+                            group.version = version.to_string();
+                            group.notifications.push(n);
+                            group.notifications.sort_by_key(|n| n.at);
+                            *cached = Some(group);
+                            self.group_wake.notify_one();
+                        }
                     }
                     return Ok(());
                 }

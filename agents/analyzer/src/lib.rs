@@ -271,21 +271,17 @@ impl Analyzer {
     /// Handles one `health_alert` envelope. Errors leave the entry pending for a retry.
     pub async fn handle(&self, env: Envelope) -> anyhow::Result<()> {
         let marker = format!("hemostat:seen:{}:{}", self.agent, env.id);
-        let mut conn = self.bus.connection();
-        let answered: bool = redis::cmd("EXISTS")
-            .arg(&marker)
-            .query_async(&mut conn)
-            .await?;
-        if answered {
-            self.metrics.duplicates.inc();
-            tracing::debug!(event_id = %env.id, "already answered");
-            return Ok(());
+        if let Payload::ContainerUnhealthy(a) | Payload::ContainerUserAction(a) = &env.payload {
+            // Asks whether it was answered together with its in-flight mark.
+            return self.container(&env, a, &marker).await;
         }
         match &env.payload {
-            Payload::ContainerUnhealthy(a) | Payload::ContainerUserAction(a) => {
-                self.container(&env, a, &marker).await
+            Payload::HostUnhealthy(h) => {
+                if self.answered(&marker).await? {
+                    return Ok(());
+                }
+                self.host(&env, h, &marker).await
             }
-            Payload::HostUnhealthy(h) => self.host(&env, h, &marker).await,
             // Recoveries need no verdict; other types do not belong on this stream.
             _ => Ok(()),
         }
@@ -317,6 +313,20 @@ impl Analyzer {
         let cleared: i64 = inv.invoke_async(&mut conn).await?;
         tracing::debug!(request_id = %r.request_id, cleared, "remediation reported");
         Ok(())
+    }
+
+    /// Whether `marker` says the alert was answered already (a redelivery), counted as such.
+    async fn answered(&self, marker: &str) -> anyhow::Result<bool> {
+        let mut conn = self.bus.connection();
+        let answered: bool = redis::cmd("EXISTS")
+            .arg(marker)
+            .query_async(&mut conn)
+            .await?;
+        if answered {
+            self.metrics.duplicates.inc();
+            tracing::debug!(marker, "already answered");
+        }
+        Ok(answered)
     }
 
     /// Whether the in-flight mark `key` (holding `request`) outlived its request: the responder
@@ -407,15 +417,28 @@ impl Analyzer {
                 }
             },
         };
+        // Only now, with this process's analysis of the problem begun, is the in-flight mark
+        // read (with the answered marker, in one round trip): a remediation requested by an
+        // analysis that ended a moment ago is seen, and joined, unless it was already reported
+        // and the mark outlived it.
         let inflight = kind.map(|k| inflight_key(&env.host, &a.container.id, k));
-        if let Some(key) = &inflight {
-            let mut conn = self.bus.connection();
-            let request: Option<String> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
-            if let Some(into) = request
-                && !self.stale_mark(env, key, &into).await?
-            {
-                return self.fold(env, a, marker, into, Joined::Remediation).await;
-            }
+        let mut conn = self.bus.connection();
+        let (answered, request): (bool, Option<String>) = redis::pipe()
+            .cmd("EXISTS")
+            .arg(marker)
+            .cmd("GET")
+            .arg(inflight.as_deref().unwrap_or(marker))
+            .query_async(&mut conn)
+            .await?;
+        if answered {
+            self.metrics.duplicates.inc();
+            tracing::debug!("already answered");
+            return Ok(());
+        }
+        if let Some((key, into)) = inflight.as_deref().zip(request)
+            && !self.stale_mark(env, key, &into).await?
+        {
+            return self.fold(env, a, marker, into, Joined::Remediation).await;
         }
 
         let facts = self.gather(env, a).await;

@@ -1881,3 +1881,58 @@ async fn a_full_outbox_records_failed_and_dead_letters() {
     );
     assert!(alert.stop().await);
 }
+
+/// Each instance decides against the state it last read or wrote, and every write is checked
+/// against the versions in Redis: what another replica changed in between is read again, never
+/// decided on stale. Here replica A told a crash; replica B took the recovery; a second
+/// recovery handled by A must find nothing firing (A's own copy still says firing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_never_decides_on_what_another_changed_since() {
+    let w = setup!();
+    // No flush during the test: the group and the fingerprint change only by these handlers.
+    let settings = [("group-wait", "60s")];
+    let a = RunningAlert::start(&w.redis.url(), &settings).await;
+    let b = RunningAlert::start(&w.redis.url(), &settings).await;
+
+    let crash = died("web");
+    assert!(matches!(
+        a.svc.handle(crash.clone()).await,
+        hemostat_common::bus::Disposition::Ack
+    ));
+    let back = recovered("web");
+    assert!(matches!(
+        b.svc.handle(back.clone()).await,
+        hemostat_common::bus::Disposition::Ack
+    ));
+    let again = recovered("web");
+    assert!(matches!(
+        a.svc.handle(again.clone()).await,
+        hemostat_common::bus::Disposition::Ack
+    ));
+
+    let history = w.history().await;
+    let folded: Vec<&Entry> = history
+        .iter()
+        .filter(|e| e.get("decision") == "folded")
+        .collect();
+    assert_eq!(folded.len(), 1, "{history:#?}");
+    assert_eq!(folded[0].get("event_id"), again.id);
+    assert!(
+        folded[0].get("detail").contains("nothing firing"),
+        "{:?}",
+        folded[0]
+    );
+    let mut conn = w.redis.conn().await;
+    let mut grouped: Vec<String> = redis::cmd("HKEYS")
+        .arg("hemostat:alert:group")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    grouped.sort();
+    let mut want = vec![crash.id.clone(), back.id.clone()];
+    want.sort();
+    assert_eq!(
+        grouped, want,
+        "the crash and its one recovery wait in the group"
+    );
+}

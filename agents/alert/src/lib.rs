@@ -72,6 +72,21 @@ pub struct AlertMetrics {
     pub outbox: Family<SinkLabel, Gauge>,
 }
 
+/// Fingerprint states an instance remembers between ingests; past it, it forgets them all
+/// and reads each again once (each entry is a fingerprint and a few numbers: about 200 bytes).
+const FP_CACHE_MAX: usize = 20_000;
+
+/// What an ingest decides against, as this instance last read or wrote it, each with the
+/// version it had. Every write is checked against those versions in Redis (`Store::apply`), so
+/// a stale copy costs one retry on fresh state, never a wrong decision; and the group (up to
+/// `GROUP_MAX` notifications) and a fingerprint are read again only after someone else
+/// changed them, not once per notification.
+#[derive(Debug, Default)]
+struct IngestCache {
+    group: Option<store::Group>,
+    fps: std::collections::HashMap<String, (engine::FpState, String)>,
+}
+
 /// The service's shared state.
 pub struct AlertService {
     cfg: AlertConfig,
@@ -91,11 +106,9 @@ pub struct AlertService {
     render: RenderContext,
     /// Recent verdicts, read incrementally: a remediation's message quotes the verdict's why.
     recent_verdicts: RecentWindow,
-    /// The group as this instance last read or wrote it, with its version. Ingests take it in
-    /// turn: each decides against it, and the write's version check proves it current, so the
-    /// group (up to `GROUP_MAX` notifications) is read again only after someone else changed
-    /// it, not once per notification.
-    group_cache: tokio::sync::Mutex<Option<store::Group>>,
+    /// The group and fingerprint states as this instance last read or wrote them. Ingests
+    /// take it in turn.
+    cache: tokio::sync::Mutex<IngestCache>,
     pub metrics: AlertMetrics,
 }
 
@@ -127,7 +140,7 @@ impl AlertService {
             flushed_for_good: tokio::sync::watch::Sender::new(false),
             silences: RwLock::default(),
             recent_verdicts: RecentWindow::new(Channel::RemediationNeeded, 500),
-            group_cache: tokio::sync::Mutex::new(None),
+            cache: tokio::sync::Mutex::default(),
             metrics: AlertMetrics::default(),
         }
     }
@@ -240,10 +253,13 @@ impl AlertService {
             .max(Duration::from_secs(86_400))
             .as_secs()
             * 2;
-        let mut cached = self.group_cache.lock().await;
+        let mut cached = self.cache.lock().await;
         for _ in 0..50 {
-            let (state, fp_version) = self.store.fp(&n.fingerprint).await?;
-            let group = match cached.take() {
+            let (state, fp_version) = match cached.fps.remove(&n.fingerprint) {
+                Some(known) => known,
+                None => self.store.fp(&n.fingerprint).await?,
+            };
+            let group = match cached.group.take() {
                 Some(g) => g,
                 None => self.store.group().await?,
             };
@@ -298,10 +314,19 @@ impl AlertService {
             }
             match self.store.apply(&pre, &ops).await? {
                 Applied::Done => {
+                    let version = if next != state {
+                        (fp_version.parse::<u64>().unwrap_or(0) + 1).to_string()
+                    } else {
+                        fp_version
+                    };
+                    if cached.fps.len() >= FP_CACHE_MAX {
+                        cached.fps.clear();
+                    }
+                    cached.fps.insert(n.fingerprint.clone(), (next, version));
                     match recorded {
                         Some(d) => {
                             self.count(d, "-", 1);
-                            *cached = Some(group);
+                            cached.group = Some(group);
                         }
                         None => {
                             // What the write made of the group: one more, and the next version.
@@ -310,7 +335,7 @@ impl AlertService {
                             group.version = version.to_string();
                             group.notifications.push(n);
                             group.notifications.sort_by_key(|n| n.at);
-                            *cached = Some(group);
+                            cached.group = Some(group);
                             self.group_wake.notify_one();
                         }
                     }
@@ -432,6 +457,9 @@ impl AlertService {
                     "told_ms",
                     &now.to_string(),
                 ]));
+                // A new version: an ingest that read the state before this write must not
+                // write its older `told_ms` back, and a remembered copy is stale now.
+                ops.push(Op::cmd(["HINCRBY", &keys::fp(fp), "v", "1"]));
             }
             let sinks = self.live_sinks();
             if sinks.is_empty() {

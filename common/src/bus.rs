@@ -1189,6 +1189,45 @@ where
     Fut: Future<Output = R>,
     R: Into<Disposition>,
 {
+    let (cfg, handler) = (&cfg, &handler);
+    drive(bus, cfg, shutdown, false, |entries| async move {
+        for entry in entries {
+            process(bus, cfg, entry, handler).await;
+        }
+    })
+    .await;
+}
+
+/// [`consume`], many entries at a time: each read takes up to `cfg.batch` entries and hands
+/// them, in stream order, to one call of `handler`, which returns one [`Disposition`] per
+/// envelope, in the same order. `cfg.concurrency` is how many batches are in hand at once (1
+/// keeps stream order across batches). The acks of a batch are one `XACK`. A handler that
+/// panics on a batch is called again with each of its envelopes alone, so only the entry that
+/// triggers the panic is parked (handlers are idempotent on the envelope id, as everywhere).
+pub async fn consume_batches<F, Fut>(bus: &Bus, cfg: ConsumerConfig, shutdown: Shutdown, handler: F)
+where
+    F: Fn(Vec<Envelope>) -> Fut,
+    Fut: Future<Output = Vec<Disposition>>,
+{
+    let (cfg, handler) = (&cfg, &handler);
+    drive(bus, cfg, shutdown, true, |entries| {
+        process_batch(bus, cfg, entries, handler)
+    })
+    .await;
+}
+
+/// The read loop of [`consume`] and [`consume_batches`]: `dispatch` gets one entry at a time,
+/// or (`batched`) all of one read's entries.
+async fn drive<D, Fut>(
+    bus: &Bus,
+    cfg: &ConsumerConfig,
+    shutdown: Shutdown,
+    batched: bool,
+    dispatch: D,
+) where
+    D: Fn(Vec<StreamId>) -> Fut,
+    Fut: Future<Output = ()>,
+{
     use futures::StreamExt as _;
     let stream = cfg.channel.stream();
     // Blocking reads get a connection of their own: on the shared one they would hold up
@@ -1248,10 +1287,16 @@ where
 
         if group_ready && !stopping && free > 0 && tokio::time::Instant::now() >= next_claim {
             next_claim = tokio::time::Instant::now() + cfg.claim_every;
-            match reclaim(bus, &cfg, free).await {
+            let limit = if batched { cfg.batch.max(1) } else { free };
+            match reclaim(bus, cfg, limit).await {
+                Ok(entries) if batched => {
+                    if !entries.is_empty() {
+                        handling.push(dispatch(entries));
+                    }
+                }
                 Ok(entries) => {
                     for entry in entries {
-                        handling.push(process(bus, &cfg, entry, &handler));
+                        handling.push(dispatch(vec![entry]));
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, stream, "reclaim failed"),
@@ -1259,7 +1304,13 @@ where
             continue;
         }
         if read.is_none() && group_ready && !stopping && free > 0 {
-            let count = free.min(cfg.batch.max(1));
+            // A batch takes one slot whatever its size; single entries one each.
+            let (count, reserve) = if batched {
+                (cfg.batch.max(1), 1)
+            } else {
+                let count = free.min(cfg.batch.max(1));
+                (count, count)
+            };
             let mut cmd = redis::cmd("XREADGROUP");
             cmd.arg("GROUP")
                 .arg(&cfg.group)
@@ -1276,7 +1327,7 @@ where
                 Box::pin(
                     async move { cmd.query_async::<Option<StreamReadReply>>(&mut conn).await },
                 ),
-                count,
+                reserve,
             ));
         }
         let claim_at = next_claim;
@@ -1310,8 +1361,15 @@ where
                             .unwrap_or_default()
                             .into_iter()
                             .flat_map(|k| k.ids);
-                        for entry in entries {
-                            handling.push(process(bus, &cfg, entry, &handler));
+                        if batched {
+                            let entries: Vec<StreamId> = entries.collect();
+                            if !entries.is_empty() {
+                                handling.push(dispatch(entries));
+                            }
+                        } else {
+                            for entry in entries {
+                                handling.push(dispatch(vec![entry]));
+                            }
                         }
                     }
                     Err(BusError::Redis(e)) if e.code() == Some("NOGROUP") => {
@@ -1417,13 +1475,16 @@ fn field_string(map: &HashMap<String, Value>, key: &str) -> Option<String> {
     }
 }
 
-/// Decodes one entry, runs its handler and settles it as the handler says.
-async fn process<F, Fut, R>(bus: &Bus, cfg: &ConsumerConfig, entry: StreamId, handler: &F)
-where
-    F: Fn(Envelope) -> Fut,
-    Fut: Future<Output = R>,
-    R: Into<Disposition>,
-{
+/// An entry read and decoded, ready for its handler.
+struct Taken {
+    entry_id: String,
+    /// The envelope as stored: what a dead letter keeps.
+    raw: String,
+    env: Envelope,
+}
+
+/// Decodes one entry; one that is too big or undecodable is dead-lettered here (`None`).
+async fn decode(bus: &Bus, cfg: &ConsumerConfig, entry: StreamId) -> Option<Taken> {
     let stream = cfg.channel.stream();
     // Too big to be one of ours: parked unread, before anything copies or decodes it.
     let size = match entry.map.get(STREAM_FIELD_ENVELOPE) {
@@ -1441,7 +1502,7 @@ where
         {
             tracing::warn!(error = %e, entry = %entry.id, "could not dead-letter; will retry");
         }
-        return;
+        return None;
     }
     let raw = field_string(&entry.map, STREAM_FIELD_ENVELOPE);
     let decoded = match &raw {
@@ -1451,9 +1512,17 @@ where
         None => Err("entry has no 'envelope' field".to_owned()),
         Some(raw) => Envelope::from_json(raw).map_err(|e| format!("undecodable envelope: {e}")),
     };
-    let env = match decoded {
-        Ok(env) => env,
-        Err(reason) => {
+    match (decoded, raw) {
+        (Ok(env), Some(raw)) => {
+            let label = ChannelLabel::new(stream);
+            bus.metrics.events_in.get_or_create(&label).inc();
+            Some(Taken {
+                entry_id: entry.id,
+                raw,
+                env,
+            })
+        }
+        (Err(reason), raw) => {
             let payload = raw.unwrap_or_else(|| format!("{:?}", entry.map));
             if let Err(e) = bus
                 .dead_letter(stream, Some(&cfg.group), Some(&entry.id), &reason, &payload)
@@ -1461,63 +1530,184 @@ where
             {
                 tracing::warn!(error = %e, entry = %entry.id, "could not dead-letter; will retry");
             }
-            return;
+            None
         }
+        (Ok(_), None) => None,
+    }
+}
+
+/// What a panic says, for the dead letter that parks its entry.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+/// Decodes one entry, runs its handler and settles it as the handler says.
+async fn process<F, Fut, R>(bus: &Bus, cfg: &ConsumerConfig, entry: StreamId, handler: &F)
+where
+    F: Fn(Envelope) -> Fut,
+    Fut: Future<Output = R>,
+    R: Into<Disposition>,
+{
+    let Some(taken) = decode(bus, cfg, entry).await else {
+        return;
     };
-    let label = ChannelLabel::new(stream);
-    bus.metrics.events_in.get_or_create(&label).inc();
-    let id = env.id.clone();
-    let mut conn = bus.connection();
-    // A handler that panics on an entry is a bug that the entry triggers: the entry is parked
-    // with the panic's message, and the consumer goes on with the next one.
+    let outcome = run_one(bus, cfg, &taken, handler(taken.env.clone()))
+        .await
+        .map(Into::into);
+    settle(bus, cfg, &taken, outcome).await;
+}
+
+/// Awaits a handler's future; a panic on the entry (a bug that the entry triggers) parks the
+/// entry with the panic's message, and the consumer goes on with the next one.
+async fn run_one<T>(
+    bus: &Bus,
+    cfg: &ConsumerConfig,
+    taken: &Taken,
+    fut: impl Future<Output = T>,
+) -> Result<T, Disposition> {
     use futures::FutureExt as _;
-    let outcome = std::panic::AssertUnwindSafe(handler(env))
+    std::panic::AssertUnwindSafe(fut)
         .catch_unwind()
         .await
-        .map(Into::into)
-        .unwrap_or_else(|panic| {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".to_owned());
+        .map_err(|panic| {
+            let msg = panic_message(panic.as_ref());
+            let label = ChannelLabel::new(cfg.channel.stream());
             bus.metrics.handler_panics.get_or_create(&label).inc();
-            tracing::error!(event_id = %id, entry = %entry.id, panic = %msg, "handler panicked; dead-lettering the entry");
+            tracing::error!(event_id = %taken.env.id, entry = %taken.entry_id, panic = %msg, "handler panicked; dead-lettering the entry");
             Disposition::DeadLetter(format!("the handler panicked: {msg}"))
-        });
-    match outcome {
+        })
+}
+
+/// Decodes a read's entries, runs the handler once on all of them and settles each; the acks
+/// go in one `XACK`.
+async fn process_batch<F, Fut>(bus: &Bus, cfg: &ConsumerConfig, entries: Vec<StreamId>, handler: &F)
+where
+    F: Fn(Vec<Envelope>) -> Fut,
+    Fut: Future<Output = Vec<Disposition>>,
+{
+    use futures::FutureExt as _;
+    let mut taken = Vec::with_capacity(entries.len());
+    for entry in entries {
+        if let Some(t) = decode(bus, cfg, entry).await {
+            taken.push(t);
+        }
+    }
+    if taken.is_empty() {
+        return;
+    }
+    let envs: Vec<Envelope> = taken.iter().map(|t| t.env.clone()).collect();
+    let outcomes: Vec<Disposition> = match std::panic::AssertUnwindSafe(handler(envs))
+        .catch_unwind()
+        .await
+    {
+        Ok(d) if d.len() == taken.len() => d,
+        Ok(d) => {
+            let why = format!(
+                "the handler answered {} of {} envelopes",
+                d.len(),
+                taken.len()
+            );
+            tracing::error!(
+                stream = cfg.channel.stream(),
+                "{why}; leaving the batch pending"
+            );
+            vec![Disposition::Retry(why); taken.len()]
+        }
+        Err(panic) => {
+            tracing::warn!(
+                stream = cfg.channel.stream(),
+                panic = %panic_message(panic.as_ref()),
+                count = taken.len(),
+                "handler panicked on a batch; handling its envelopes one at a time"
+            );
+            let mut each = Vec::with_capacity(taken.len());
+            for t in &taken {
+                let one = run_one(bus, cfg, t, handler(vec![t.env.clone()])).await;
+                each.push(match one {
+                    Ok(mut d) if d.len() == 1 => d.remove(0),
+                    Ok(_) => Disposition::Retry("the handler answered no envelope".into()),
+                    Err(parked) => parked,
+                });
+            }
+            each
+        }
+    };
+    let stream = cfg.channel.stream();
+    let mut acks: Vec<&str> = Vec::new();
+    for (t, d) in taken.iter().zip(outcomes) {
+        match d {
+            Disposition::Ack => acks.push(&t.entry_id),
+            other => settle(bus, cfg, t, Ok(other)).await,
+        }
+    }
+    if !acks.is_empty() {
+        let mut conn = bus.connection();
+        let r: redis::RedisResult<()> = conn.xack(stream, &cfg.group, &acks).await;
+        if let Err(e) = r {
+            // Not acked means redelivered later; the handler is idempotent on the id.
+            tracing::warn!(error = %e, count = acks.len(), stream, "ack failed");
+        }
+    }
+}
+
+/// Settles one entry as its handler said (or as its panic made it).
+async fn settle(
+    bus: &Bus,
+    cfg: &ConsumerConfig,
+    taken: &Taken,
+    outcome: Result<Disposition, Disposition>,
+) {
+    let stream = cfg.channel.stream();
+    let label = ChannelLabel::new(stream);
+    let entry_id = &taken.entry_id;
+    let mut conn = bus.connection();
+    match outcome.unwrap_or_else(|parked| parked) {
         Disposition::Ack => {
-            let r: redis::RedisResult<()> = conn.xack(stream, &cfg.group, &[&entry.id]).await;
+            let r: redis::RedisResult<()> = conn.xack(stream, &cfg.group, &[entry_id]).await;
             if let Err(e) = r {
                 // Not acked means redelivered later; the handler is idempotent on the id.
-                tracing::warn!(error = %e, entry = %entry.id, "ack failed");
+                tracing::warn!(error = %e, entry = %entry_id, "ack failed");
             }
         }
         Disposition::DeadLetter(reason) => {
             bus.metrics.handler_errors.get_or_create(&label).inc();
-            let payload = raw.unwrap_or_default();
             if let Err(e) = bus
-                .dead_letter(stream, Some(&cfg.group), Some(&entry.id), &reason, &payload)
+                .dead_letter(
+                    stream,
+                    Some(&cfg.group),
+                    Some(entry_id),
+                    &reason,
+                    &taken.raw,
+                )
                 .await
             {
-                tracing::warn!(error = %e, entry = %entry.id, "could not dead-letter");
+                tracing::warn!(error = %e, entry = %entry_id, "could not dead-letter");
             }
         }
         Disposition::Retry(err) => {
             bus.metrics.handler_errors.get_or_create(&label).inc();
-            let deliveries = delivery_count(&mut conn, stream, &cfg.group, &entry.id)
+            let deliveries = delivery_count(&mut conn, stream, &cfg.group, entry_id)
                 .await
                 .unwrap_or(1);
-            tracing::warn!(error = %err, event_id = %id, entry = %entry.id,
+            tracing::warn!(error = %err, event_id = %taken.env.id, entry = %entry_id,
                 deliveries, "handler failed");
             if deliveries >= cfg.max_deliveries {
                 let reason = format!("handler failed {deliveries} times: {err}");
-                let payload = raw.unwrap_or_default();
                 if let Err(e) = bus
-                    .dead_letter(stream, Some(&cfg.group), Some(&entry.id), &reason, &payload)
+                    .dead_letter(
+                        stream,
+                        Some(&cfg.group),
+                        Some(entry_id),
+                        &reason,
+                        &taken.raw,
+                    )
                     .await
                 {
-                    tracing::warn!(error = %e, entry = %entry.id, "could not dead-letter");
+                    tracing::warn!(error = %e, entry = %entry_id, "could not dead-letter");
                 }
             }
         }

@@ -1936,3 +1936,87 @@ async fn a_replica_never_decides_on_what_another_changed_since() {
         "the crash and its one recovery wait in the group"
     );
 }
+
+/// A batch is decided in stream order, each notification on what the ones before it made of
+/// its fingerprint (a repeat of a crash just queued is folded), written in one step; the same
+/// batch delivered again (the agent died before its ack) records nothing twice, and a new
+/// envelope in it is still decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_decides_in_order_and_a_redelivered_batch_records_nothing_twice() {
+    let w = setup!();
+    let a = RunningAlert::start(&w.redis.url(), &[("group-wait", "60s")]).await;
+    let crash = died("web");
+    let repeat = died("web");
+    let other = died("db");
+    let batch = vec![crash.clone(), repeat.clone(), other.clone()];
+    let d = a.svc.handle_batch(batch.clone()).await;
+    assert_eq!(d, vec![hemostat_common::bus::Disposition::Ack; 3]);
+
+    let late = died("cache");
+    let mut again = batch;
+    again.push(late.clone());
+    let d = a.svc.handle_batch(again).await;
+    assert_eq!(d, vec![hemostat_common::bus::Disposition::Ack; 4]);
+
+    let history = w.history().await;
+    let folded: Vec<&Entry> = history
+        .iter()
+        .filter(|e| e.get("decision") == "folded")
+        .collect();
+    assert_eq!(folded.len(), 1, "{history:#?}");
+    assert_eq!(folded[0].get("event_id"), repeat.id);
+    let mut conn = w.redis.conn().await;
+    let mut grouped: Vec<String> = redis::cmd("HKEYS")
+        .arg("hemostat:alert:group")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    grouped.sort();
+    let mut want = vec![crash.id, other.id, late.id];
+    want.sort();
+    assert_eq!(grouped, want);
+}
+
+/// A batch that would overfill the group fills it to its bound, sends it, and the rest start
+/// the next group: a group never holds more than 500 notifications.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_never_overfills_the_group() {
+    let w = setup!();
+    let hook = SinkServer::start(Vec::new(), Reply::ok()).await;
+    let a = RunningAlert::start(
+        &w.redis.url(),
+        &[("group-wait", "60s"), ("webhook-url", &hook.url("/hook"))],
+    )
+    .await;
+    let batch: Vec<Envelope> = (0..600).map(|i| died(&format!("c{i:03}"))).collect();
+    let d = a.svc.handle_batch(batch).await;
+    assert_eq!(d.len(), 600);
+    assert!(
+        d.iter()
+            .all(|d| *d == hemostat_common::bus::Disposition::Ack)
+    );
+    let mut conn = w.redis.conn().await;
+    let left: usize = redis::cmd("HLEN")
+        .arg("hemostat:alert:group")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 100, "the first 500 left as one group");
+    hook.wait_for(1, "the full group").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let sent = w
+            .history()
+            .await
+            .iter()
+            .filter(|e| e.get("decision") == "sent")
+            .count();
+        if sent == 500 {
+            break;
+        }
+        assert!(sent < 500, "only the full group was sent: {sent}");
+        assert!(std::time::Instant::now() < deadline, "{sent} of 500 sent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(hook.received().len(), 1, "one message for the 500");
+}

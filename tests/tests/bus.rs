@@ -1501,3 +1501,169 @@ async fn an_agent_reports_redis_near_its_memory_limit() {
     shutdown.cancel();
     task.await.unwrap();
 }
+
+/// `INFO commandstats` calls of one command so far.
+async fn command_calls(conn: &mut MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A batch consumer hands a read's envelopes to one call, in stream order, and acks them all
+/// with one `XACK`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_handed_over_in_order_and_acked_in_one_command() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, _metrics) = connect_bus(&redis.url(), 10_000).await;
+    let mut conn = redis.conn().await;
+    let shutdown = Shutdown::new();
+    // Published before the group exists: its lookback reads all of them in one read.
+    let all: Vec<Envelope> = (0..50).map(|i| alert(&format!("c{i}"))).collect();
+    bus.publish_all(&all).await.unwrap();
+    let acks_before = command_calls(&mut conn, "xack").await;
+    let calls: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+    let consumer = {
+        let (bus, shutdown, calls) = (bus.clone(), shutdown.clone(), calls.clone());
+        tokio::spawn(async move {
+            bus::consume_batches(&bus, fast("batches", "b1"), shutdown, |envs| {
+                let calls = calls.clone();
+                async move {
+                    let n = envs.len();
+                    calls
+                        .lock()
+                        .unwrap()
+                        .push(envs.into_iter().map(|e| e.id).collect());
+                    vec![bus::Disposition::Ack; n]
+                }
+            })
+            .await;
+        })
+    };
+    eventually("all handled", WAIT, async || {
+        calls.lock().unwrap().iter().map(Vec::len).sum::<usize>() == 50
+    })
+    .await;
+    eventually("nothing pending", WAIT, async || {
+        pending(&mut conn, HEALTH, "batches").await == 0
+    })
+    .await;
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "one read, one call: {calls:?}");
+    let want: Vec<String> = all.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(calls[0], want, "in stream order");
+    assert_eq!(
+        command_calls(&mut conn, "xack").await - acks_before,
+        1,
+        "fifty acks in one XACK"
+    );
+    shutdown.cancel();
+    consumer.await.unwrap();
+}
+
+/// Each envelope of a batch is settled as the handler says (acked, left pending, parked); a
+/// panic on a batch hands its envelopes over one at a time, so only the one that triggers it
+/// is parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_settles_each_entry_and_a_panic_parks_only_its_culprit() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (bus, _metrics) = connect_bus(&redis.url(), 10_000).await;
+    let mut conn = redis.conn().await;
+    let shutdown = Shutdown::new();
+    let all: Vec<Envelope> = (0..6).map(|i| alert(&format!("c{i}"))).collect();
+    bus.publish_all(&all).await.unwrap();
+    let (retry, parked, poison) = (all[2].id.clone(), all[3].id.clone(), all[4].id.clone());
+    let calls: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+    let consumer = {
+        let (bus, shutdown, calls) = (bus.clone(), shutdown.clone(), calls.clone());
+        let (retry, parked, poison) = (retry.clone(), parked.clone(), poison.clone());
+        // Left pending, not reclaimed during the test.
+        let cfg = ConsumerConfig {
+            claim_idle: Duration::from_secs(600),
+            ..fast("settles", "s1")
+        };
+        tokio::spawn(async move {
+            bus::consume_batches(&bus, cfg, shutdown, |envs| {
+                let calls = calls.clone();
+                let (retry, parked, poison) = (retry.clone(), parked.clone(), poison.clone());
+                async move {
+                    let ids: Vec<String> = envs.into_iter().map(|e| e.id).collect();
+                    calls.lock().unwrap().push(ids.clone());
+                    assert!(
+                        !ids.contains(&poison),
+                        "boom: this entry crashes the handler"
+                    );
+                    ids.iter()
+                        .map(|id| {
+                            if *id == retry {
+                                bus::Disposition::Retry("not now".into())
+                            } else if *id == parked {
+                                bus::Disposition::DeadLetter("never readable".into())
+                            } else {
+                                bus::Disposition::Ack
+                            }
+                        })
+                        .collect()
+                }
+            })
+            .await;
+        })
+    };
+    eventually("the retried entry alone pending", WAIT, async || {
+        xlen(&mut conn, DEAD_LETTER_STREAM).await == 2
+            && pending(&mut conn, HEALTH, "settles").await == 1
+    })
+    .await;
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 7, "the batch, then each alone: {calls:?}");
+    assert_eq!(calls[0].len(), 6);
+    for (call, env) in calls[1..].iter().zip(&all) {
+        assert_eq!(call, &vec![env.id.clone()]);
+    }
+    let dead = entries(&mut conn, DEAD_LETTER_STREAM).await;
+    let reasons: Vec<(String, String)> = dead
+        .iter()
+        .map(|d| (field(d, "reason"), field(d, "payload")))
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|(r, p)| r == "never readable" && p.contains(&parked)),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(r, p)| r.contains("the handler panicked: boom") && p.contains(&poison)),
+        "{reasons:?}"
+    );
+    let still: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg(HEALTH)
+        .arg("settles")
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(still.ids.len(), 1);
+    let retried = entries(&mut conn, HEALTH)
+        .await
+        .into_iter()
+        .find(|e| e.id == still.ids[0].id)
+        .unwrap();
+    assert!(field(&retried, "envelope").contains(&retry));
+    shutdown.cancel();
+    consumer.await.unwrap();
+}

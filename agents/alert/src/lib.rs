@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use hemostat_common::agent::AgentContext;
-use hemostat_common::bus::{Bus, ConsumerConfig, Disposition, Op, RecentWindow, consume};
+use hemostat_common::bus::{Bus, ConsumerConfig, Disposition, Op, RecentWindow, consume_batches};
 use hemostat_common::events::{Channel, Envelope, Payload};
 use hemostat_common::shutdown::Shutdown;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -85,6 +85,15 @@ const FP_CACHE_MAX: usize = 20_000;
 struct IngestCache {
     group: Option<store::Group>,
     fps: std::collections::HashMap<String, (engine::FpState, String)>,
+}
+
+/// What one envelope asks of the agent.
+enum Prepared {
+    Nothing,
+    /// A recovery only the pager sinks need: its marker and notification.
+    Page(String, Notification),
+    /// A notification for the engine: its envelope's marker and the notification.
+    Ingest(String, Notification),
 }
 
 /// The service's shared state.
@@ -199,13 +208,50 @@ impl AlertService {
     /// Handles one envelope from any of the consumed streams: it is acked only once what it
     /// means is recorded in Redis (in the group, or as a decision).
     pub async fn handle(&self, env: Envelope) -> Disposition {
-        match self.take(env).await {
-            Ok(()) => Disposition::Ack,
-            Err(e) => Disposition::Retry(format!("{e:#}")),
-        }
+        let mut d = self.handle_batch(vec![env]).await;
+        d.pop()
+            .unwrap_or_else(|| Disposition::Retry("nothing was decided".into()))
     }
 
-    async fn take(&self, env: Envelope) -> anyhow::Result<()> {
+    /// Handles a read's envelopes, in stream order, with one decision pass and one write for
+    /// all of them ([`AlertService::ingest_many`]); one disposition per envelope, in order.
+    pub async fn handle_batch(&self, envs: Vec<Envelope>) -> Vec<Disposition> {
+        let mut out: Vec<Option<Disposition>> = Vec::with_capacity(envs.len());
+        let mut items: Vec<(String, Notification)> = Vec::new();
+        let mut slots: Vec<usize> = Vec::new();
+        for env in envs {
+            match self.prepare(env).await {
+                Prepared::Nothing => out.push(Some(Disposition::Ack)),
+                Prepared::Page(marker, n) => {
+                    out.push(Some(match self.page_directly(&marker, n).await {
+                        Ok(()) => Disposition::Ack,
+                        Err(e) => Disposition::Retry(format!("{e:#}")),
+                    }));
+                }
+                Prepared::Ingest(marker, n) => {
+                    slots.push(out.len());
+                    out.push(None);
+                    items.push((marker, n));
+                }
+            }
+        }
+        if !items.is_empty() {
+            let d = match self.ingest_many(items).await {
+                Ok(()) => Disposition::Ack,
+                Err(e) => Disposition::Retry(format!("{e:#}")),
+            };
+            for i in slots {
+                out[i] = Some(d.clone());
+            }
+        }
+        out.into_iter()
+            .map(|d| d.unwrap_or(Disposition::Ack))
+            .collect()
+    }
+
+    /// What one envelope asks of the agent: nothing, a page straight to the pager sinks, or a
+    /// notification for the engine (with the verdict's why, for a remediation result).
+    async fn prepare(&self, env: Envelope) -> Prepared {
         let marker = keys::handled(&env.id);
         let Some(mut n) = notify::from_envelope(&env, self.cfg.sources) else {
             // Recoveries still resolve PagerDuty incidents when crash notices are off.
@@ -219,9 +265,9 @@ impl AlertService {
                     },
                 )
             {
-                self.page_directly(&marker, n).await?;
+                return Prepared::Page(marker, n);
             }
-            return Ok(());
+            return Prepared::Nothing;
         };
         // A remediation message says why, too: find the verdict it answered.
         if let Payload::RemediationComplete(r) = &env.payload {
@@ -239,13 +285,17 @@ impl AlertService {
                 n = notify::with_verdict(n, &root_cause, confidence, method);
             }
         }
-        self.ingest(&marker, n).await
+        Prepared::Ingest(marker, n)
     }
 
-    /// Runs `n` through the engine against the state in Redis and records the outcome, with
-    /// the envelope's handled marker, in one step; a concurrent change (another envelope, a
-    /// flush, a replica) makes it read and decide again.
-    async fn ingest(&self, marker: &str, n: Notification) -> anyhow::Result<()> {
+    /// Runs `items` (each an envelope's handled marker and its notification), in order, through
+    /// the engine against the state in Redis, and records every outcome with its marker in one
+    /// step: a fingerprint seen twice in a batch is decided the second time on what the first
+    /// made of it, exactly as one at a time. A concurrent change (a flush, a replica, a
+    /// redelivery) makes it read and decide again; items whose marker is set by then were
+    /// handled already. A batch that fills the group is written up to the full group, the group
+    /// is sent, and the rest follow, so a group never holds more than `GROUP_MAX`.
+    async fn ingest_many(&self, mut items: Vec<(String, Notification)>) -> anyhow::Result<()> {
         let fp_ttl = self
             .cfg
             .engine
@@ -254,12 +304,22 @@ impl AlertService {
             .as_secs()
             * 2;
         let mut cached = self.cache.lock().await;
-        for _ in 0..50 {
-            let (state, fp_version) = match cached.fps.remove(&n.fingerprint) {
-                Some(known) => known,
-                None => self.store.fp(&n.fingerprint).await?,
-            };
-            let group = match cached.group.take() {
+        let mut stale_rounds = 0;
+        while !items.is_empty() {
+            if cached.fps.len() + items.len() > FP_CACHE_MAX {
+                cached.fps.clear();
+            }
+            let mut missing: Vec<&str> = items
+                .iter()
+                .map(|(_, n)| n.fingerprint.as_str())
+                .filter(|fp| !cached.fps.contains_key(*fp))
+                .collect();
+            missing.sort_unstable();
+            missing.dedup();
+            if !missing.is_empty() {
+                cached.fps.extend(self.store.fps(&missing).await?);
+            }
+            let mut group = match cached.group.take() {
                 Some(g) => g,
                 None => self.store.group().await?,
             };
@@ -269,98 +329,149 @@ impl AlertService {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
             let now = now_ms();
-            let (decision, next) = engine::decide(
-                &self.cfg.engine,
-                state,
-                &group.notifications,
-                &n,
-                now,
-                Utc::now(),
-                &silences,
-            );
-            let pre = vec![
-                Pre::Absent(marker.to_owned()),
-                Pre::HGet(keys::fp(&n.fingerprint), "v".into(), fp_version.clone()),
-                Pre::Get(keys::GROUP_VERSION.into(), group.version.clone()),
-            ];
-            let mut ops = vec![handled_op(marker)];
-            if next != state {
-                ops.extend(store::fp_ops(&n.fingerprint, next, &fp_version, fp_ttl));
-            }
-            let (recorded, detail) = match &decision {
-                Decision::Queued => {
-                    let json = serde_json::to_string(&n)?;
-                    let full = group.notifications.len() + 1 >= GROUP_MAX;
-                    let due = if full {
-                        now
-                    } else {
-                        now + self.cfg.engine.group_wait.as_millis() as u64
-                    };
-                    ops.push(Op::cmd(["HSET", keys::GROUP, &n.event_id, &json]));
-                    if full {
-                        ops.push(Op::cmd(["SET", keys::GROUP_DUE, &due.to_string()]));
-                    } else {
-                        ops.push(Op::cmd(["SET", keys::GROUP_DUE, &due.to_string(), "NX"]));
-                    }
-                    ops.push(Op::cmd(["INCR", keys::GROUP_VERSION]));
-                    (None, String::new())
+            let wall = Utc::now();
+            // Per fingerprint: the state as read, its version, the state the batch made of it.
+            let mut fps: std::collections::HashMap<
+                &str,
+                (engine::FpState, String, engine::FpState),
+            > = std::collections::HashMap::new();
+            let mut pre = Vec::with_capacity(items.len() + 2);
+            let mut ops = Vec::with_capacity(items.len() * 2 + 4);
+            let mut recorded: Vec<&'static str> = Vec::new();
+            let mut queued = 0usize;
+            let mut taken = 0usize;
+            for (marker, n) in &items {
+                if taken > 0 && group.notifications.len() >= GROUP_MAX {
+                    break;
                 }
-                Decision::Folded(why) => (Some("folded"), why.clone()),
-                Decision::Silenced(id) => (Some("silenced"), format!("silence {id}")),
-            };
-            if let Some(d) = recorded {
-                ops.push(self.history_op(d, "-", &n, &detail));
-                trim_history(&mut ops, self.bus.maxlen());
+                taken += 1;
+                let (_, _, current) = fps.entry(n.fingerprint.as_str()).or_insert_with(|| {
+                    let (s, v) = cached.fps.get(&n.fingerprint).cloned().unwrap_or_default();
+                    (s, v, s)
+                });
+                let (decision, next) = engine::decide(
+                    &self.cfg.engine,
+                    *current,
+                    &group.notifications,
+                    n,
+                    now,
+                    wall,
+                    &silences,
+                );
+                *current = next;
+                pre.push(Pre::Absent(marker.clone()));
+                ops.push(handled_op(marker));
+                match &decision {
+                    Decision::Queued => {
+                        ops.push(Op::cmd([
+                            "HSET",
+                            keys::GROUP,
+                            &n.event_id,
+                            &serde_json::to_string(n)?,
+                        ]));
+                        group.notifications.push(n.clone());
+                        queued += 1;
+                    }
+                    Decision::Folded(why) => {
+                        ops.push(self.history_op("folded", "-", n, why));
+                        recorded.push("folded");
+                    }
+                    Decision::Silenced(id) => {
+                        ops.push(self.history_op("silenced", "-", n, &format!("silence {id}")));
+                        recorded.push("silenced");
+                    }
+                }
             }
+            let full = group.notifications.len() >= GROUP_MAX;
+            if queued > 0 {
+                let due = if full {
+                    now
+                } else {
+                    now + self.cfg.engine.group_wait.as_millis() as u64
+                };
+                if full {
+                    ops.push(Op::cmd(["SET", keys::GROUP_DUE, &due.to_string()]));
+                } else {
+                    ops.push(Op::cmd(["SET", keys::GROUP_DUE, &due.to_string(), "NX"]));
+                }
+                ops.push(Op::cmd(["INCR", keys::GROUP_VERSION]));
+            }
+            for (fp, (start, version, next)) in &fps {
+                pre.push(Pre::HGet(keys::fp(fp), "v".into(), version.clone()));
+                if next != start {
+                    ops.extend(store::fp_ops(fp, *next, version, fp_ttl));
+                }
+            }
+            pre.push(Pre::Get(keys::GROUP_VERSION.into(), group.version.clone()));
+            trim_history(&mut ops, self.bus.maxlen());
             match self.store.apply(&pre, &ops).await? {
                 Applied::Done => {
-                    let version = if next != state {
-                        (fp_version.parse::<u64>().unwrap_or(0) + 1).to_string()
-                    } else {
-                        fp_version
-                    };
-                    if cached.fps.len() >= FP_CACHE_MAX {
-                        cached.fps.clear();
+                    for (fp, (start, version, next)) in fps {
+                        let version = if next != start {
+                            store::next_version(&version)
+                        } else {
+                            version
+                        };
+                        cached.fps.insert(fp.to_owned(), (next, version));
                     }
-                    cached.fps.insert(n.fingerprint.clone(), (next, version));
-                    match recorded {
-                        Some(d) => {
-                            self.count(d, "-", 1);
-                            cached.group = Some(group);
-                        }
-                        None => {
-                            // What the write made of the group: one more, and the next version.
-                            let mut group = group;
-                            let version = group.version.parse::<u64>().unwrap_or(0) + 1;
-                            group.version = version.to_string();
-                            group.notifications.push(n);
-                            group.notifications.sort_by_key(|n| n.at);
-                            cached.group = Some(group);
-                            self.group_wake.notify_one();
-                        }
+                    for d in recorded {
+                        self.count(d, "-", 1);
                     }
-                    return Ok(());
+                    if queued > 0 {
+                        // What the write made of the group: these joined, and the next version.
+                        group.version = store::next_version(&group.version);
+                        group.notifications.sort_by_key(|n| n.at);
+                        self.group_wake.notify_one();
+                    }
+                    cached.group = Some(group);
+                    items.drain(..taken);
+                    if !items.is_empty() && full {
+                        // The group is full and due: send it before the rest join.
+                        self.flush(false).await?;
+                        cached.group = None;
+                    }
                 }
                 Applied::Stale => {
-                    if self.bus_marker_set(marker).await? {
-                        // Handled already: a redelivery.
-                        return Ok(());
+                    stale_rounds += 1;
+                    if stale_rounds > 50 {
+                        anyhow::bail!(
+                            "the notification state kept changing under this agent; retrying later"
+                        );
                     }
-                    // Changed under us; decide again on fresh state.
+                    // Handled already (a redelivery) or changed under us: drop what is handled,
+                    // forget what may be stale, and decide again on fresh state.
+                    let handled = self
+                        .markers_set(items.iter().map(|(m, _)| m.as_str()))
+                        .await?;
+                    let mut handled = handled.into_iter();
+                    items.retain(|_| !handled.next().unwrap_or(false));
+                    for (_, n) in &items {
+                        cached.fps.remove(&n.fingerprint);
+                    }
                     tokio::task::yield_now().await;
                 }
             }
         }
-        anyhow::bail!("the notification state kept changing under this agent; retrying later")
+        Ok(())
     }
 
-    async fn bus_marker_set(&self, marker: &str) -> anyhow::Result<bool> {
+    /// Which of `markers` are set, in order, in one round trip.
+    async fn markers_set<'a>(
+        &self,
+        markers: impl Iterator<Item = &'a str>,
+    ) -> anyhow::Result<Vec<bool>> {
+        let mut pipe = redis::pipe();
+        let mut n = 0;
+        for m in markers {
+            pipe.cmd("EXISTS").arg(m);
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let mut conn = self.bus.connection();
-        let n: u32 = redis::cmd("EXISTS")
-            .arg(marker)
-            .query_async(&mut conn)
-            .await?;
-        Ok(n == 1)
+        let set: Vec<u32> = pipe.query_async(&mut conn).await?;
+        Ok(set.into_iter().map(|v| v == 1).collect())
     }
 
     /// A recovery that only PagerDuty needs (crash notices are off): straight into the pager
@@ -920,9 +1031,9 @@ pub fn spawn(svc: Arc<AlertService>, sinks: Vec<Arc<Sink>>, ctx: &AgentContext) 
         let shutdown = ctx.shutdown.clone();
         let svc = svc.clone();
         ctx.spawn_critical("notification intake", async move {
-            consume(&bus, cfg, shutdown, |env| {
+            consume_batches(&bus, cfg, shutdown, |envs| {
                 let svc = svc.clone();
-                async move { svc.handle(env).await }
+                async move { svc.handle_batch(envs).await }
             })
             .await;
         });

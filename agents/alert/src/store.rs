@@ -164,21 +164,41 @@ impl Store {
 
     /// A fingerprint's state and its version (`""` when it has none yet).
     pub async fn fp(&self, fingerprint: &str) -> Result<(FpState, String), BusError> {
+        let mut all = self.fps(&[fingerprint]).await?;
+        Ok(all.pop().map(|(_, s)| s).unwrap_or_default())
+    }
+
+    /// Several fingerprints' states and versions, in one round trip.
+    pub async fn fps(
+        &self,
+        fingerprints: &[&str],
+    ) -> Result<Vec<(String, (FpState, String))>, BusError> {
+        if fingerprints.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for fp in fingerprints {
+            pipe.cmd("HGETALL").arg(keys::fp(fp));
+        }
         let mut conn = self.bus.connection();
-        let r: redis::RedisResult<HashMap<String, String>> = redis::cmd("HGETALL")
-            .arg(keys::fp(fingerprint))
-            .query_async(&mut conn)
-            .await;
-        let f = r.map_err(BusError::from)?;
-        let num = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok());
-        Ok((
-            FpState {
-                firing: f.get("firing").is_some_and(|v| v == "1"),
-                told_ms: num("told_ms"),
-                folded: num("folded").unwrap_or(0) as u32,
-            },
-            f.get("v").cloned().unwrap_or_default(),
-        ))
+        let r: redis::RedisResult<Vec<HashMap<String, String>>> = pipe.query_async(&mut conn).await;
+        let all = r.map_err(BusError::from)?;
+        Ok(fingerprints
+            .iter()
+            .zip(all)
+            .map(|(fp, f)| {
+                let num = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok());
+                let state = FpState {
+                    firing: f.get("firing").is_some_and(|v| v == "1"),
+                    told_ms: num("told_ms"),
+                    folded: num("folded").unwrap_or(0) as u32,
+                };
+                (
+                    (*fp).to_owned(),
+                    (state, f.get("v").cloned().unwrap_or_default()),
+                )
+            })
+            .collect())
     }
 
     /// The group being gathered.
@@ -364,8 +384,13 @@ pub fn dead_letter_op(source: &str, reason: &str, payload: &str, at: &str) -> Op
 }
 
 /// The op that writes a fingerprint's new state (and bumps its version), living `ttl_s`.
+/// The version a write makes of `version` (`""`, none yet, becomes `1`).
+pub fn next_version(version: &str) -> String {
+    (version.parse::<u64>().unwrap_or(0) + 1).to_string()
+}
+
 pub fn fp_ops(fingerprint: &str, s: FpState, version: &str, ttl_s: u64) -> Vec<Op> {
-    let next = version.parse::<u64>().unwrap_or(0) + 1;
+    let next = next_version(version);
     let key = keys::fp(fingerprint);
     vec![
         Op::cmd([

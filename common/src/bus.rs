@@ -1454,12 +1454,7 @@ async fn reclaim(bus: &Bus, cfg: &ConsumerConfig, limit: usize) -> Result<Vec<St
                 deliveries - 1
             );
             let payload = field_string(&entry.map, STREAM_FIELD_ENVELOPE).unwrap_or_default();
-            if let Err(e) = bus
-                .dead_letter(stream, Some(&cfg.group), Some(&entry.id), &reason, &payload)
-                .await
-            {
-                tracing::warn!(error = %e, entry = %entry.id, "could not dead-letter");
-            }
+            park(bus, cfg, &entry.id, &reason, &payload).await;
             continue;
         }
         out.push(entry);
@@ -1472,6 +1467,18 @@ fn field_string(map: &HashMap<String, Value>, key: &str) -> Option<String> {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
         _ => None,
+    }
+}
+
+/// Dead-letters one entry of the consumer's stream. If that fails the entry stays pending
+/// and is parked again when it is reclaimed.
+async fn park(bus: &Bus, cfg: &ConsumerConfig, entry_id: &str, reason: &str, payload: &str) {
+    let stream = cfg.channel.stream();
+    if let Err(e) = bus
+        .dead_letter(stream, Some(&cfg.group), Some(entry_id), reason, payload)
+        .await
+    {
+        tracing::warn!(error = %e, entry = %entry_id, "could not dead-letter; will retry");
     }
 }
 
@@ -1496,12 +1503,7 @@ async fn decode(bus: &Bus, cfg: &ConsumerConfig, entry: StreamId) -> Option<Take
             "the envelope is {size} bytes, over the {}-byte limit; not read",
             cfg.max_entry_bytes
         );
-        if let Err(e) = bus
-            .dead_letter(stream, Some(&cfg.group), Some(&entry.id), &reason, "")
-            .await
-        {
-            tracing::warn!(error = %e, entry = %entry.id, "could not dead-letter; will retry");
-        }
+        park(bus, cfg, &entry.id, &reason, "").await;
         return None;
     }
     let raw = field_string(&entry.map, STREAM_FIELD_ENVELOPE);
@@ -1524,12 +1526,7 @@ async fn decode(bus: &Bus, cfg: &ConsumerConfig, entry: StreamId) -> Option<Take
         }
         (Err(reason), raw) => {
             let payload = raw.unwrap_or_else(|| format!("{:?}", entry.map));
-            if let Err(e) = bus
-                .dead_letter(stream, Some(&cfg.group), Some(&entry.id), &reason, &payload)
-                .await
-            {
-                tracing::warn!(error = %e, entry = %entry.id, "could not dead-letter; will retry");
-            }
+            park(bus, cfg, &entry.id, &reason, &payload).await;
             None
         }
         (Ok(_), None) => None,
@@ -1675,18 +1672,7 @@ async fn settle(
         }
         Disposition::DeadLetter(reason) => {
             bus.metrics.handler_errors.get_or_create(&label).inc();
-            if let Err(e) = bus
-                .dead_letter(
-                    stream,
-                    Some(&cfg.group),
-                    Some(entry_id),
-                    &reason,
-                    &taken.raw,
-                )
-                .await
-            {
-                tracing::warn!(error = %e, entry = %entry_id, "could not dead-letter");
-            }
+            park(bus, cfg, entry_id, &reason, &taken.raw).await;
         }
         Disposition::Retry(err) => {
             bus.metrics.handler_errors.get_or_create(&label).inc();
@@ -1697,18 +1683,7 @@ async fn settle(
                 deliveries, "handler failed");
             if deliveries >= cfg.max_deliveries {
                 let reason = format!("handler failed {deliveries} times: {err}");
-                if let Err(e) = bus
-                    .dead_letter(
-                        stream,
-                        Some(&cfg.group),
-                        Some(entry_id),
-                        &reason,
-                        &taken.raw,
-                    )
-                    .await
-                {
-                    tracing::warn!(error = %e, entry = %entry_id, "could not dead-letter");
-                }
+                park(bus, cfg, entry_id, &reason, &taken.raw).await;
             }
         }
     }

@@ -162,12 +162,6 @@ impl Store {
         })
     }
 
-    /// A fingerprint's state and its version (`""` when it has none yet).
-    pub async fn fp(&self, fingerprint: &str) -> Result<(FpState, String), BusError> {
-        let mut all = self.fps(&[fingerprint]).await?;
-        Ok(all.pop().map(|(_, s)| s).unwrap_or_default())
-    }
-
     /// Several fingerprints' states and versions, in one round trip.
     pub async fn fps(
         &self,

@@ -28,7 +28,7 @@ LABEL org.opencontainers.image.title=hemostat
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /out/ /usr/local/bin/
 ENV PATH=/usr/local/bin SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
-EXPOSE 9090 8080
+EXPOSE 9311 9312 9313 9314 9315 8080
 
 # ---- patient: the demo and test container ----
 FROM scratch AS patient

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one command that tests hemostat on a fresh machine: installs what the tests need
-# (redis-server, and Chromium for the dashboard's browser test), checks formatting and lints, builds the patient test image (no registry
-# needed) and the Docker API proxy image, and runs every test against the real Docker engine and
-# real Redis.
+# (redis-server, Prometheus, and Chromium for the dashboard's browser test), checks formatting,
+# lints and the shipped Prometheus rules, builds the patient test image (no registry needed) and
+# the Docker API proxy image, and runs every test against the real Docker engine, real Redis and
+# a real Prometheus.
 #
 # Usage: scripts/test.sh            (CI=true: missing Docker or Redis fails instead of skipping)
 set -euo pipefail
@@ -16,6 +17,14 @@ step "checking tools"
 . scripts/need-redis.sh
 need_redis
 redis-server --version
+. scripts/need-prometheus.sh
+if ! need_prometheus; then
+    if [ "${CI:-}" = "true" ]; then
+        echo "prometheus could not be installed, and CI=true: failing" >&2
+        exit 1
+    fi
+    echo "*** prometheus unavailable: the rules check and the metrics test will be SKIPPED ***"
+fi
 # The dashboard's browser test drives headless Chromium (Debian's package, ~300 MB).
 if ! bash dashboard/install-chromium.sh; then
     if [ "${CI:-}" = "true" ]; then
@@ -38,6 +47,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "promtool: the Prometheus config, alert rules and their unit tests"
+bash scripts/check-deploy.sh
 
 if docker version >/dev/null 2>&1; then
     step "building the patient test image (FROM scratch, no registry)"

@@ -61,15 +61,16 @@ impl AgentContext {
         let plumbing = TaskTracker::new();
 
         // Listen first, so /healthz can say "waiting for redis" while we do.
+        let listen = common.listen_for(agent);
         let (http_addr, server) = http::bind(
-            common.listen,
+            listen,
             agent,
             health.clone(),
             registry.clone(),
             shutdown.clone(),
         )
         .await
-        .with_context(|| format!("cannot listen on HEMOSTAT_LISTEN={}", common.listen))?;
+        .map_err(|e| http::bind_error(e, listen, common.listen.is_some()))?;
         plumbing.spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "http listener failed");
@@ -219,7 +220,7 @@ where
 {
     use std::process::ExitCode;
     if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-        return crate::http::healthcheck_main();
+        return crate::http::healthcheck_main(name.strip_prefix("hemostat-").unwrap_or(name));
     }
     if std::env::args().nth(1).as_deref() == Some("redis-users") {
         return crate::acl::redis_users_main(std::env::args().nth(2));

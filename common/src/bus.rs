@@ -1070,6 +1070,7 @@ pub async fn trim_forever(
         match bus.memory().await {
             Ok((used, max)) => {
                 bus.metrics.redis_used_memory.set(used as i64);
+                bus.metrics.redis_max_memory.set(max as i64);
                 match memory_verdict(used, max) {
                     Some(why) => health.degraded("redis_memory", why),
                     None => health.ok("redis_memory"),

@@ -50,9 +50,11 @@ pub struct CommonArgs {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
 
-    /// Where `/healthz` and `/metrics` are served.
-    #[arg(long, env = "HEMOSTAT_LISTEN", default_value = "0.0.0.0:9090")]
-    pub listen: SocketAddr,
+    /// Where `/healthz` and `/metrics` are served. Default: all addresses, on a port of each
+    /// agent's own (monitor 9311, analyzer 9312, responder 9313, alert 9314, dashboard 9315),
+    /// so agents run side by side on one machine, and beside Prometheus's own 9090.
+    #[arg(long, env = "HEMOSTAT_LISTEN")]
+    pub listen: Option<SocketAddr>,
 
     /// Approximate maximum length of each `hemostat:stream:*` stream (MAXLEN ~): the bound on
     /// a burst. Streams are also trimmed by age (below).
@@ -182,6 +184,11 @@ impl CommonArgs {
     }
 
     /// How long each stream keeps its entries.
+    /// Where `agent` serves `/healthz` and `/metrics`: `HEMOSTAT_LISTEN`, else its own port.
+    pub fn listen_for(&self, agent: &str) -> SocketAddr {
+        self.listen.unwrap_or_else(|| default_listen(agent))
+    }
+
     pub fn retention(&self) -> crate::bus::Retention {
         crate::bus::Retention {
             default: self.stream_retention,
@@ -204,7 +211,8 @@ impl CommonArgs {
                 )
             },
             self.host_id().unwrap_or("<from docker>"),
-            self.listen,
+            self.listen
+                .map_or_else(|| "<the agent's own port>".to_owned(), |a| a.to_string()),
             self.stream_maxlen,
             self.stream_retention,
             self.metrics_retention,
@@ -223,6 +231,25 @@ pub struct ConfigError {
 }
 
 /// Parses `10`, `10s`, `500ms`, `5m`, `1h` into a duration. A bare number is seconds.
+/// Each agent's own default port for `/healthz` and `/metrics`: distinct, so two agents
+/// started by hand on one machine do not clash, and clear of Prometheus's 9090 and the
+/// exporters' 9100-9110.
+pub fn default_port(agent: &str) -> u16 {
+    match agent {
+        "monitor" => 9311,
+        "analyzer" => 9312,
+        "responder" => 9313,
+        "alert" => 9314,
+        "dashboard" => 9315,
+        _ => 9319,
+    }
+}
+
+/// `0.0.0.0:<default_port(agent)>`.
+pub fn default_listen(agent: &str) -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], default_port(agent)))
+}
+
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let s = raw.trim();
     let split = s
@@ -344,6 +371,30 @@ mod tests {
         common: CommonArgs,
         #[arg(long, env = "TEST_ONLY_INTERVAL", default_value = "5s", value_parser = parse_duration)]
         interval: Duration,
+    }
+
+    #[test]
+    fn every_agent_has_a_port_of_its_own_clear_of_prometheus() {
+        let agents = ["monitor", "analyzer", "responder", "alert", "dashboard"];
+        let ports: std::collections::HashSet<u16> =
+            agents.iter().map(|a| default_port(a)).collect();
+        assert_eq!(ports.len(), agents.len());
+        assert!(!ports.contains(&9090) && ports.iter().all(|p| !(9100..=9110).contains(p)));
+        let c = Cli::parse_from(["x", "--listen", "127.0.0.1:7"]);
+        assert_eq!(c.common.listen_for("monitor").to_string(), "127.0.0.1:7");
+    }
+
+    #[test]
+    fn a_taken_port_says_how_to_fix_it() {
+        let addr: SocketAddr = "127.0.0.1:9311".parse().unwrap();
+        let e = crate::http::bind_error(
+            std::io::Error::from(std::io::ErrorKind::AddrInUse),
+            addr,
+            false,
+        )
+        .to_string();
+        assert!(e.contains("9311") && e.contains("HEMOSTAT_LISTEN"), "{e}");
+        assert!(e.contains("this agent's default"), "{e}");
     }
 
     #[test]

@@ -141,17 +141,36 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// Why `/healthz` could not be served, with what to do about it: a port already taken is
+/// nearly always another agent (or a second copy of this one) started on the same machine.
+pub fn bind_error(e: std::io::Error, addr: SocketAddr, configured: bool) -> anyhow::Error {
+    let set = if configured {
+        format!("HEMOSTAT_LISTEN={addr}")
+    } else {
+        format!("{addr}, this agent's default")
+    };
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        anyhow::anyhow!(
+            "cannot serve /healthz and /metrics on {set}: port {} is in use by another program \
+             (another hemostat agent, or a second copy of this one?). Give this one a free port \
+             with HEMOSTAT_LISTEN (or --listen), e.g. HEMOSTAT_LISTEN=127.0.0.1:0 for any free port",
+            addr.port()
+        )
+    } else {
+        anyhow::anyhow!("cannot serve /healthz and /metrics on {set}: {e}")
+    }
+}
+
 /// `hemostat-<agent> healthcheck`: a container health check for images without curl. GETs
-/// `/healthz` from the agent's own listener (`HEMOSTAT_LISTEN`, default port 9090) on
-/// loopback, with a 3 s timeout, and exits 0 only on HTTP 200.
-pub fn healthcheck_main() -> std::process::ExitCode {
+/// `/healthz` from the agent's own listener (`HEMOSTAT_LISTEN`, else the agent's own port, see
+/// [`crate::config::default_port`]) on loopback, with a 3 s timeout, and exits 0 only on
+/// HTTP 200.
+pub fn healthcheck_main(agent: &str) -> std::process::ExitCode {
     use std::io::{Read, Write};
-    let listen = std::env::var("HEMOSTAT_LISTEN").unwrap_or_else(|_| "0.0.0.0:9090".into());
-    let port = listen
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse::<u16>().ok())
-        .unwrap_or(9090);
+    let port = std::env::var("HEMOSTAT_LISTEN")
+        .ok()
+        .and_then(|l| l.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or_else(|| crate::config::default_port(agent));
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let timeout = std::time::Duration::from_secs(3);
     let result = (|| -> std::io::Result<String> {

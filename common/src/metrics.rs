@@ -23,6 +23,58 @@ impl ChannelLabel {
     }
 }
 
+/// Longest label value exported, in characters; a longer one is cut and ends in `~`, so a
+/// container's labels cannot make a scrape grow without bound.
+pub const LABEL_VALUE_MAX: usize = 128;
+
+/// The labels of every per-container series: who the container is, as a person looking at a
+/// graph knows it. Values are cut at [`LABEL_VALUE_MAX`]; absent compose labels are empty.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct ContainerLabels {
+    pub host: String,
+    pub container: String,
+    pub compose_project: String,
+    pub compose_service: String,
+    pub image: String,
+}
+
+impl ContainerLabels {
+    /// `labels` is looked up for `com.docker.compose.project` and `com.docker.compose.service`.
+    pub fn new<'a>(
+        host: &str,
+        name: &str,
+        image: &str,
+        label: impl Fn(&str) -> Option<&'a str>,
+    ) -> ContainerLabels {
+        ContainerLabels {
+            host: bounded(host),
+            container: bounded(name),
+            compose_project: bounded(label("com.docker.compose.project").unwrap_or_default()),
+            compose_service: bounded(label("com.docker.compose.service").unwrap_or_default()),
+            image: bounded(image),
+        }
+    }
+
+    /// The labels of the container a message names, on `host`.
+    pub fn of(host: &str, c: &crate::events::ContainerRef) -> ContainerLabels {
+        ContainerLabels::new(host, &c.name, &c.image, |k| {
+            c.labels.get(k).map(String::as_str)
+        })
+    }
+}
+
+/// `value`, cut to [`LABEL_VALUE_MAX`] characters.
+fn bounded(value: &str) -> String {
+    if value.chars().nth(LABEL_VALUE_MAX).is_none() {
+        return value.to_owned();
+    }
+    let at = value
+        .char_indices()
+        .nth(LABEL_VALUE_MAX - 1)
+        .map_or(value.len(), |(at, _)| at);
+    format!("{}~", &value[..at])
+}
+
 /// The metrics every agent has. Cheap to clone (everything inside is an `Arc`).
 #[derive(Clone, Debug, Default)]
 pub struct AgentMetrics {
@@ -44,6 +96,8 @@ pub struct AgentMetrics {
     pub docker_up: Gauge,
     /// Redis's `used_memory` at the last look (bytes).
     pub redis_used_memory: Gauge,
+    /// Redis's `maxmemory` at the last look (bytes; 0: no limit).
+    pub redis_max_memory: Gauge,
     /// Bytes of envelopes waiting in the outbox.
     pub outbox_bytes: Gauge,
     /// Handlers that panicked on an entry (the entry is dead-lettered, the agent goes on).
@@ -82,6 +136,11 @@ impl AgentMetrics {
             "hemostat_redis_used_memory_bytes",
             "Redis used_memory at the last look",
             self.redis_used_memory.clone(),
+        );
+        registry.register(
+            "hemostat_redis_max_memory_bytes",
+            "Redis maxmemory at the last look (0: no limit)",
+            self.redis_max_memory.clone(),
         );
         registry.register(
             "hemostat_outbox_bytes",
@@ -152,5 +211,24 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("hemostat_redis_up 1"), "{text}");
+    }
+
+    #[test]
+    fn container_labels_are_bounded_and_read_compose_labels() {
+        let long = "x".repeat(500);
+        let l = ContainerLabels::new("h1", "web-1", &long, |k| match k {
+            "com.docker.compose.project" => Some("shop"),
+            _ => None,
+        });
+        assert_eq!(l.compose_project, "shop");
+        assert_eq!(l.compose_service, "");
+        assert_eq!(l.image.chars().count(), LABEL_VALUE_MAX);
+        assert!(l.image.ends_with('~'));
+        let short = ContainerLabels::new("h1", "é".repeat(LABEL_VALUE_MAX).as_str(), "", |_| None);
+        assert_eq!(
+            short.container,
+            "é".repeat(LABEL_VALUE_MAX),
+            "exactly the limit is kept"
+        );
     }
 }

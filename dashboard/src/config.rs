@@ -203,7 +203,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.dashboard_listen.to_string(), "127.0.0.1:1");
-        assert_eq!(a.common.listen.to_string(), "127.0.0.1:2");
+        assert_eq!(a.common.listen_for("dashboard").to_string(), "127.0.0.1:2");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod bench;
 pub mod engine2;
 pub mod openai_stub;
 pub mod pipeline;
+pub mod prometheus;
 pub mod records;
 pub mod sentinel;
 

@@ -26,6 +26,8 @@ pub const RESPONDER_GROUP: &str = "responder:test-host";
 pub struct RunningResponder {
     pub shutdown: Shutdown,
     pub responder: Arc<Responder>,
+    /// Where its `/healthz` and `/metrics` listen.
+    pub http: SocketAddr,
     done: tokio::task::JoinHandle<bool>,
 }
 
@@ -108,6 +110,7 @@ impl RunningResponder {
         }
         let responder = Arc::new(responder);
         hemostat_responder::spawn(responder.clone(), &ctx);
+        let http = ctx.http_addr;
         let done = tokio::spawn(ctx.finish());
         let client = redis::Client::open(redis_url).expect("redis url");
         crate::wait_for_group(
@@ -119,6 +122,7 @@ impl RunningResponder {
         RunningResponder {
             shutdown,
             responder,
+            http,
             done,
         }
     }
@@ -272,6 +276,15 @@ pub async fn slack_sink() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
 /// The alert service with `url`, sending to the Slack webhook `slack` (fast test settings);
 /// returns once its consumer groups exist.
 pub async fn alert(url: &str, slack: &str) -> (Shutdown, tokio::task::JoinHandle<bool>) {
+    let (shutdown, done, _) = alert_serving(url, slack).await;
+    (shutdown, done)
+}
+
+/// [`alert`], also returning where its `/healthz` and `/metrics` listen.
+pub async fn alert_serving(
+    url: &str,
+    slack: &str,
+) -> (Shutdown, tokio::task::JoinHandle<bool>, SocketAddr) {
     let args = [
         "hemostat-alert".to_owned(),
         format!("--redis-url={url}"),
@@ -299,6 +312,7 @@ pub async fn alert(url: &str, slack: &str) -> (Shutdown, tokio::task::JoinHandle
     let svc = Arc::new(hemostat_alert::AlertService::new(cfg, ctx.bus.clone()));
     let sinks = svc.sinks().unwrap();
     hemostat_alert::spawn(svc, sinks, &ctx);
+    let http = ctx.http_addr;
     let done = tokio::spawn(ctx.finish());
     let client = redis::Client::open(url).unwrap();
     for c in [
@@ -308,5 +322,5 @@ pub async fn alert(url: &str, slack: &str) -> (Shutdown, tokio::task::JoinHandle
     ] {
         crate::wait_for_group(&client, c.stream(), hemostat_alert::AGENT).await;
     }
-    (shutdown, done)
+    (shutdown, done, http)
 }

@@ -70,6 +70,15 @@ pub struct AlertMetrics {
     pub decisions: Family<DecisionLabel, Counter>,
     /// Deliveries waiting in each sink's outbox at the last look.
     pub outbox: Family<SinkLabel, Gauge>,
+    /// Requests made to each sink, by how they went: `sent`, `retry` (due again later) or
+    /// `failed` (given up, dead-lettered).
+    pub attempts: Family<AttemptLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabel {
+    pub sink: String,
+    pub outcome: String,
 }
 
 /// Fingerprint states an instance remembers between ingests; past it, it forgets them all
@@ -846,9 +855,17 @@ impl AlertService {
         };
         let mut ops = ops;
         trim_history(&mut ops, self.bus.maxlen());
-        if self.store.apply(&mine, &ops).await? == Applied::Done
-            && let Some(dec) = decision
-        {
+        let applied = self.store.apply(&mine, &ops).await? == Applied::Done;
+        if applied {
+            self.metrics
+                .attempts
+                .get_or_create(&AttemptLabel {
+                    sink: sink.name.clone(),
+                    outcome: decision.unwrap_or("retry").to_owned(),
+                })
+                .inc();
+        }
+        if applied && let Some(dec) = decision {
             if dec == "failed" {
                 self.bus.count_dead_letter(&format!("alert:{}", sink.name));
             }
@@ -994,6 +1011,11 @@ pub fn spawn(svc: Arc<AlertService>, sinks: Vec<Arc<Sink>>, ctx: &AgentContext) 
             "hemostat_alert_outbox",
             "Deliveries waiting in each sink's outbox",
             svc.metrics.outbox.clone(),
+        );
+        r.register(
+            "hemostat_alert_delivery_attempts",
+            "Requests made to each sink, by outcome (sent, retry, failed)",
+            svc.metrics.attempts.clone(),
         );
     });
     let has_pager = sinks

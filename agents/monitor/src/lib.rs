@@ -13,6 +13,7 @@ pub mod answer;
 pub mod ask_cli;
 pub mod config;
 pub mod detect;
+pub mod fleet;
 pub mod host;
 pub mod judge;
 pub use hemostat_common::scope;
@@ -139,7 +140,10 @@ pub async fn host_id(docker: &Docker, configured: Option<&str>) -> anyhow::Resul
 pub fn spawn(cfg: MonitorConfig, docker: Docker, ctx: &AgentContext) {
     let cfg = Arc::new(cfg);
     let metrics = MonitorMetrics::new(ctx);
+    let fleet = Arc::new(fleet::Fleet::new(&ctx.identity.host));
+    ctx.registry.with(|r| fleet.register(r));
     let out = Out {
+        fleet,
         agent: ctx.identity.agent.clone(),
         host: ctx.identity.host.clone(),
         outbox: ctx.outbox.clone(),
@@ -196,6 +200,8 @@ struct Out {
     known: Arc<std::sync::Mutex<HashMap<String, ContainerState>>>,
     /// The log tail attached to deaths, OOM kills and failing health checks.
     logs: crate::config::AlertLogs,
+    /// The watched containers' series for Prometheus.
+    fleet: Arc<fleet::Fleet>,
 }
 
 impl Out {
@@ -220,6 +226,7 @@ impl Out {
 
     fn remember(&self, id: &str, state: Option<ContainerState>) {
         if let Some(state) = state {
+            self.fleet.restart_count(id, state.restart_count);
             let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
             known.insert(id.to_owned(), state);
         }
@@ -439,6 +446,14 @@ async fn publish_with(
     };
     tracing::info!(container = %alert.container.name, kind = alert.kind.as_str(),
         user_initiated = alert.user_initiated, reminder = alert.reminder, "health alert");
+    if d.class == Class::Problem
+        && !d.reminder
+        && d.detected_by == Detection::Event
+        && let Some(at) = alert.docker_event_time
+    {
+        let took = (Utc::now() - at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+        out.fleet.detected(&d.container_id, took);
+    }
     let payload = match d.class {
         Class::Problem => Payload::ContainerUnhealthy(alert),
         Class::UserAction => Payload::ContainerUserAction(alert),
@@ -784,6 +799,16 @@ async fn watch_events(
                     // The scope reads the labels as written; from here on the event's text
                     // goes into alerts and logs, so it is scrubbed, once, here.
                     let ev = ev.scrubbed();
+                    out.fleet.event(&ev);
+                    if ev.action == "start" {
+                        // Docker's restart count for the fleet metrics: a restart by its
+                        // restart policy is a `start`.
+                        tokio::spawn(refresh_restart_count(
+                            docker.clone(),
+                            out.clone(),
+                            ev.id.clone(),
+                        ));
+                    }
                     tracing::debug!(container = ev.name(), action = %ev.action,
                         lag_ms = (Utc::now().timestamp_nanos_opt().unwrap_or(0) - ev.time_nano) as f64 / 1e6,
                         "docker event");
@@ -811,6 +836,16 @@ async fn watch_events(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+/// Inspects a container that just started, for its restart count.
+async fn refresh_restart_count(docker: Docker, out: Out, id: String) {
+    if let Ok(i) = docker
+        .inspect_container(&id, None::<InspectContainerOptions>)
+        .await
+    {
+        out.remember(&id, container_state(&i));
     }
 }
 
@@ -864,7 +899,9 @@ async fn watch_stats(cfg: Arc<MonitorConfig>, docker: Docker, out: Out, shutdown
             _ = tick.tick() => {}
         }
         let started = Instant::now();
-        let listed = match list_in_scope(&docker, false, &cfg.scope).await {
+        // Every container in scope, running or not: the fleet metrics follow all of them, and
+        // drop the series of those that are gone. Only running ones are sampled.
+        let listed = match list_in_scope(&docker, true, &cfg.scope).await {
             Ok(l) => {
                 out.docker_ok(true);
                 l
@@ -875,6 +912,7 @@ async fn watch_stats(cfg: Arc<MonitorConfig>, docker: Docker, out: Out, shutdown
                 continue;
             }
         };
+        out.fleet.listed(&listed);
         let running: Vec<Listed> = listed
             .into_iter()
             .filter(|l| l.state == "running")

@@ -21,6 +21,7 @@
 
 pub mod config;
 pub mod docker_ops;
+pub mod fleet;
 pub mod guards;
 pub mod policy;
 pub mod queue;
@@ -174,6 +175,8 @@ pub struct Responder {
     listing: tokio::sync::Mutex<Option<(Instant, Arc<Listing>)>>,
     faults: Option<FaultHook>,
     pub metrics: ResponderMetrics,
+    /// What it did to each container, for Prometheus.
+    pub fleet: fleet::Fleet,
 }
 
 impl std::fmt::Debug for Responder {
@@ -233,6 +236,7 @@ impl Responder {
             listing: tokio::sync::Mutex::new(None),
             faults: None,
             metrics: ResponderMetrics::default(),
+            fleet: fleet::Fleet::new(host),
         }
     }
 
@@ -269,6 +273,7 @@ impl Responder {
                 "Requests in the host's remediation queue",
                 self.metrics.queued.clone(),
             );
+            self.fleet.register(r);
         });
     }
 
@@ -1304,6 +1309,9 @@ impl Responder {
             .query_async(&mut conn)
             .await?;
         let opening = opening.unwrap_or_default();
+        if let Some(c) = &job.req.container {
+            self.fleet.breaker_opened(c);
+        }
         self.escalate_once(
             &format!("breaker:{}:{opening}", job.name()),
             self.cfg.breaker.cooldown * 2,
@@ -1396,6 +1404,90 @@ impl Responder {
         .await
     }
 
+    // ---- fleet metrics --------------------------------------------------------------------
+
+    /// Every [`fleet::REFRESH`]: re-reads which breakers are open (they expire, and a person
+    /// resets them) and drops the series of containers that are gone.
+    async fn refresh_fleet(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(fleet::REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let listed_at = Instant::now();
+            let list = self
+                .docker
+                .list_containers(Some(
+                    bollard::query_parameters::ListContainersOptionsBuilder::new()
+                        .all(true)
+                        .build(),
+                ))
+                .await;
+            // Without a listing nothing is dropped: an engine outage removes no series.
+            let Ok(list) = list else { continue };
+            let present: std::collections::HashMap<
+                String,
+                hemostat_common::metrics::ContainerLabels,
+            > = list
+                .iter()
+                .filter(|c| {
+                    self.cfg
+                        .scope
+                        .contains(&c.labels.clone().unwrap_or_default())
+                })
+                .map(|c| {
+                    let name = docker_ops::summary_name(c);
+                    let labels =
+                        hemostat_common::scrub::scrub_labels(c.labels.clone().unwrap_or_default());
+                    let image =
+                        hemostat_common::scrub::scrub(c.image.as_deref().unwrap_or_default());
+                    let l = hemostat_common::metrics::ContainerLabels::new(
+                        &self.host,
+                        &name,
+                        &image,
+                        |k| labels.get(k).map(String::as_str),
+                    );
+                    (name, l)
+                })
+                .collect();
+            match self.open_breakers().await {
+                Ok(open) => self.fleet.refresh(&present, &open, listed_at),
+                Err(e) => tracing::debug!(error = %e, "cannot read the breakers"),
+            }
+        }
+    }
+
+    /// The names of this host's containers whose breaker is open.
+    async fn open_breakers(&self) -> anyhow::Result<HashSet<String>> {
+        let prefix = keys::breaker(&self.host, "");
+        let pattern = format!("{}*", glob_escape(&prefix));
+        let mut conn = self.bus.connection();
+        let mut cursor: u64 = 0;
+        let mut open = HashSet::new();
+        // Bounded: at most 1,000 rounds of 500.
+        for _ in 0..1_000 {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await?;
+            open.extend(
+                keys.iter()
+                    .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned)),
+            );
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        Ok(open)
+    }
+
     // ---- reporting ------------------------------------------------------------------------
 
     /// Publishes the result (and any escalation and follow-up requests) once, to the channel
@@ -1405,6 +1497,8 @@ impl Responder {
         self.fault(Point::BeforeReport, job).await;
         let now = now_ms();
         let took = now.saturating_sub(job.admitted_at_ms);
+        // The Docker call was made: only then is there a verification.
+        let acted = r.verification.is_some() && !self.cfg.dry_run;
         let result = RemediationResult {
             container: job.req.container.clone(),
             request_id: job.id.clone(),
@@ -1459,6 +1553,26 @@ impl Responder {
         if escalated {
             self.metrics.escalations.inc();
         }
+        if let Some(c) = &job.req.container {
+            let began = job
+                .req
+                .problem
+                .as_ref()
+                .and_then(|p| p.since)
+                .map_or(job.admitted_at_ms, |t| t.timestamp_millis().max(0) as u64);
+            let recovered = acted
+                && r.outcome == Outcome::Success
+                && matches!(job.req.action, Action::Restart | Action::Start);
+            self.fleet.decided(
+                c,
+                fleet::Decided {
+                    action: job.req.action,
+                    outcome: r.outcome,
+                    acted,
+                    recovered_after: recovered.then(|| now.saturating_sub(began) as f64 / 1000.0),
+                },
+            );
+        }
         tracing::info!(container = job.name(), action = verb(job.req.action), outcome = outcome_name(r.outcome),
             guard = r.guard.map(Guard::as_str), reason = %r.reason, dry_run = self.cfg.dry_run,
             duration_ms = took, "remediation decision");
@@ -1487,6 +1601,18 @@ fn past(a: Action) -> &'static str {
         Action::Cleanup => "cleaned up",
         Action::None => "left",
     }
+}
+
+/// `s` with Redis's glob characters escaped, for a `MATCH` pattern.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn outcome_name(o: Outcome) -> &'static str {
@@ -1540,6 +1666,7 @@ pub fn spawn(responder: Arc<Responder>, ctx: &AgentContext) {
         });
     }
     ctx.spawn_critical("remediation queue", responder.clone().schedule());
+    ctx.spawn_critical("fleet metrics", responder.clone().refresh_fleet());
     ctx.spawn_critical("lease renewal", responder.renew_leases());
 }
 

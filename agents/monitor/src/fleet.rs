@@ -419,6 +419,29 @@ mod tests {
         assert!(t.contains("hemostat_monitor_fleet_containers 0"), "{t}");
     }
 
+    /// The scrape's size per container, as docs/API_PROTOCOL.md states it.
+    #[test]
+    fn a_container_costs_a_bounded_scrape() {
+        let f = Fleet::new("docker-host-01");
+        let all: Vec<Listed> = (0..100)
+            .map(|i| {
+                listed(
+                    &format!("id{i}"),
+                    &format!("shop-checkout-worker-{i:03}"),
+                    "running",
+                    None,
+                )
+            })
+            .collect();
+        f.listed(&all);
+        for i in 0..100 {
+            f.detected(&format!("id{i}"), 0.05);
+        }
+        let per = scrape(&f).len() / 100;
+        eprintln!("monitor scrape: {per} bytes per container");
+        assert!(per < 8_000, "{per} bytes per container");
+    }
+
     #[test]
     fn a_rename_moves_the_series_and_the_count_is_capped() {
         let f = Fleet::new("h1");

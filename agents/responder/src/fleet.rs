@@ -364,6 +364,32 @@ mod tests {
         );
     }
 
+    /// The scrape's size per container with every action and outcome seen, as
+    /// docs/API_PROTOCOL.md states it.
+    #[test]
+    fn a_container_costs_a_bounded_scrape() {
+        let f = Fleet::new("docker-host-01");
+        for i in 0..100 {
+            let c = c(&format!("shop-checkout-worker-{i:03}"));
+            for action in ACTIONS {
+                for outcome in OUTCOMES {
+                    f.decided(
+                        &c,
+                        Decided {
+                            action,
+                            outcome,
+                            acted: true,
+                            recovered_after: Some(3.0),
+                        },
+                    );
+                }
+            }
+        }
+        let per = scrape(&f).len() / 100;
+        eprintln!("responder scrape: {per} bytes per container");
+        assert!(per < 16_000, "{per} bytes per container");
+    }
+
     #[test]
     fn a_decision_after_the_listing_keeps_a_new_container() {
         let f = Fleet::new("h1");

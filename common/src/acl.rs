@@ -7,9 +7,11 @@
 //! - only the analyzer adds remediation requests and false alarms;
 //! - only the responder adds results and owns locks, breakers, queues and its history;
 //! - only the alert agent owns the notification state;
-//! - the dashboard adds audit entries and silences and may delete a breaker (a reset), asks
-//!   a host (`XADD` to `hemostat:ask:*`, `BLPOP` on `hemostat:reply:*`), and nothing else: no
-//!   remediation request, no result, no lock;
+//! - the dashboard adds audit entries, silences and maintenance windows, a person's decision
+//!   on a proposal (`hemostat:decision:*`) and a person's request ("restart now", on
+//!   `hemostat:person_request`, which the responder judges like any other), may delete a
+//!   breaker (a reset), asks a host (`XADD` to `hemostat:ask:*`, `BLPOP` on
+//!   `hemostat:reply:*`), and nothing else: no analyzer verdict, no result, no lock;
 //! - only the monitor reads the ask streams (as a consumer group) and writes replies; it may
 //!   also ask (its `ask` command runs with its credentials).
 //!
@@ -110,9 +112,14 @@ pub fn rules(service: &str) -> Option<Vec<String>> {
                     "~hemostat:cleanup:*",
                     "~hemostat:jobs:*",
                     "~hemostat:job:*",
+                    "~hemostat:proposal:*",
+                    "~hemostat:proposals:*",
+                    "~hemostat:approval_key",
+                    // Written by the dashboard; the responder, its reader, trims it.
+                    "~hemostat:stream:person_request",
                 ],
                 &["&hemostat:remediation_complete", "&hemostat:alerts"],
-                vec![consumer(&["remediation_needed"])],
+                vec![consumer(&["remediation_needed", "person_request"])],
             ),
             "alert" => (
                 AGENT_COMMANDS,
@@ -120,6 +127,7 @@ pub fn rules(service: &str) -> Option<Vec<String>> {
                     "~hemostat:stream:notifications",
                     "~hemostat:alert:*",
                     "~hemostat:silences",
+                    "~hemostat:maintenance",
                 ],
                 &[],
                 vec![consumer(&[
@@ -135,8 +143,14 @@ pub fn rules(service: &str) -> Option<Vec<String>> {
             "dashboard" => (
                 "-@all +@connection +@transaction +@read -@dangerous +info +xadd +set \
                  +pexpire +expire +del +hset +hdel +publish +eval +evalsha +script|load",
-                &["~hemostat:stream:audit", "~hemostat:silences"],
-                &[],
+                &[
+                    "~hemostat:stream:audit",
+                    "~hemostat:silences",
+                    "~hemostat:maintenance",
+                    "~hemostat:decision:*",
+                    "~hemostat:stream:person_request",
+                ],
+                &["&hemostat:person_request"],
                 vec![
                     "(~hemostat:breaker:* ~hemostat:history:* -@all +del +exists)".to_owned(),
                     "(&hemostat:* -@all +psubscribe +punsubscribe +subscribe +unsubscribe)"

@@ -49,11 +49,14 @@ pub enum Channel {
     Metrics,
     /// every agent: liveness.
     Heartbeat,
+    /// dashboard → responder: a person asks for an action now ("restart now"); it passes the
+    /// same guards as any other request.
+    PersonRequest,
 }
 
 impl Channel {
     /// Every channel, in the order of the table in DESIGN.md.
-    pub const ALL: [Channel; 7] = [
+    pub const ALL: [Channel; 8] = [
         Channel::HealthAlert,
         Channel::RemediationNeeded,
         Channel::FalseAlarm,
@@ -61,6 +64,7 @@ impl Channel {
         Channel::Alerts,
         Channel::Metrics,
         Channel::Heartbeat,
+        Channel::PersonRequest,
     ];
 
     /// The short name, e.g. `health_alert`.
@@ -73,6 +77,7 @@ impl Channel {
             Channel::Alerts => "alerts",
             Channel::Metrics => "metrics",
             Channel::Heartbeat => "heartbeat",
+            Channel::PersonRequest => "person_request",
         }
     }
 
@@ -86,6 +91,7 @@ impl Channel {
             Channel::Alerts => "hemostat:alerts",
             Channel::Metrics => "hemostat:metrics",
             Channel::Heartbeat => "hemostat:heartbeat",
+            Channel::PersonRequest => "hemostat:person_request",
         }
     }
 
@@ -99,6 +105,7 @@ impl Channel {
             Channel::Alerts => "hemostat:stream:alerts",
             Channel::Metrics => "hemostat:stream:metrics",
             Channel::Heartbeat => "hemostat:stream:heartbeat",
+            Channel::PersonRequest => "hemostat:stream:person_request",
         }
     }
 
@@ -220,6 +227,9 @@ pub enum Payload {
     HostMetrics(HostSample),
     /// `hemostat:heartbeat`: an agent instance is alive.
     Heartbeat(Heartbeat),
+    /// `hemostat:person_request`: a person asks the responder to act now (the dashboard's
+    /// "restart now"); `requested_by` names them.
+    PersonRequest(RemediationRequest),
 }
 
 impl Payload {
@@ -237,6 +247,7 @@ impl Payload {
             Payload::Escalation(_) => Channel::Alerts,
             Payload::ContainerMetrics(_) | Payload::HostMetrics(_) => Channel::Metrics,
             Payload::Heartbeat(_) => Channel::Heartbeat,
+            Payload::PersonRequest(_) => Channel::PersonRequest,
         }
     }
 
@@ -253,6 +264,7 @@ impl Payload {
             Payload::AlertFolded(_) => "alert_folded",
             Payload::RemediationComplete(_) => "remediation_complete",
             Payload::Escalation(_) => "escalation",
+            Payload::PersonRequest(_) => "person_request",
             Payload::ContainerMetrics(_) => "container_metrics",
             Payload::HostMetrics(_) => "host_metrics",
             Payload::Heartbeat(_) => "heartbeat",
@@ -710,6 +722,11 @@ pub enum Guard {
     RateLimit,
     /// Another request is acting on the same container.
     Lock,
+    /// A maintenance window pauses remediation of this container (or host).
+    Maintenance,
+    /// The container (or every container) is in approve mode: a person must approve the
+    /// action first, or declined it, or let the proposal expire.
+    Approval,
 }
 
 impl Guard {
@@ -729,6 +746,8 @@ impl Guard {
             Guard::Cooldown => "cooldown",
             Guard::RateLimit => "rate_limit",
             Guard::Lock => "lock",
+            Guard::Maintenance => "maintenance",
+            Guard::Approval => "approval",
         }
     }
 }
@@ -741,6 +760,8 @@ pub enum AnalysisMethod {
     Llm,
     /// The LLM was configured but its answer was unusable; rules decided.
     RulesFallback,
+    /// A person asked for it (the dashboard's "restart now").
+    Person,
 }
 
 /// The analyzer's verdict that something must be done.
@@ -766,6 +787,10 @@ pub struct RemediationRequest {
     /// names none is acted on only if the container is down or unhealthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<Problem>,
+    /// Who asked, when a person did (the dashboard's "restart now", by token or by name): a
+    /// person's request needs no problem and no approval, and passes every other guard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
 }
 
 /// The analyzer's verdict that no action is needed.
@@ -853,6 +878,8 @@ pub enum EscalationKind {
     HostWide,
     RemediationPaused,
     ProtectedContainer,
+    /// The container is in approve mode: a person must approve the proposed action.
+    ApprovalNeeded,
     Other,
 }
 
@@ -866,6 +893,69 @@ pub struct Escalation {
     pub summary: String,
     #[serde(default)]
     pub detail: String,
+    /// For an approval: the proposal's id (the request's), to approve or decline it by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposal: Option<Proposal>,
+}
+
+/// A proposed action that waits for a person: approve it, decline it, or let it expire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The request's id: `hemostat:proposal:<host>:<id>`, decided in `hemostat:decision:<host>:<id>`.
+    pub id: String,
+    pub action: Action,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The Redis keys of proposals and decisions, shared by the responder (which proposes and
+/// reads decisions), the dashboard (which decides) and the alert service (which links to them).
+pub mod proposals {
+    /// A proposal's record (written by the responder): action, container, root cause,
+    /// expiry, and its outcome once reported.
+    pub fn proposal(host: &str, id: &str) -> String {
+        format!("hemostat:proposal:{host}:{id}")
+    }
+    /// A person's decision (written once, by the dashboard): `approved:<who>` or
+    /// `declined:<who>`.
+    pub fn decision(host: &str, id: &str) -> String {
+        format!("hemostat:decision:{host}:{id}")
+    }
+    /// The proposals of a host, scored by when they expire (the dashboard lists them).
+    pub fn index(host: &str) -> String {
+        format!("hemostat:proposals:{host}")
+    }
+    /// The key that signs approval links (created by the first responder, read by the alert
+    /// service to sign and the dashboard to check).
+    pub const SIGNING_KEY: &str = "hemostat:approval_key";
+
+    /// The signature of an approval link for proposal `id` on `host`: HMAC-SHA256 over
+    /// `host/id` with the signing key, hex.
+    pub fn sign(key: &[u8], host: &str, id: &str) -> String {
+        use hmac::Mac as _;
+        let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(key) else {
+            return String::new();
+        };
+        mac.update(host.as_bytes());
+        mac.update(b"/");
+        mac.update(id.as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Whether `sig` signs `host/id` (compared in constant time).
+    pub fn verify(key: &[u8], host: &str, id: &str, sig: &str) -> bool {
+        let want = sign(key, host, id);
+        !want.is_empty()
+            && want.len() == sig.len()
+            && want
+                .bytes()
+                .zip(sig.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
 }
 
 /// An agent instance is alive.
@@ -990,6 +1080,7 @@ mod tests {
                 threshold: None,
             }),
             Payload::RemediationNeeded(RemediationRequest {
+                requested_by: None,
                 container: Some(container()),
                 target_host: "vm".into(),
                 action: Action::Restart,
@@ -1039,6 +1130,7 @@ mod tests {
                 problem: Some(ProblemKind::DependencyRestarted),
             }),
             Payload::Escalation(Escalation {
+                proposal: None,
                 kind: EscalationKind::CircuitBreakerOpen,
                 severity: Severity::Critical,
                 container: None,

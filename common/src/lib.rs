@@ -4,6 +4,7 @@
 //! - [`bus`]: publishing (pub/sub + stream, atomically), consumer groups, reclaim, dead letters.
 //! - [`config`]: the settings every agent shares, and start-up errors that name the variable.
 //! - [`agent`]: the [`agent::AgentContext`] handed to each agent's `run`, and its lifecycle.
+//! - [`maintenance`]: maintenance windows (scope, schedule, pause checks), pure functions of time.
 //! - [`telemetry`], [`shutdown`], [`heartbeat`], [`metrics`], [`http`], [`redact`]: the rest of
 //!   the plumbing, as plain functions.
 
@@ -16,6 +17,7 @@ pub mod docker;
 pub mod events;
 pub mod heartbeat;
 pub mod http;
+pub mod maintenance;
 pub mod metrics;
 pub mod redact;
 pub mod scope;
@@ -23,3 +25,4 @@ pub mod scrub;
 pub mod sentinel;
 pub mod shutdown;
 pub mod telemetry;
+pub mod windows;

@@ -156,6 +156,8 @@
     remediations: () => api('/api/remediations').then(renderRemediations),
     alerts: () => api('/api/alerts').then(renderAlerts),
     agents: () => api('/api/agents').then(renderAgents),
+    proposals: () => api('/api/proposals').then(renderProposals),
+    maintenance: () => api('/api/maintenance').then(renderWindows),
   };
 
   async function load(names) {
@@ -226,7 +228,9 @@
         el('span', { class: 'muted small block' }, c.host + (c.image ? ' · ' + c.image : '')),
         c.protected ? el('span', { class: 'small block' }, '◆ protected') : null,
         el('button', { type: 'button', class: 'small-btn logs-btn', onclick: () => showLogs(c.host, c.name) },
-          'Logs', el('span', { class: 'visually-hidden' }, ' of ' + c.name))),
+          'Logs', el('span', { class: 'visually-hidden' }, ' of ' + c.name)),
+        c.protected ? null : el('button', { type: 'button', class: 'small-btn restart-btn', onclick: () => restartNow(c.host, c.name) },
+          'Restart now', el('span', { class: 'visually-hidden' }, ' ' + c.name))),
       el('td', {}, badge(c.state)),
       el('td', {}, badge(c.health, c.unhealthy && c.problem ? 'unhealthy: ' + c.problem : c.health),
         c.problem_summary && c.unhealthy ? el('span', { class: 'small block' }, c.problem_summary) : null),
@@ -350,6 +354,61 @@
       rows.length ? rows : el('tr', {}, el('td', { colspan: 5, class: 'muted' }, 'No notifications yet.')));
   }
 
+  function renderProposals(d) {
+    const items = d.proposals.slice(0, 50).map((p) => el('li', { dataset: { proposal: p.id } },
+      badge(p.state), ' ', el('strong', {}, p.action + ' ' + p.container), ' on ', p.host,
+      ' — ', p.root_cause,
+      el('span', { class: 'muted small block' }, p.reason +
+        (p.expires_at ? ' · expires ' + new Date(p.expires_at).toLocaleTimeString() : '') +
+        (p.decided_by ? ' · by ' + p.decided_by : '')),
+      p.state === 'pending' ? [
+        el('button', { type: 'button', class: 'small-btn', onclick: () => decide(p, 'approve') },
+          'Approve', el('span', { class: 'visually-hidden' }, ' ' + p.action + ' of ' + p.container)), ' ',
+        el('button', { type: 'button', class: 'small-btn secondary', onclick: () => decide(p, 'decline') },
+          'Decline', el('span', { class: 'visually-hidden' }, ' ' + p.action + ' of ' + p.container))] : null));
+    replace($('#proposal-list'), items.length ? items : el('li', { class: 'muted' }, 'Nothing waits for approval.'));
+  }
+
+  async function decide(p, verdict) {
+    try {
+      const r = await act('POST', '/api/proposals/' + encodeURIComponent(p.host) + '/' +
+        encodeURIComponent(p.id) + '/' + verdict);
+      say('✔ ' + p.action + ' of ' + p.container + ' ' + r.decision + ': ' + r.note + '.', true);
+      reloadSoon(['proposals', 'remediations', 'containers']);
+    } catch (e) { refused(e); }
+  }
+
+  function renderWindows(d) {
+    const items = d.windows.map((w) => el('li', { dataset: { window: w.window.id } },
+      badge(w.active ? 'active' : 'scheduled'), ' ', el('strong', {}, 'pauses ' + w.window.pauses), ' ',
+      w.describe, w.window.comment ? ' — ' + w.window.comment : '',
+      el('span', { class: 'muted small block' }, [
+        w.window.scope.host ? 'host ' + w.window.scope.host : null,
+        w.window.scope.container ? 'containers ' + w.window.scope.container : null,
+        w.window.scope.label ? 'label ' + w.window.scope.label : null,
+        w.window.scope.compose_project ? 'project ' + w.window.scope.compose_project : null,
+      ].filter(Boolean).join(', ') || 'everything'),
+      ' ', el('button', { type: 'button', class: 'small-btn', onclick: () => endWindow(w.window.id) },
+        'End now', el('span', { class: 'visually-hidden' }, ' window ' + w.window.id))));
+    replace($('#window-list'), items.length ? items : el('li', { class: 'muted' }, 'No maintenance windows.'));
+  }
+
+  async function endWindow(id) {
+    try {
+      await act('DELETE', '/api/maintenance/' + encodeURIComponent(id));
+      say('✔ Maintenance window ' + id + ' ended.', true);
+      reloadSoon(['maintenance']);
+    } catch (e) { refused(e); }
+  }
+
+  async function restartNow(host, name) {
+    try {
+      const r = await act('POST', '/api/restart', { host, container: name });
+      say('✔ Restart of ' + name + ' requested (' + r.request_id + '): ' + r.note + '.', true);
+      reloadSoon(['remediations', 'containers']);
+    } catch (e) { refused(e); }
+  }
+
   function renderAgents(d) {
     const rows = d.agents.map((a) => el('tr', { dataset: { instance: a.instance } },
       el('th', { scope: 'row' }, a.agent, el('span', { class: 'muted small block' }, a.instance)),
@@ -386,7 +445,7 @@
       while (list.children.length > 1000) list.lastElementChild.remove();
     }
     reloadSoon(SECTIONS_FOR[item.event_type] ||
-      ['overview', 'containers', 'remediations', 'alerts']);
+      ['overview', 'containers', 'remediations', 'alerts', 'proposals']);
   }
 
   let source = null;
@@ -496,6 +555,17 @@
         reloadSoon(['containers', 'overview', 'remediations']);
       } catch (err) { refused(err); }
     });
+    $('#window-form').addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const d = formData(e.target);
+      // A weekly window has no length of its own: the form's default "for" gives way.
+      if (d.days || d.from || d.to) delete d.for;
+      try {
+        const w = await act('POST', '/api/maintenance', d);
+        say('✔ Maintenance window ' + w.id + ' opened (pauses ' + w.pauses + ').', true);
+        reloadSoon(['maintenance']);
+      } catch (err) { refused(err); }
+    });
     $('#silence-form').addEventListener('submit', async (e) => {
       e.preventDefault();
       try {
@@ -536,7 +606,7 @@
     connect();
     await loadAll();
     // Relative times and anything the feed cannot tell (an agent going silent) age on their own.
-    setInterval(() => load(['overview', 'agents']), 15000);
+    setInterval(() => load(['overview', 'agents', 'maintenance', 'proposals']), 15000);
     document.body.dataset.ready = 'true';
   }
 

@@ -89,6 +89,21 @@ pub fn router(state: AppState) -> Router {
         .route("/api/breakers/reset", post(reset_breaker))
         .route("/api/silences", post(add_silence))
         .route("/api/silences/{id}", delete(expire_silence))
+        .route("/api/proposals", get(crate::actions::list_proposals))
+        .route(
+            "/api/proposals/{host}/{id}/{verdict}",
+            post(crate::actions::decide_api),
+        )
+        .route(
+            "/approve/{host}/{id}",
+            get(crate::actions::approve_page).post(crate::actions::approve_post),
+        )
+        .route("/api/restart", post(crate::actions::restart_now))
+        .route(
+            "/api/maintenance",
+            get(crate::actions::list_windows).post(crate::actions::add_window),
+        )
+        .route("/api/maintenance/{id}", delete(crate::actions::end_window))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -109,6 +124,8 @@ pub enum ApiError {
     Denied(Denied),
     BadRequest(String),
     NotFound(String),
+    /// The request came too late or too early for what it asks (a decided proposal).
+    Conflict(String),
     /// The `Host` header names a host the dashboard does not answer to.
     UnknownHost,
 }
@@ -158,6 +175,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::UnknownHost => (
                 StatusCode::FORBIDDEN,
                 "this dashboard does not answer to that host name; add it to \
@@ -205,13 +223,12 @@ async fn not_found() -> ApiError {
 /// caching of live data.
 async fn security_headers(mut res: Response) -> Response {
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
+    // A page that sets its own policy (the approval page, which posts a form) keeps it.
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
              connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-        ),
-    );
+        ));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -479,7 +496,7 @@ async fn events(State(s): State<AppState>) -> impl IntoResponse {
 // ---------------------------------------------------------------------------------------------
 
 /// Checks the token and names who acts. Refusals are counted, never logged with the header.
-fn authorize(s: &Inner, headers: &HeaderMap, action: &str) -> Result<String, ApiError> {
+pub(crate) fn authorize(s: &Inner, headers: &HeaderMap, action: &str) -> Result<String, ApiError> {
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -504,7 +521,7 @@ fn authorize(s: &Inner, headers: &HeaderMap, action: &str) -> Result<String, Api
 }
 
 /// What a person typed as their name, made safe to store and show: printable, short.
-fn clean_actor(raw: &str) -> String {
+pub(crate) fn clean_actor(raw: &str) -> String {
     raw.chars()
         .filter(|c| !c.is_control())
         .take(64)
@@ -513,7 +530,7 @@ fn clean_actor(raw: &str) -> String {
         .to_owned()
 }
 
-fn count(s: &Inner, action: &str, result: &str) {
+pub(crate) fn count(s: &Inner, action: &str, result: &str) {
     s.actions
         .get_or_create(&ActionLabel {
             action: action.to_owned(),
@@ -524,7 +541,20 @@ fn count(s: &Inner, action: &str, result: &str) {
 
 /// A host or container name as a matcher or key part: non-empty, short, no spaces or control
 /// characters (they could not have come from Docker).
-fn check_name(what: &str, v: &str) -> Result<(), ApiError> {
+/// `s` as one URL path segment.
+pub(crate) fn url_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+pub(crate) fn check_name(what: &str, v: &str) -> Result<(), ApiError> {
     if v.is_empty() || v.len() > 253 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(ApiError::BadRequest(format!(
             "{what} must be a non-empty name without spaces (at most 253 characters)"

@@ -5,6 +5,7 @@
 //! ([`store`]) and pure aggregation ([`model`]), a live feed over server-sent events fed by one
 //! Redis subscription ([`live`]), and three audited actions behind a bearer token ([`auth`]).
 
+pub mod actions;
 pub mod api;
 pub mod auth;
 pub mod config;

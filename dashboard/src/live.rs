@@ -217,6 +217,7 @@ mod tests {
             "responder",
             "h1",
             Payload::Escalation(Escalation {
+                proposal: None,
                 kind: EscalationKind::Other,
                 severity: Severity::Warning,
                 container: None,

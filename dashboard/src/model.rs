@@ -25,7 +25,7 @@ pub fn container_of(env: &Envelope) -> Option<&ContainerRef> {
         Payload::ContainerUnhealthy(a)
         | Payload::ContainerUserAction(a)
         | Payload::ContainerRecovered(a) => Some(&a.container),
-        Payload::RemediationNeeded(r) => r.container.as_ref(),
+        Payload::RemediationNeeded(r) | Payload::PersonRequest(r) => r.container.as_ref(),
         Payload::FalseAlarm(f) => f.container.as_ref(),
         Payload::AlertFolded(f) => Some(&f.container),
         Payload::RemediationComplete(r) => r.container.as_ref(),
@@ -37,7 +37,7 @@ pub fn container_of(env: &Envelope) -> Option<&ContainerRef> {
 /// The host an envelope is about: a request's target host, else the envelope's host.
 pub fn host_of(env: &Envelope) -> &str {
     match &env.payload {
-        Payload::RemediationNeeded(r) => &r.target_host,
+        Payload::RemediationNeeded(r) | Payload::PersonRequest(r) => &r.target_host,
         _ => &env.host,
     }
 }
@@ -49,7 +49,7 @@ pub fn kind_of(env: &Envelope) -> String {
         | Payload::ContainerUserAction(a)
         | Payload::ContainerRecovered(a) => a.kind.as_str().to_owned(),
         Payload::HostUnhealthy(h) | Payload::HostRecovered(h) => wire(&h.kind),
-        Payload::RemediationNeeded(r) => wire(&r.action),
+        Payload::RemediationNeeded(r) | Payload::PersonRequest(r) => wire(&r.action),
         Payload::RemediationComplete(r) => wire(&r.action),
         Payload::Escalation(e) => wire(&e.kind),
         Payload::FalseAlarm(_) => "false_alarm".into(),
@@ -78,7 +78,7 @@ pub fn severity_of(env: &Envelope) -> Severity {
         | Payload::ContainerRecovered(a) => a.severity,
         Payload::HostUnhealthy(h) | Payload::HostRecovered(h) => h.severity,
         Payload::Escalation(e) => e.severity,
-        Payload::RemediationNeeded(_) => Severity::Warning,
+        Payload::RemediationNeeded(_) | Payload::PersonRequest(_) => Severity::Warning,
         Payload::RemediationComplete(r) => match r.outcome {
             Outcome::Failed => Severity::Critical,
             Outcome::Rejected => Severity::Warning,
@@ -113,6 +113,12 @@ pub fn summary_of(env: &Envelope) -> String {
             r.root_cause,
             wire(&r.analysis_method),
             r.confidence
+        ),
+        Payload::PersonRequest(r) => format!(
+            "{} {} asked by {}",
+            wire(&r.action),
+            name(&r.container),
+            r.requested_by.as_deref().unwrap_or("a person")
         ),
         Payload::FalseAlarm(f) => format!(
             "false alarm for {}: {} ({})",
@@ -922,6 +928,7 @@ mod tests {
 
     fn request(name: &str, alert_id: &str, host: &str) -> Payload {
         Payload::RemediationNeeded(RemediationRequest {
+            requested_by: None,
             container: Some(cref(name)),
             target_host: host.into(),
             action: Action::Restart,
@@ -1027,6 +1034,7 @@ mod tests {
             61,
             "h2",
             Payload::Escalation(Escalation {
+                proposal: None,
                 kind: EscalationKind::RemediationFailed,
                 severity: Severity::Critical,
                 container: Some(cref("worker")),

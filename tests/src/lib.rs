@@ -11,12 +11,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod bench;
+pub mod chat;
 pub mod engine2;
 pub mod openai_stub;
 pub mod pipeline;
 pub mod prometheus;
 pub mod records;
 pub mod sentinel;
+pub mod smtp;
 
 use std::collections::HashMap;
 use std::net::TcpListener;

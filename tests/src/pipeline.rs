@@ -297,6 +297,8 @@ pub async fn alert_serving(
         format!("--slack-webhook-url={slack}"),
         "--webhook-url=".into(),
         "--pagerduty-routing-key=".into(),
+        "--notify-urls=".into(),
+        "--notify-routes=".into(),
     ];
     let a: hemostat_alert::config::AlertArgs = hemostat_common::config::parse_from(args).unwrap();
     let cfg = a.validate().unwrap();

@@ -71,6 +71,71 @@ async fn each_service_may_write_only_what_its_job_needs() {
     };
     // (service, command, allowed)
     let cases: Vec<(&str, Vec<&str>, bool)> = vec![
+        // A person's request comes only from the dashboard; a decision on a proposal too; only
+        // the responder proposes; windows come from the dashboard and the alert CLI.
+        ("dashboard", xadd("hemostat:stream:person_request"), true),
+        ("analyzer", xadd("hemostat:stream:person_request"), false),
+        ("alert", xadd("hemostat:stream:person_request"), false),
+        (
+            "dashboard",
+            vec!["PUBLISH", "hemostat:person_request", "{}"],
+            true,
+        ),
+        (
+            "dashboard",
+            vec!["SET", "hemostat:decision:h:01J", "approved:x", "NX"],
+            true,
+        ),
+        (
+            "responder",
+            vec!["SET", "hemostat:decision:h:01J", "approved:x"],
+            false,
+        ),
+        (
+            "analyzer",
+            vec!["SET", "hemostat:decision:h:01J", "approved:x"],
+            false,
+        ),
+        (
+            "dashboard",
+            vec!["HSET", "hemostat:proposal:h:01J", "expires_ms", "1"],
+            false,
+        ),
+        (
+            "responder",
+            vec!["HSET", "hemostat:proposal:h:01J", "expires_ms", "1"],
+            true,
+        ),
+        (
+            "dashboard",
+            vec!["SET", "hemostat:approval_key", "k"],
+            false,
+        ),
+        (
+            "responder",
+            vec!["SET", "hemostat:approval_key", "k", "NX"],
+            true,
+        ),
+        (
+            "dashboard",
+            vec!["HSET", "hemostat:maintenance", "w", "{}"],
+            true,
+        ),
+        (
+            "alert",
+            vec!["HSET", "hemostat:maintenance", "w", "{}"],
+            true,
+        ),
+        (
+            "responder",
+            vec!["HSET", "hemostat:maintenance", "w", "{}"],
+            false,
+        ),
+        (
+            "monitor",
+            vec!["HSET", "hemostat:maintenance", "w", "{}"],
+            false,
+        ),
         // Only the analyzer asks for a remediation, on the stream or on the channel.
         (
             "dashboard",

@@ -31,6 +31,8 @@ use hemostat_common::events::{
 use hemostat_common::http::Health;
 use hemostat_common::metrics::AgentMetrics;
 use hemostat_common::shutdown::Shutdown;
+use hemostat_tests::chat::{BOT_TOKEN, ChatServices, SECRET as CHAT_SECRET};
+use hemostat_tests::smtp::SmtpServer;
 use hemostat_tests::{TestRedis, init_logs, random_id, require, wait_for_group};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -241,6 +243,8 @@ impl RunningAlert {
             ("slack-webhook-url", ""),
             ("webhook-url", ""),
             ("pagerduty-routing-key", ""),
+            ("notify-urls", ""),
+            ("notify-routes", ""),
             ("dashboard-url", ""),
         ]
         .iter()
@@ -546,6 +550,7 @@ async fn crash_and_remediation_reach_slack_with_block_kit() {
         "analyzer",
         HOST,
         Payload::RemediationNeeded(RemediationRequest {
+            requested_by: None,
             container: Some(container("web")),
             target_host: HOST.into(),
             action: Action::Restart,
@@ -1214,6 +1219,8 @@ async fn cli_test_command() {
             .env("SLACK_WEBHOOK_URL", url)
             .env_remove("WEBHOOK_URL")
             .env_remove("PAGERDUTY_ROUTING_KEY")
+            .env_remove("HEMOSTAT_NOTIFY_URLS")
+            .env_remove("HEMOSTAT_NOTIFY_ROUTES")
             .env_remove("HEMOSTAT_DASHBOARD_URL")
             .kill_on_drop(true)
             .output()
@@ -1226,7 +1233,10 @@ async fn cli_test_command() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-    assert!(stdout.contains("slack: sent"), "{stdout}");
+    assert!(
+        stdout.contains("slack (slack, route default): sent"),
+        "{stdout}"
+    );
     let got = ok.received();
     assert_eq!(got.len(), 1);
     let v = got[0].json();
@@ -2019,4 +2029,434 @@ async fn a_batch_never_overfills_the_group() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(hook.received().len(), 1, "one message for the 500");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Notification URLs and routes, against servers that speak each service's protocol.
+// ---------------------------------------------------------------------------------------------
+
+/// The default route's URLs: one of every scheme, each at the local server that speaks it.
+fn every_url(chat: &ChatServices, smtp: &SmtpServer) -> Vec<String> {
+    let (base, host, k) = (chat.base(), chat.host(), CHAT_SECRET);
+    vec![
+        format!("slack://T01/B02/{k}?api={base}"),
+        format!("discord://42/{k}?api={base}"),
+        format!("teams://example.webhook.office.com/teams/webhookb2/{k}?api={base}"),
+        format!("ntfy://{host}/hemostat-alerts"),
+        format!("gotify://{host}/{k}"),
+        format!("telegram://{BOT_TOKEN}/-100123?api={base}"),
+        format!("pushover://uQiRzpo4DXghDmr9QzzfQu27cmVRsG@{k}?api={base}"),
+        format!("matrix://{k}@{host}/%21ops:example.org"),
+        format!(
+            "smtp://oncall%40example.com:{k}@127.0.0.1:{}?tls=none&to=ops@example.com,sre@example.com",
+            smtp.port
+        ),
+        format!("pagerduty://{k}?api={base}"),
+        format!("opsgenie://{k}?api={base}"),
+        format!("json://{host}/hook/default"),
+    ]
+}
+
+/// An escalation about container `name`, with `labels`.
+fn escalation_for(name: &str, labels: &[(&str, &str)]) -> Envelope {
+    let mut c = container(name);
+    c.labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Envelope::new(
+        "responder",
+        HOST,
+        Payload::Escalation(hemostat_common::events::Escalation {
+            proposal: None,
+            kind: hemostat_common::events::EscalationKind::CircuitBreakerOpen,
+            severity: Severity::Critical,
+            container: Some(c),
+            summary: format!("circuit breaker open for {name} <b>&amp; @here"),
+            detail: "3 restarts in 10 min".into(),
+        }),
+    )
+}
+
+const ALL_SINKS: [&str; 12] = [
+    "slack",
+    "discord",
+    "teams",
+    "ntfy",
+    "gotify",
+    "telegram",
+    "pushover",
+    "matrix",
+    "email",
+    "pagerduty",
+    "opsgenie",
+    "json",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_notification_url_speaks_its_protocol_and_a_route_gets_only_its_containers() {
+    let w = setup!();
+    let chat = ChatServices::start().await;
+    let smtp = SmtpServer::start(Some(("oncall@example.com", CHAT_SECRET))).await;
+    let urls = every_url(&chat, &smtp).join(" ");
+    // The db route: its own Slack channel and webhook, critical only.
+    let routes = format!(
+        "db: severity=critical slack://T01/DB/{k}?api={base} json://{host}/hook/db",
+        k = CHAT_SECRET,
+        base = chat.base(),
+        host = chat.host()
+    );
+    let agent = RunningAlert::start(
+        &w.redis.url(),
+        &[
+            ("notify-urls", urls.as_str()),
+            ("notify-routes", routes.as_str()),
+        ],
+    )
+    .await;
+
+    let web = escalation_for("web", &[]);
+    let pg = escalation_for("pgdb-primary", &[("hemostat.notify", "db")]);
+    w.publish(&web).await;
+    w.publish(&pg).await;
+    for sink in ALL_SINKS {
+        w.wait_decision("sent", sink, &web.id).await;
+        w.wait_decision("filtered", sink, &pg.id).await;
+    }
+    for sink in ["db-slack", "db-json"] {
+        w.wait_decision("sent", sink, &pg.id).await;
+        w.wait_decision("filtered", sink, &web.id).await;
+    }
+
+    let hits = chat.hits();
+    let failed: Vec<_> = hits.iter().filter(|h| h.status >= 300).collect();
+    assert!(
+        failed.is_empty(),
+        "a service refused a request: {failed:#?}"
+    );
+    let services: std::collections::BTreeSet<&str> = hits.iter().map(|h| h.service).collect();
+    for s in [
+        "slack",
+        "discord",
+        "teams",
+        "ntfy",
+        "gotify",
+        "telegram",
+        "pushover",
+        "matrix",
+        "pagerduty",
+        "opsgenie",
+        "json",
+    ] {
+        assert!(services.contains(s), "{s} was never reached: {services:?}");
+    }
+    // The db route's container reached only the db route's URLs, and no other container did.
+    let is_db =
+        |h: &&hemostat_tests::chat::Hit| h.path.contains("/DB/") || h.path.ends_with("/hook/db");
+    for h in &hits {
+        let mentions_pg = h.body.contains("pgdb-primary");
+        assert_eq!(
+            mentions_pg,
+            is_db(&h),
+            "{} {} {}",
+            h.service,
+            h.path,
+            h.body
+        );
+    }
+    assert_eq!(hits.iter().filter(is_db).count(), 2, "{hits:#?}");
+
+    // What each service was told, in its own terms.
+    let one = |service: &str| hits.iter().find(|h| h.service == service).unwrap().clone();
+    let tg = one("telegram").json();
+    assert_eq!(tg["chat_id"], "-100123");
+    assert_eq!(tg["parse_mode"], "HTML");
+    let text = tg["text"].as_str().unwrap();
+    // The container's words are shown, not parsed: its `<b>` is escaped, our own is a tag.
+    assert!(
+        text.starts_with("<b>") && text.contains("&lt;b&gt;"),
+        "{text}"
+    );
+    assert!(
+        text.contains("@\u{200B}here"),
+        "a mention must be broken: {text}"
+    );
+    let po = one("pushover");
+    assert_eq!(po.form("priority").as_deref(), Some("1"));
+    assert!(
+        po.form("title")
+            .unwrap()
+            .contains("circuit breaker open for web")
+    );
+    let mx = one("matrix");
+    assert_eq!(mx.method, "PUT");
+    assert!(
+        mx.path
+            .contains("/rooms/%21ops%3Aexample.org/send/m.room.message/"),
+        "{}",
+        mx.path
+    );
+    assert_eq!(mx.json()["msgtype"], "m.notice");
+    assert!(
+        mx.json()["formatted_body"]
+            .as_str()
+            .unwrap()
+            .contains("&lt;b&gt;")
+    );
+    let gotify = one("gotify").json();
+    assert_eq!(gotify["priority"], 8);
+    let og = one("opsgenie").json();
+    assert_eq!(og["priority"], "P1");
+    assert_eq!(og["alias"], format!("hemostat/{HOST}/web"));
+    let nt = one("ntfy");
+    assert_eq!(nt.path, "/hemostat-alerts");
+    assert_eq!(nt.headers["priority"], "5");
+    assert_eq!(one("pagerduty").json()["event_action"], "trigger");
+
+    // Email: one message, to both recipients, from the authenticated user.
+    let mails = smtp.wait_for(1, WAIT).await;
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    let m = &mails[0];
+    assert_eq!(m.user.as_deref(), Some("oncall@example.com"));
+    assert_eq!(m.to, ["ops@example.com", "sre@example.com"]);
+    assert!(
+        m.header("Subject")
+            .unwrap()
+            .contains("circuit breaker open for web"),
+        "{m:#?}"
+    );
+    assert!(m.body().contains("3 restarts in 10 min"), "{}", m.body());
+    assert!(
+        !m.data.contains("pgdb-primary"),
+        "the db container reached the default route's email"
+    );
+
+    // No secret reached Redis (history, dead letters) or a log-shaped place.
+    let history = w.history().await;
+    for e in &history {
+        for v in e.fields.values() {
+            assert!(
+                !v.contains(CHAT_SECRET),
+                "a secret reached the history: {v}"
+            );
+        }
+    }
+    assert!(agent.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_closes_what_the_pagers_opened_and_matrix_retries_are_one_message() {
+    let w = setup!();
+    let chat = ChatServices::start().await;
+    let (base, host, k) = (chat.base(), chat.host(), CHAT_SECRET);
+    let urls = format!("opsgenie://{k}?api={base} matrix://{k}@{host}/%21ops:example.org");
+    let agent = RunningAlert::start(&w.redis.url(), &[("notify-urls", urls.as_str())]).await;
+    // The crash is told (Matrix takes everything, Opsgenie only what pages), then the
+    // escalation pages, then the recovery resolves what was firing.
+    let died = died("api");
+    w.publish(&died).await;
+    w.wait_decision("sent", "matrix", &died.id).await;
+    let crash = escalation_for("api", &[]);
+    w.publish(&crash).await;
+    w.wait_decision("sent", "opsgenie", &crash.id).await;
+    let back = recovered("api");
+    w.publish(&back).await;
+    w.wait_decision("sent", "opsgenie", &back.id).await;
+    let hits = chat.hits();
+    let og: Vec<_> = hits.iter().filter(|h| h.service == "opsgenie").collect();
+    assert_eq!(og.len(), 2, "{og:#?}");
+    assert_eq!(og[0].path, "/v2/alerts");
+    assert_eq!(
+        og[1].path,
+        format!("/v2/alerts/hemostat%2F{HOST}%2Fapi/close"),
+        "the recovery closes the alert its crash opened"
+    );
+    // Matrix: the same delivery sent twice is one transaction id, so one event.
+    let mx: Vec<_> = hits.iter().filter(|h| h.service == "matrix").collect();
+    assert!(!mx.is_empty());
+    let batch = hemostat_alert::engine::Batch {
+        notifications: vec![
+            hemostat_alert::notify::from_envelope(
+                &crash,
+                hemostat_alert::notify::Sources {
+                    crashes: true,
+                    false_alarms: false,
+                },
+            )
+            .unwrap(),
+        ],
+    };
+    let a = hemostat_alert::sink::transaction_id("matrix", &batch);
+    let b = hemostat_alert::sink::transaction_id("matrix", &batch);
+    assert_eq!(a, b);
+    assert_ne!(a, hemostat_alert::sink::transaction_id("matrix-2", &batch));
+    assert!(agent.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_that_the_server_defers_is_retried_and_sent_once() {
+    let w = setup!();
+    let smtp = SmtpServer::start(None).await;
+    smtp.fail_next(1);
+    let urls = format!(
+        "smtp://127.0.0.1:{}?tls=none&to=ops@example.com&from=hemostat@example.com",
+        smtp.port
+    );
+    let agent = RunningAlert::start(&w.redis.url(), &[("notify-urls", urls.as_str())]).await;
+    let crash = died("mailer");
+    w.publish(&crash).await;
+    let sent = w.wait_decision("sent", "email", &crash.id).await;
+    assert!(
+        sent.get("detail").contains("2 attempt(s)"),
+        "{:?}",
+        sent.fields
+    );
+    let mails = smtp.wait_for(1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.mails().len(), 1, "{mails:#?}");
+    assert!(agent.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_command_reaches_every_url_and_names_each() {
+    init_logs();
+    let Some(bin) = tokio::task::spawn_blocking(alert_binary).await.unwrap() else {
+        require(
+            "the hemostat-alert binary",
+            "not built and cargo could not build it",
+        );
+        return;
+    };
+    let chat = ChatServices::start().await;
+    let smtp = SmtpServer::start(Some(("oncall@example.com", CHAT_SECRET))).await;
+    let routes = format!("db: json://{}/hook/db", chat.host());
+    let cwd = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(bin)
+            .args(["--sink-attempts", "1", "--sink-timeout", "2s", "test"])
+            .current_dir(cwd.path())
+            .env("HEMOSTAT_NOTIFY_URLS", every_url(&chat, &smtp).join("\n"))
+            .env("HEMOSTAT_NOTIFY_ROUTES", routes)
+            .env_remove("SLACK_WEBHOOK_URL")
+            .env_remove("WEBHOOK_URL")
+            .env_remove("PAGERDUTY_ROUTING_KEY")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("test command hung")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    for sink in ALL_SINKS {
+        assert!(
+            stdout.contains(&format!("{sink} ("))
+                && stdout
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{sink} (")) && l.contains(": sent")),
+            "{sink}: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("db-json (json, route db): sent"),
+        "{stdout}"
+    );
+    assert_eq!(smtp.mails().len(), 1);
+    assert!(
+        !stdout.contains(CHAT_SECRET) && !stderr.contains(CHAT_SECRET),
+        "{stdout}\n{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_maintenance_command_opens_lists_and_ends_a_window() {
+    let w = setup!();
+    let Some(bin) = tokio::task::spawn_blocking(alert_binary).await.unwrap() else {
+        require(
+            "the hemostat-alert binary",
+            "not built and cargo could not build it",
+        );
+        return;
+    };
+    let cwd = tempfile::tempdir().unwrap();
+    let run = |args: Vec<String>| {
+        let bin = bin.clone();
+        let url = w.redis.url();
+        let cwd = cwd.path().to_path_buf();
+        async move {
+            let out = tokio::time::timeout(
+                WAIT,
+                tokio::process::Command::new(bin)
+                    .arg(format!("--redis-url={url}"))
+                    .args(["maintenance"])
+                    .args(args)
+                    .current_dir(cwd)
+                    .env("USER", "ops")
+                    .kill_on_drop(true)
+                    .output(),
+            )
+            .await
+            .expect("maintenance command hung")
+            .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (code, out, err) = run([
+        "add",
+        "--for",
+        "30m",
+        "--container",
+        "db*",
+        "--pauses",
+        "notifications",
+        "--comment",
+        "backup",
+    ]
+    .map(String::from)
+    .to_vec())
+    .await;
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("pauses notifications") && out.contains("HOLDS NOW"),
+        "{out}"
+    );
+    let id = out.split_whitespace().nth(3).unwrap().to_owned();
+    let (code, out, _) = run(vec!["list".into()]).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains(&id) && out.contains("containers db*") && out.contains("backup"),
+        "{out}"
+    );
+    let (code, out, err) = run([
+        "add", "--days", "mon-fri", "--from", "02:00", "--to", "25:00",
+    ]
+    .map(String::from)
+    .to_vec())
+    .await;
+    assert_ne!(code, Some(0), "a bad window is refused: {out}\n{err}");
+    assert!(err.contains("to:"), "{err}");
+    let (code, out, _) = run(vec!["end".into(), id.clone()]).await;
+    assert_eq!(code, Some(0), "{out}");
+    let (code, _, err) = run(vec!["end".into(), id.clone()]).await;
+    assert_ne!(code, Some(0));
+    assert!(err.contains("no maintenance window"), "{err}");
+    let windows = hemostat_common::windows::load(&w.bus).await.unwrap();
+    assert!(windows.is_empty(), "{windows:?}");
+    let audit = w.xrange(hemostat_common::events::AUDIT_STREAM).await;
+    let added = audit
+        .iter()
+        .find(|e| e.get("event_type") == "maintenance_added")
+        .unwrap();
+    assert_eq!(added.get("by"), "cli:ops");
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.get("event_type") == "maintenance_ended" && e.get("window_id") == id)
+    );
 }

@@ -72,6 +72,7 @@ fn mixed(i: usize) -> Envelope {
     let payload = match i % 4 {
         0 => return alert(&format!("c{i}")),
         1 => Payload::Escalation(Escalation {
+            proposal: None,
             kind: EscalationKind::Other,
             severity: Severity::Warning,
             container: None,

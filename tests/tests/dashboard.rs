@@ -321,6 +321,7 @@ fn request(
     confidence: f64,
 ) -> Payload {
     Payload::RemediationNeeded(RemediationRequest {
+        requested_by: None,
         container: Some(cref(name)),
         target_host: host.into(),
         action: Action::Restart,
@@ -525,6 +526,7 @@ async fn seed(b: &Bus) -> Seeded {
         H1,
         139,
         Payload::Escalation(Escalation {
+            proposal: None,
             kind: EscalationKind::CircuitBreakerOpen,
             severity: Severity::Critical,
             container: Some(cref("worker")),
@@ -927,6 +929,7 @@ async fn live_feed_delivers_a_newly_published_event() {
             H1,
             0,
             Payload::Escalation(Escalation {
+                proposal: None,
                 kind: EscalationKind::CrashLoop,
                 severity: Severity::Critical,
                 container: Some(cref("api")),
@@ -1751,6 +1754,7 @@ async fn browser_shows_the_fleet_live_and_refuses_actions_when_read_only() {
         H1,
         0,
         Payload::Escalation(Escalation {
+            proposal: None,
             kind: EscalationKind::CrashLoop,
             severity: Severity::Critical,
             container: Some(cref("api")),
@@ -2119,5 +2123,331 @@ async fn asking_a_host_needs_the_read_token_and_a_silent_host_is_a_timeout() {
         "host nobody did not answer within 5 s (is its monitor running?)"
     );
     assert!(started.elapsed() < Duration::from_secs(7));
+    assert!(d.stop().await);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proposals (approve mode), "restart now" and maintenance windows
+// ---------------------------------------------------------------------------------------------
+
+/// A proposal as a responder leaves it: its record, and its approval escalation on the bus.
+async fn propose(b: &Bus, redis: &TestRedis, id: &str, container: &str, expires_in_ms: i64) {
+    use hemostat_common::events::{Proposal, proposals};
+    let expires = Utc::now() + chrono::Duration::milliseconds(expires_in_ms);
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("HSET")
+        .arg(proposals::proposal(H1, id))
+        .arg("action")
+        .arg("restart")
+        .arg("container")
+        .arg(container)
+        .arg("root_cause")
+        .arg("the process <b>crashed</b>")
+        .arg("reason")
+        .arg("rule crash")
+        .arg("proposed_ms")
+        .arg(Utc::now().timestamp_millis())
+        .arg("expires_ms")
+        .arg(expires.timestamp_millis())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    b.publish(&env(
+        "responder",
+        H1,
+        0,
+        Payload::Escalation(Escalation {
+            kind: EscalationKind::ApprovalNeeded,
+            severity: Severity::Warning,
+            container: Some(cref(container)),
+            summary: format!("approve restart of {container}?"),
+            detail: String::new(),
+            proposal: Some(Proposal {
+                id: id.into(),
+                action: Action::Restart,
+                expires_at: expires,
+            }),
+        }),
+    ))
+    .await
+    .unwrap();
+}
+
+async fn decision(redis: &TestRedis, id: &str) -> Option<String> {
+    let mut conn = redis.conn().await;
+    redis::cmd("GET")
+        .arg(hemostat_common::events::proposals::decision(H1, id))
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_is_decided_once_by_token_or_by_its_signed_link_and_a_visit_decides_nothing() {
+    use hemostat_common::events::proposals;
+    init_logs();
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let b = bus(&redis).await;
+    let key = b"signing-key-of-this-test";
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("SET")
+        .arg(proposals::SIGNING_KEY)
+        .arg(&key[..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (one, two, late) = ("01JPROPOSALONE", "01JPROPOSALTWO", "01JPROPOSALLATE");
+    propose(&b, &redis, one, "web", 60_000).await;
+    propose(&b, &redis, two, "api", 60_000).await;
+    propose(&b, &redis, late, "old", -1_000).await;
+    let d = Running::start(&redis, Some(TOKEN)).await;
+
+    let list = d.get("/api/proposals").await.json();
+    assert_eq!(list["pending"], 2, "{list:#}");
+    assert_eq!(find(&list["proposals"], "id", late)["state"], "expired");
+
+    // The link: a wrong signature shows nothing; the right one shows the proposal, escaped,
+    // and decides nothing by being opened.
+    let r = d.get(&format!("/approve/{H1}/{one}?sig=00ff")).await;
+    assert_eq!(r.status, 403);
+    let sig = proposals::sign(key, H1, one);
+    let page = d.get(&format!("/approve/{H1}/{one}?sig={sig}")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("&lt;b&gt;crashed&lt;/b&gt;"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("value=approve"), "{}", page.body);
+    assert!(
+        page.header("content-security-policy")
+            .contains("form-action 'self'")
+    );
+    assert_eq!(decision(&redis, one).await, None, "a visit decides nothing");
+    // A signature for one proposal does not open another.
+    let r = http(
+        d.addr,
+        "POST",
+        &format!("/approve/{H1}/{two}"),
+        &[],
+        Some(&format!("sig={sig}&decision=approve")),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(decision(&redis, two).await, None);
+    // Deciding with the link.
+    let r = http(
+        d.addr,
+        "POST",
+        &format!("/approve/{H1}/{one}"),
+        &[],
+        Some(&format!("sig={sig}&decision=approve&name=Ana+L")),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("Approved"));
+    assert_eq!(
+        decision(&redis, one).await.as_deref(),
+        Some("approved:chat-link:Ana L")
+    );
+    // The first decision wins.
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [
+        ("Authorization", bearer.as_str()),
+        ("X-Hemostat-Actor", "bob"),
+    ];
+    let r = http(
+        d.addr,
+        "POST",
+        &format!("/api/proposals/{H1}/{one}/decline"),
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("decided already")
+    );
+    // With the token; without it, refused.
+    let r = http(
+        d.addr,
+        "POST",
+        &format!("/api/proposals/{H1}/{two}/decline"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = http(
+        d.addr,
+        "POST",
+        &format!("/api/proposals/{H1}/{two}/decline"),
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        decision(&redis, two).await.as_deref(),
+        Some("declined:dashboard:bob")
+    );
+    // Too late.
+    let r = http(
+        d.addr,
+        "POST",
+        &format!("/api/proposals/{H1}/{late}/approve"),
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 409);
+    assert!(r.json()["error"].as_str().unwrap().contains("expired"));
+    assert_eq!(decision(&redis, late).await, None);
+    // Every decision is audited with who made it.
+    let audit = audit_entries(&redis).await;
+    let decided: Vec<(&str, &str, &str)> = audit
+        .iter()
+        .filter(|e| e["event_type"].starts_with("proposal_"))
+        .map(|e| {
+            (
+                e["event_type"].as_str(),
+                e["request_id"].as_str(),
+                e["by"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            ("proposal_approved", one, "chat-link:Ana L"),
+            ("proposal_declined", two, "dashboard:bob")
+        ]
+    );
+    let list = d.get("/api/proposals").await.json();
+    assert_eq!(list["pending"], 0, "{list:#}");
+    assert!(d.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_now_goes_to_the_responder_and_windows_open_list_and_end() {
+    init_logs();
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let d = Running::start(&redis, Some(TOKEN)).await;
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [
+        ("Authorization", bearer.as_str()),
+        ("X-Hemostat-Actor", "ana"),
+    ];
+    let body = format!(r#"{{"host":"{H1}","container":"web"}}"#);
+    let r = http(d.addr, "POST", "/api/restart", &[], Some(&body)).await;
+    assert_eq!(r.status, 401);
+    let r = http(d.addr, "POST", "/api/restart", &auth, Some(&body)).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["request_id"].as_str().unwrap().to_owned();
+    let b = bus(&redis).await;
+    let sent = b
+        .recent(hemostat_common::events::Channel::PersonRequest, 10)
+        .await
+        .unwrap();
+    assert_eq!(sent.len(), 1);
+    let Payload::PersonRequest(req) = &sent[0].payload else {
+        panic!("{:?}", sent[0])
+    };
+    assert_eq!(sent[0].id, id);
+    assert_eq!(req.requested_by.as_deref(), Some("dashboard:ana"));
+    assert_eq!(
+        (req.target_host.as_str(), req.action),
+        (H1, Action::Restart)
+    );
+    assert_eq!(req.container.as_ref().unwrap().name, "web");
+    let audit = audit_entries(&redis).await;
+    assert!(audit.iter().any(|e| e["event_type"] == "restart_requested"
+        && e["request_id"] == id
+        && e["by"] == "dashboard:ana"));
+
+    // Windows: a bad one says why; a good one is listed as holding, then ended.
+    let r = http(
+        d.addr,
+        "POST",
+        "/api/maintenance",
+        &auth,
+        Some(r#"{"for":"soon"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("for:"),
+        "{}",
+        r.body
+    );
+    let r = http(
+        d.addr,
+        "POST",
+        "/api/maintenance",
+        &[],
+        Some(r#"{"for":"30m"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = http(
+        d.addr,
+        "POST",
+        "/api/maintenance",
+        &auth,
+        Some(r#"{"for":"30m","container":"db*","pauses":"remediation","comment":"backup"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let wid = r.json()["id"].as_str().unwrap().to_owned();
+    let list = d.get("/api/maintenance").await.json();
+    let w = &list["windows"][0];
+    assert_eq!(w["window"]["id"], wid.as_str());
+    assert_eq!(w["active"], true);
+    assert_eq!(w["window"]["pauses"], "remediation");
+    assert_eq!(w["window"]["created_by"], "dashboard:ana");
+    let weekly = http(
+        d.addr,
+        "POST",
+        "/api/maintenance",
+        &auth,
+        Some(r#"{"days":"sat,sun","from":"01:00","to":"05:00","tz":"Europe/Berlin"}"#),
+    )
+    .await;
+    assert_eq!(weekly.status, 201, "{}", weekly.body);
+    assert_eq!(weekly.json()["pauses"], "both");
+    let r = http(
+        d.addr,
+        "DELETE",
+        &format!("/api/maintenance/{wid}"),
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = http(
+        d.addr,
+        "DELETE",
+        &format!("/api/maintenance/{wid}"),
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    let list = d.get("/api/maintenance").await.json();
+    assert_eq!(list["windows"].as_array().unwrap().len(), 1, "{list:#}");
+    let audit = audit_entries(&redis).await;
+    for t in ["maintenance_added", "maintenance_ended"] {
+        assert!(
+            audit.iter().any(|e| e["event_type"] == t),
+            "{t}: {audit:#?}"
+        );
+    }
     assert!(d.stop().await);
 }

@@ -149,6 +149,7 @@ impl World {
             "analyzer",
             HOST,
             Payload::RemediationNeeded(RemediationRequest {
+                requested_by: None,
                 container: target.map(container_ref),
                 target_host: host.into(),
                 action,
@@ -181,6 +182,7 @@ impl World {
             "analyzer",
             HOST,
             Payload::RemediationNeeded(RemediationRequest {
+                requested_by: None,
                 container: None,
                 target_host: HOST.into(),
                 action: Action::Cleanup,
@@ -1487,6 +1489,285 @@ async fn audit_has_every_decision() {
         audit.iter().any(|e| escalation_of(e)
             .is_some_and(|x| { x.kind == EscalationKind::ProtectedContainer && about(x, &prot) })),
         "{audit:#?}"
+    );
+    w.stop().await;
+}
+
+// --- approve mode, a person's "restart now", maintenance windows ---
+
+/// A watched patient in approve mode, killed (a failure), with its exited state.
+async fn killed_in_approve_mode(w: &World, suffix: &str) -> (Patient, ContainerInspectResponse) {
+    let spec = PatientSpec {
+        args: args(&["run"]),
+        labels: watched(&[("hemostat.mode", "approve")]),
+        ..PatientSpec::default()
+    };
+    let p = w.patient(suffix, spec).await;
+    p.cli(&["kill"]);
+    let i = w.wait_state(&p, "exited", |i| status(i) == "exited").await;
+    (p, i)
+}
+
+impl World {
+    /// Waits for the approval escalation of `req` and returns it.
+    async fn proposal_of(&mut self, req: &Envelope, p: &Patient) -> (Envelope, Escalation) {
+        let id = req.id.clone();
+        let env = self
+            .alerts
+            .wait_for(WAIT, &format!("the proposal of {id}"), |e| {
+                escalation_of(e).is_some_and(|x| {
+                    x.kind == EscalationKind::ApprovalNeeded
+                        && x.proposal.as_ref().is_some_and(|pr| pr.id == id)
+                })
+            })
+            .await;
+        let esc = escalation_of(&env).cloned().expect("an escalation");
+        assert!(about(&esc, p), "{esc:?}");
+        (env, esc)
+    }
+
+    /// Records a person's decision on proposal `id`, as the dashboard does.
+    async fn decide(&self, id: &str, decision: &str) {
+        let mut conn = self.redis.conn().await;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(hemostat_common::events::proposals::decision(HOST, id))
+            .arg(decision)
+            .arg("NX")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(set.is_some(), "decided twice");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_mode_waits_for_a_person_and_an_approval_restarts() {
+    let Some(mut w) = World::start(&[]).await else {
+        return;
+    };
+    let (p, before) = killed_in_approve_mode(&w, "approve-yes").await;
+    let req = w.send(Some(&p), Action::Restart).await;
+    let (proposed, esc) = w.proposal_of(&req, &p).await;
+    let proposal = esc.proposal.clone().unwrap();
+    assert_eq!(proposal.action, Action::Restart);
+    assert!(proposal.expires_at > Utc::now(), "{proposal:?}");
+    assert!(esc.summary.contains("approve restart of"), "{esc:?}");
+    // Nothing is done while it waits, and nothing is reported.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    w.assert_untouched(&p, &before).await;
+    assert!(
+        w.results_for(&req, Duration::from_millis(100))
+            .await
+            .is_empty(),
+        "no decision is reported while the proposal waits"
+    );
+    w.decide(&req.id, "approved:ana").await;
+    let (done, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+    assert_eq!(r.guard, None, "{r:?}");
+    let after = w.inspect(&p).await;
+    assert_eq!(status(&after), "running");
+    assert!(started_at(&after) > finished_at(&before));
+    // Every step is in the audit stream: the proposal, then the result.
+    let audit = w.audit().await;
+    let at = |e: &Envelope| audit.iter().position(|a| a == e);
+    let (a, b) = (at(&proposed), at(&done));
+    assert!(a.is_some() && b.is_some() && a < b, "{audit:#?}");
+    // One proposal only, however often the request was judged while it waited.
+    let proposals = w
+        .escalations(EscalationKind::ApprovalNeeded, Duration::from_millis(300))
+        .await;
+    assert_eq!(
+        proposals.iter().filter(|x| about(x, &p)).count(),
+        1,
+        "{proposals:#?}"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_proposal_does_nothing() {
+    let Some(mut w) = World::start(&[]).await else {
+        return;
+    };
+    let (p, before) = killed_in_approve_mode(&w, "approve-no").await;
+    let req = w.send(Some(&p), Action::Restart).await;
+    w.proposal_of(&req, &p).await;
+    w.decide(&req.id, "declined:bob").await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Skipped, "{r:?}");
+    assert_eq!(r.guard, Some(Guard::Approval), "{r:?}");
+    assert!(r.reason.contains("declined by bob"), "{r:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.assert_untouched(&p, &before).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_proposal_does_nothing() {
+    let Some(mut w) = World::start(&["--approval-ttl", "10s"]).await else {
+        return;
+    };
+    let (p, before) = killed_in_approve_mode(&w, "approve-late").await;
+    let req = w.send(Some(&p), Action::Restart).await;
+    w.proposal_of(&req, &p).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Skipped, "{r:?}");
+    assert_eq!(r.guard, Some(Guard::Approval), "{r:?}");
+    assert!(r.reason.contains("expired"), "{r:?}");
+    w.assert_untouched(&p, &before).await;
+    // A decision after the report changes nothing.
+    w.decide(&req.id, "approved:late").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    w.assert_untouched(&p, &before).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_approve_mode_and_a_label_that_opts_out() {
+    let Some(mut w) = World::start(&["--mode", "approve"]).await else {
+        return;
+    };
+    let (auto, _) = w.killed("auto-anyway").await;
+    // `killed` gives plain watched labels: it needs approval. This one says auto.
+    let spec = PatientSpec {
+        args: args(&["run"]),
+        labels: watched(&[("hemostat.mode", "auto")]),
+        ..PatientSpec::default()
+    };
+    let opted = w.patient("opted-auto", spec).await;
+    opted.cli(&["kill"]);
+    w.wait_state(&opted, "exited", |i| status(i) == "exited")
+        .await;
+    let held = w.send(Some(&auto), Action::Restart).await;
+    w.proposal_of(&held, &auto).await;
+    let now = w.send(Some(&opted), Action::Restart).await;
+    let (_, r) = w.result(&now).await;
+    assert_eq!(
+        r.outcome,
+        Outcome::Success,
+        "hemostat.mode=auto acts at once: {r:?}"
+    );
+    w.stop().await;
+}
+
+/// A person's request, as the dashboard publishes it.
+fn person_request(p: &Patient, by: &str) -> Envelope {
+    Envelope::new(
+        "dashboard",
+        HOST,
+        Payload::PersonRequest(RemediationRequest {
+            container: Some(ContainerRef {
+                id: p.name.clone(),
+                name: p.name.clone(),
+                ..ContainerRef::default()
+            }),
+            target_host: HOST.into(),
+            action: Action::Restart,
+            root_cause: "a person asked for a restart".into(),
+            reason: "restart now".into(),
+            confidence: 1.0,
+            analysis_method: AnalysisMethod::Person,
+            fallback_reason: None,
+            alert_id: String::new(),
+            problem: None,
+            requested_by: Some(by.into()),
+        }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_now_passes_the_same_guards() {
+    let Some(mut w) = World::start(&[]).await else {
+        return;
+    };
+    // A healthy, running container: a person may restart it (in approve mode too).
+    let spec = PatientSpec {
+        args: args(&["run"]),
+        labels: watched(&[("hemostat.mode", "approve")]),
+        ..PatientSpec::default()
+    };
+    let fine = w.patient("restart-now", spec).await;
+    let before = w
+        .wait_state(&fine, "running", |i| status(i) == "running")
+        .await;
+    let req = person_request(&fine, "dashboard:ana");
+    w.publish(&req).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+    let after = w.inspect(&fine).await;
+    assert!(started_at(&after) > started_at(&before), "restarted");
+    // A protected container is still refused, by the same guard as any request.
+    let spec = PatientSpec {
+        args: args(&["run"]),
+        labels: watched(&[("hemostat.protect", "true")]),
+        ..PatientSpec::default()
+    };
+    let guarded = w.patient("restart-now-protected", spec).await;
+    let before = w
+        .wait_state(&guarded, "running", |i| status(i) == "running")
+        .await;
+    let req = person_request(&guarded, "dashboard:ana");
+    w.publish(&req).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Rejected, "{r:?}");
+    assert_eq!(r.guard, Some(Guard::Protection), "{r:?}");
+    w.assert_untouched(&guarded, &before).await;
+    // And one a person stopped stays stopped: their stop wins over a restart now.
+    let stopped = w
+        .patient("restart-now-stopped", PatientSpec::watched(&["run"]))
+        .await;
+    stopped.cli(&["stop"]);
+    let before = w
+        .wait_state(&stopped, "exited", |i| status(i) == "exited")
+        .await;
+    let req = person_request(&stopped, "dashboard:ana");
+    w.publish(&req).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(
+        (r.outcome, r.guard),
+        (Outcome::Skipped, Some(Guard::Person)),
+        "{r:?}"
+    );
+    w.assert_untouched(&stopped, &before).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maintenance_window_holds_remediation_and_the_problem_is_handled_when_it_ends() {
+    let Some(mut w) = World::start(&[]).await else {
+        return;
+    };
+    let (p, before) = w.killed("maint").await;
+    let (held_by_other, _) = w.killed("maint-other").await;
+    let now = Utc::now();
+    let window = hemostat_common::windows::WindowSpec {
+        duration: Some("6s".into()),
+        container: Some(format!("{}-maint", w.prefix)),
+        pauses: "remediation".into(),
+        comment: "db upgrade".into(),
+        ..Default::default()
+    }
+    .into_window(now, "test")
+    .unwrap();
+    hemostat_common::windows::add(&w.bus, &window)
+        .await
+        .unwrap();
+    let req = w.send(Some(&p), Action::Restart).await;
+    // The other container is not in the window's scope: it is healed at once.
+    let other = w.send(Some(&held_by_other), Action::Restart).await;
+    let (_, r) = w.result(&other).await;
+    assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    w.assert_untouched(&p, &before).await;
+    let (_, r) = w.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+    let after = w.inspect(&p).await;
+    let ended = now + chrono::Duration::seconds(6);
+    assert!(
+        started_at(&after) >= ended - chrono::Duration::milliseconds(50),
+        "restarted only once the window ended ({ended}): {:?}",
+        after.state
     );
     w.stop().await;
 }

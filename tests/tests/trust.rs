@@ -172,6 +172,7 @@ impl Trial {
             "analyzer",
             HOST,
             Payload::RemediationNeeded(RemediationRequest {
+                requested_by: None,
                 container: Some(ContainerRef {
                     id: p.id.clone(),
                     name: p.name.clone(),
@@ -970,4 +971,62 @@ async fn hemostats_own_restart_is_not_reported_as_a_persons_stop() {
         })
         .await;
     assert!(fa.is_empty(), "{fa:#?}");
+}
+
+/// A responder SIGKILLed while a proposal waits for a person: its successor finds the
+/// proposal (it proposes nothing twice), acts on the approval once, and the container is
+/// started exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_responder_killed_while_a_proposal_waits_leaves_one_proposal_and_one_restart() {
+    let Some(mut t) = Trial::start().await else {
+        return;
+    };
+    let doomed = t.killable(&["--mode", "approve"], None).await;
+    let p = t.sleeper("propose-kill9").await;
+    let killed = t.kill(&p).await;
+    let since = finished_at(&killed);
+    let req = t.send(&p, Action::Restart, died()).await;
+    let id = req.id.clone();
+    t.alerts
+        .wait_for(WAIT, "the proposal", |e| {
+            escalation_of(e).is_some_and(|x| x.proposal.as_ref().is_some_and(|pr| pr.id == id))
+        })
+        .await;
+    doomed.kill();
+    let _successor = t.killable(&["--mode", "approve"], None).await;
+    // The successor judges it again (the lease lapses) and finds it proposed already.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut conn = t.redis.conn().await;
+    let _: () = redis::cmd("SET")
+        .arg(hemostat_common::events::proposals::decision(HOST, &req.id))
+        .arg("approved:test")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let r = t.result(&req).await;
+    assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+    assert_eq!(
+        t.count_events(&p, "start", since).await,
+        1,
+        "started exactly once"
+    );
+    assert_eq!(t.audited(&req.id).await.len(), 1, "one audited result");
+    let audit = records::audit(&t.redis.client()).await;
+    let proposed = audit
+        .iter()
+        .filter_map(escalation_of)
+        .filter(|x| x.kind == EscalationKind::ApprovalNeeded)
+        .count();
+    assert_eq!(proposed, 1, "one proposal in the audit stream");
+    let mut all = StreamReader::new(&t.redis, Channel::Alerts);
+    let on_the_bus = all
+        .collect_for(Duration::from_millis(300), |e| {
+            escalation_of(e).is_some_and(|x| x.kind == EscalationKind::ApprovalNeeded)
+        })
+        .await;
+    assert_eq!(
+        on_the_bus.len(),
+        1,
+        "one proposal on hemostat:alerts: {on_the_bus:#?}"
+    );
 }

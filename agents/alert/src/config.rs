@@ -23,7 +23,8 @@ fn parse_severity(raw: &str) -> Result<Severity, String> {
     }
 }
 
-/// hemostat alert: tells people (Slack, webhooks, PagerDuty) once and clearly.
+/// hemostat alert: tells people (chat, push, email, pagers, webhooks) once and clearly, by
+/// route, holding what maintenance windows pause.
 #[derive(Clone, Parser)]
 #[command(name = "hemostat-alert", version, about)]
 pub struct AlertArgs {
@@ -66,6 +67,29 @@ pub struct AlertArgs {
     /// Least severity paged.
     #[arg(long, env = "PAGERDUTY_MIN_SEVERITY", default_value = "warning", value_parser = parse_severity)]
     pub pagerduty_min_severity: Severity,
+
+    /// Notification URLs of the default route, separated by blanks or commas: `slack://`,
+    /// `discord://`, `teams://`, `ntfy://`, `gotify://`, `telegram://`, `pushover://`,
+    /// `matrix://`, `mailto://`/`smtp://`, `pagerduty://`, `opsgenie://`, `json://` (secrets:
+    /// never logged). The variables above keep working beside them.
+    #[arg(
+        long,
+        env = "HEMOSTAT_NOTIFY_URLS",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub notify_urls: String,
+
+    /// More routes, `;`-separated: `name: [severity=<least>] url url ...`. A container
+    /// labelled `hemostat.notify=<name>` (or several names, comma-separated) reaches only its
+    /// routes' URLs; everything else goes to the default route.
+    #[arg(
+        long,
+        env = "HEMOSTAT_NOTIFY_ROUTES",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub notify_routes: String,
 
     /// Linked from every message when set.
     #[arg(long, env = "HEMOSTAT_DASHBOARD_URL")]
@@ -139,6 +163,21 @@ pub enum Command {
     /// Mute notifications (list, add, expire).
     #[command(subcommand)]
     Silence(SilenceCommand),
+    /// Maintenance windows: pause remediation, notifications or both, once or every week.
+    #[command(subcommand)]
+    Maintenance(MaintenanceCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum MaintenanceCommand {
+    /// Open a window: `--for 30m`, or `--start ... --end ...`, or weekly with `--days mon-fri
+    /// --from 02:00 --to 04:00 --tz Europe/Berlin`; narrowed with `--host`, `--container`,
+    /// `--label`, `--project`.
+    Add(Box<hemostat_common::windows::WindowSpec>),
+    /// List the windows, and whether each holds now.
+    List,
+    /// End a window now (what it held is summarised at once).
+    End { id: String },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -172,6 +211,18 @@ impl std::fmt::Debug for AlertArgs {
             .field("slack_webhook_url", &set(&self.slack_webhook_url))
             .field("webhook_url", &set(&self.webhook_url))
             .field("pagerduty_routing_key", &set(&self.pagerduty_routing_key))
+            .field(
+                "notify_urls",
+                &crate::urls::split_list(&self.notify_urls).len(),
+            )
+            .field(
+                "notify_routes",
+                &self
+                    .notify_routes
+                    .split(';')
+                    .filter(|r| !r.trim().is_empty())
+                    .count(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -182,12 +233,92 @@ pub struct SinkConfig {
     pub name: String,
     pub kind: Kind,
     pub min_severity: Severity,
+    /// The route it belongs to ([`DEFAULT_ROUTE`] unless configured otherwise).
+    pub route: String,
+}
+
+/// The route of every notification no label routes elsewhere.
+pub const DEFAULT_ROUTE: &str = "default";
+/// The container label that routes a container's notifications.
+pub const LABEL_NOTIFY: &str = "hemostat.notify";
+
+/// The routes `n` goes to: those its container's `hemostat.notify` label names that are
+/// configured, else the default route (a host-wide notification, an unlabelled container, a
+/// label naming no configured route).
+pub fn routes_of<'a>(
+    n: &'a crate::notify::Notification,
+    routes: &std::collections::BTreeSet<String>,
+) -> Vec<&'a str> {
+    let named: Vec<&str> = n
+        .container
+        .as_ref()
+        .and_then(|c| c.labels.get(LABEL_NOTIFY))
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|r| routes.contains(*r))
+                .collect()
+        })
+        .unwrap_or_default();
+    if named.is_empty() {
+        vec![DEFAULT_ROUTE]
+    } else {
+        named
+    }
+}
+
+/// A name for a sink that no other sink has: `preferred`, else `preferred-2`, `-3`, ...
+fn unique(preferred: String, taken: &mut std::collections::BTreeSet<String>) -> String {
+    let mut name = preferred.clone();
+    let mut i = 2;
+    while taken.contains(&name) {
+        name = format!("{preferred}-{i}");
+        i += 1;
+    }
+    taken.insert(name.clone());
+    name
+}
+
+/// The sinks of one route's URL list.
+fn route_sinks(
+    variable: &'static str,
+    route: &str,
+    least: Severity,
+    urls: &[String],
+    taken: &mut std::collections::BTreeSet<String>,
+    out: &mut Vec<SinkConfig>,
+) -> Result<(), ConfigError> {
+    for (i, raw) in urls.iter().enumerate() {
+        let parsed = crate::urls::parse(raw).map_err(|e| ConfigError {
+            variable,
+            message: format!(
+                "URL {} of route {route}: {e} (the URL is not shown: it holds a secret)",
+                i + 1
+            ),
+        })?;
+        for kind in parsed.kinds {
+            let preferred = match (&parsed.name, route) {
+                (Some(n), _) => n.clone(),
+                (None, DEFAULT_ROUTE) => kind.label().to_owned(),
+                (None, r) => format!("{r}-{}", kind.label()),
+            };
+            out.push(SinkConfig {
+                name: unique(preferred, taken),
+                kind,
+                min_severity: parsed.min_severity.unwrap_or(least).max(least),
+                route: route.to_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct AlertConfig {
     pub sinks: Vec<SinkConfig>,
+    /// The configured routes' names (the default route always among them).
+    pub routes: std::collections::BTreeSet<String>,
     pub delivery: Delivery,
     pub engine: EngineConfig,
     pub sources: Sources,
@@ -217,6 +348,7 @@ impl AlertArgs {
                 name: "slack".into(),
                 kind: Kind::Slack { url: url.into() },
                 min_severity: self.slack_min_severity,
+                route: DEFAULT_ROUTE.into(),
             });
         }
         if let Some(url) = self.webhook_url.as_deref().filter(|u| !u.is_empty()) {
@@ -226,8 +358,10 @@ impl AlertArgs {
                 kind: Kind::Webhook {
                     url: url.into(),
                     preset: self.webhook_preset,
+                    headers: Vec::new(),
                 },
                 min_severity: self.webhook_min_severity,
+                route: DEFAULT_ROUTE.into(),
             });
         }
         if let Some(key) = self
@@ -243,6 +377,71 @@ impl AlertArgs {
                     routing_key: key.into(),
                 },
                 min_severity: self.pagerduty_min_severity,
+                route: DEFAULT_ROUTE.into(),
+            });
+        }
+        let mut taken: std::collections::BTreeSet<String> =
+            sinks.iter().map(|s| s.name.clone()).collect();
+        let mut routes = std::collections::BTreeSet::from([DEFAULT_ROUTE.to_owned()]);
+        route_sinks(
+            "HEMOSTAT_NOTIFY_URLS",
+            DEFAULT_ROUTE,
+            Severity::Info,
+            &crate::urls::split_list(&self.notify_urls),
+            &mut taken,
+            &mut sinks,
+        )?;
+        for spec in self
+            .notify_routes
+            .split(';')
+            .filter(|r| !r.trim().is_empty())
+        {
+            let bad = |message: String| ConfigError {
+                variable: "HEMOSTAT_NOTIFY_ROUTES",
+                message,
+            };
+            let Some((name, rest)) = spec.split_once(':').filter(|(n, _)| !n.contains('/')) else {
+                return Err(bad(
+                    "a route is not `name: [severity=<least>] url ...` (e.g. `db: severity=warning pagerduty://KEY`)".into(),
+                ));
+            };
+            let name = name.trim();
+            if !crate::urls::valid_name(name) {
+                return Err(bad(format!(
+                    "route name {name:?} is not 1-40 of a-z, 0-9, '-' and '_'"
+                )));
+            }
+            if !routes.insert(name.to_owned()) && name != DEFAULT_ROUTE {
+                return Err(bad(format!("route {name} is listed twice")));
+            }
+            let mut least = Severity::Info;
+            let mut urls = Vec::new();
+            for word in crate::urls::split_list(rest) {
+                match word.strip_prefix("severity=") {
+                    Some(sev) => {
+                        least =
+                            parse_severity(sev).map_err(|e| bad(format!("route {name}: {e}")))?
+                    }
+                    None => urls.push(word),
+                }
+            }
+            route_sinks(
+                "HEMOSTAT_NOTIFY_ROUTES",
+                name,
+                least,
+                &urls,
+                &mut taken,
+                &mut sinks,
+            )?;
+        }
+        if sinks.len() > crate::urls::MAX_URLS {
+            return Err(ConfigError {
+                variable: "HEMOSTAT_NOTIFY_URLS",
+                message: format!(
+                    "{} sinks configured; at most {} (each has its own outbox and worker)",
+                    sinks.len(),
+                    crate::urls::MAX_URLS
+                ),
             });
         }
         if self.sink_backoff_max < self.sink_backoff {
@@ -262,6 +461,7 @@ impl AlertArgs {
         }
         Ok(AlertConfig {
             sinks,
+            routes,
             delivery: Delivery {
                 timeout: self.sink_timeout,
                 attempts: self.sink_attempts,

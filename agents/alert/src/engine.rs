@@ -189,6 +189,7 @@ mod tests {
             event_type: "container_unhealthy".into(),
             page: false,
             one_off: false,
+            proposal: None,
         }
     }
 

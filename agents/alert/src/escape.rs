@@ -29,6 +29,9 @@ pub enum Markup {
     Discord,
     /// Microsoft Teams MessageCard text and title (markdown that also renders some HTML).
     Teams,
+    /// HTML as Telegram (`parse_mode: HTML`) and Matrix (`formatted_body`) read it: the
+    /// four characters HTML gives meaning become entities, so no tag or link can start.
+    Html,
 }
 
 /// Zero-width space: breaks a word for parsers, invisible to people.
@@ -80,6 +83,7 @@ pub fn escape(s: &str, m: Markup) -> String {
             Markup::Slack => slack(&at, &mut out),
             Markup::Discord => discord(&at, &mut out),
             Markup::Teams => teams(&at, &mut out),
+            Markup::Html => html(&at, &mut out),
         }
         lead = match (c, lead) {
             ('\n', _) => Lead::Start,
@@ -236,6 +240,21 @@ fn teams(at: &At, out: &mut String) {
     out.push_str(entity);
 }
 
+/// HTML text: `&`, `<`, `>` and `"` as entities (the set Telegram's HTML mode accepts), and
+/// bare links and mentions broken as for every chat.
+fn html(at: &At, out: &mut String) {
+    if common(at, out) {
+        return;
+    }
+    match at.c {
+        '&' => out.push_str("&amp;"),
+        '<' => out.push_str("&lt;"),
+        '>' => out.push_str("&gt;"),
+        '"' => out.push_str("&quot;"),
+        c => out.push(c),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +274,7 @@ mod tests {
             Markup::Slack,
             Markup::Discord,
             Markup::Teams,
+            Markup::Html,
         ] {
             for s in [
                 "GET /healthz 200",
@@ -291,6 +311,20 @@ mod tests {
         );
         check("a > b", S, "a &gt; b");
         check("[x](http://e)", S, "[x]·(http:·//e)");
+    }
+
+    #[test]
+    fn html_for_telegram_and_matrix() {
+        use Markup::Html as H;
+        check("<b>x</b>", H, "&lt;b&gt;x&lt;/b&gt;");
+        check(
+            "<a href=\"http://e\">y</a>",
+            H,
+            "&lt;a href=&quot;http:·//e&quot;&gt;y&lt;/a&gt;",
+        );
+        check("a & b", H, "a &amp; b");
+        check("@room @everyone", H, "@·room @·everyone");
+        check("*not bold* _x_", H, "*not bold* _x_");
     }
 
     #[test]

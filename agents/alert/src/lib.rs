@@ -15,10 +15,12 @@
 pub mod config;
 pub mod engine;
 pub mod escape;
+pub mod mail;
 pub mod notify;
 pub mod render;
 pub mod sink;
 pub mod store;
+pub mod urls;
 
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
@@ -121,6 +123,10 @@ pub struct AlertService {
     /// Set once the last flush at shutdown is done: the workers drain after it.
     flushed_for_good: tokio::sync::watch::Sender<bool>,
     silences: RwLock<Vec<Silence>>,
+    /// The key that signs approval links, once read from Redis.
+    approval_key: RwLock<Option<Vec<u8>>>,
+    /// Maintenance windows, as last read (with the silences).
+    windows: RwLock<Vec<hemostat_common::maintenance::Window>>,
     render: RenderContext,
     /// Recent verdicts, read incrementally: a remediation's message quotes the verdict's why.
     recent_verdicts: RecentWindow,
@@ -147,7 +153,9 @@ impl AlertService {
         AlertService {
             render: RenderContext {
                 dashboard_url: cfg.dashboard_url.clone(),
+                approval_key: None,
             },
+            approval_key: RwLock::default(),
             store: Store::new(bus.clone()),
             cfg,
             bus,
@@ -157,6 +165,7 @@ impl AlertService {
             sink_wake: Notify::new(),
             flushed_for_good: tokio::sync::watch::Sender::new(false),
             silences: RwLock::default(),
+            windows: RwLock::default(),
             recent_verdicts: RecentWindow::new(Channel::RemediationNeeded, 500),
             cache: tokio::sync::Mutex::default(),
             metrics: AlertMetrics::default(),
@@ -169,7 +178,14 @@ impl AlertService {
             .sinks
             .iter()
             .map(|s| {
-                Sink::new(&s.name, s.kind.clone(), s.min_severity, self.cfg.delivery).map(Arc::new)
+                Sink::new(
+                    &s.name,
+                    s.kind.clone(),
+                    s.min_severity,
+                    &s.route,
+                    self.cfg.delivery,
+                )
+                .map(Arc::new)
             })
             .collect()
     }
@@ -180,6 +196,44 @@ impl AlertService {
 
     fn live_sinks(&self) -> &[Arc<Sink>] {
         self.sinks.get().map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// What renderers see: the dashboard's URL and, when a message links to a proposal, the
+    /// key that signs the link (read from Redis the first time it is needed; without it the
+    /// message says to decide in the dashboard).
+    async fn render_for(&self, needs_key: bool) -> RenderContext {
+        let mut ctx = self.render.clone();
+        if !needs_key {
+            return ctx;
+        }
+        let known = self
+            .approval_key
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        ctx.approval_key = match known {
+            Some(k) => Some(k),
+            None => {
+                let mut conn = self.bus.connection();
+                let k: Option<String> = redis::cmd("GET")
+                    .arg(hemostat_common::events::proposals::SIGNING_KEY)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or(None);
+                let k = k.map(String::into_bytes);
+                if k.is_some() {
+                    *self.approval_key.write().unwrap_or_else(|p| p.into_inner()) = k.clone();
+                }
+                k
+            }
+        };
+        ctx
+    }
+
+    /// Whether `sink` takes `n`: `n` is on the sink's route, and the sink's severity and kind
+    /// take it.
+    fn takes(&self, sink: &Sink, n: &Notification) -> bool {
+        config::routes_of(n, &self.cfg.routes).contains(&sink.route.as_str()) && sink.accepts(n)
     }
 
     fn owner(&self) -> &str {
@@ -337,6 +391,11 @@ impl AlertService {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
+            let windows = self
+                .windows
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             let now = now_ms();
             let wall = Utc::now();
             // Per fingerprint: the state as read, its version, the state the batch made of it.
@@ -354,6 +413,15 @@ impl AlertService {
                     break;
                 }
                 taken += 1;
+                if let Some(hold) = held_by(&windows, n, wall) {
+                    // Recorded, not told: the window's summary tells it when the window ends.
+                    pre.push(Pre::Absent(marker.clone()));
+                    ops.push(handled_op(marker));
+                    ops.push(self.history_op("held", "-", n, &hold.why));
+                    ops.extend(hold.ops(n)?);
+                    recorded.push("held");
+                    continue;
+                }
                 let (_, _, current) = fps.entry(n.fingerprint.as_str()).or_insert_with(|| {
                     let (s, v) = cached.fps.get(&n.fingerprint).cloned().unwrap_or_default();
                     (s, v, s)
@@ -493,7 +561,7 @@ impl AlertService {
         for (i, sink) in self
             .live_sinks()
             .iter()
-            .filter(|s| matches!(s.kind, Kind::PagerDuty { .. }) && s.accepts(&n))
+            .filter(|s| s.kind.pager() && self.takes(s, &n))
             .enumerate()
         {
             pagers += 1;
@@ -590,14 +658,16 @@ impl AlertService {
             }
             let mut seq = now * 1000;
             for sink in sinks {
-                let (taken, left): (Vec<&Notification>, Vec<&Notification>) =
-                    group.notifications.iter().partition(|n| sink.accepts(n));
+                let (taken, left): (Vec<&Notification>, Vec<&Notification>) = group
+                    .notifications
+                    .iter()
+                    .partition(|n| self.takes(sink, n));
                 for n in &left {
                     ops.push(self.history_op(
                         "filtered",
                         &sink.name,
                         n,
-                        "not for this sink (severity or kind)",
+                        "not for this sink (route, severity or kind)",
                     ));
                 }
                 if !left.is_empty() {
@@ -607,10 +677,9 @@ impl AlertService {
                     continue;
                 }
                 let (_, queued) = self.store.head(&sink.name).await?;
-                // PagerDuty is one event per notification: one delivery each, so a retry
+                // A pager takes one event per notification: one delivery each, so a retry
                 // never repeats another's page.
-                let batches: Vec<Vec<Notification>> = if matches!(sink.kind, Kind::PagerDuty { .. })
-                {
+                let batches: Vec<Vec<Notification>> = if sink.kind.pager() {
                     taken.iter().map(|n| vec![(*n).clone()]).collect()
                 } else {
                     vec![taken.iter().map(|n| (*n).clone()).collect()]
@@ -642,10 +711,90 @@ impl AlertService {
         anyhow::bail!("the group kept changing while it was being flushed")
     }
 
+    /// Tells what each maintenance window held, once it has ended (or was ended early): one
+    /// summary notification per window occurrence joins the group (idempotent on its marker),
+    /// then what was held is forgotten. A crash between the two only repeats the forgetting.
+    async fn summarise_windows(&self) -> anyhow::Result<()> {
+        let now = Utc::now();
+        let now_ms = now.timestamp_millis().max(0) as u64;
+        let mut conn = self.bus.connection();
+        let pending: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(keys::HELD_ENDS)
+            .arg(0)
+            .arg(99)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let windows = self
+            .windows
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (member, end) in pending {
+            let window_id = member.split(':').next().unwrap_or_default();
+            let live = windows
+                .iter()
+                .find(|w| w.id == window_id)
+                .and_then(|w| w.active_at(now))
+                .is_some_and(|o| o.key() == member.split(':').nth(1).unwrap_or_default());
+            if live && (end.max(0.0) as u64) > now_ms {
+                continue;
+            }
+            let (held, count, about): (Vec<String>, Option<u64>, Option<String>) = redis::pipe()
+                .cmd("LRANGE")
+                .arg(keys::held(&member))
+                .arg(0)
+                .arg(-1)
+                .cmd("GET")
+                .arg(keys::held_count(&member))
+                .cmd("GET")
+                .arg(keys::held_about(&member))
+                .query_async(&mut conn)
+                .await?;
+            let held: Vec<Notification> = held
+                .iter()
+                .filter_map(|raw| serde_json::from_str(raw).ok())
+                .collect();
+            let marker = keys::handled(&format!("maintenance:{member}"));
+            if let Some(n) = notify::window_summary(
+                &member,
+                about.as_deref().unwrap_or(window_id),
+                &held,
+                count.unwrap_or(held.len() as u64),
+                now,
+            ) {
+                self.ingest_many(vec![(marker, n)]).await?;
+            }
+            let _: () = redis::pipe()
+                .atomic()
+                .cmd("DEL")
+                .arg(keys::held(&member))
+                .arg(keys::held_count(&member))
+                .arg(keys::held_about(&member))
+                .ignore()
+                .cmd("ZREM")
+                .arg(keys::HELD_ENDS)
+                .arg(&member)
+                .ignore()
+                .query_async(&mut conn)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Sends due groups on until shutdown; at shutdown, sends what is being gathered at once
     /// rather than leaving it to a successor.
     async fn flusher(self: Arc<Self>, shutdown: Shutdown) {
         loop {
+            if let Err(e) = self.summarise_windows().await {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "could not summarise a maintenance window; trying again"
+                );
+            }
             let due = self.store.group_due().await.ok().flatten();
             let wait = match due {
                 Some(d) => {
@@ -784,7 +933,10 @@ impl AlertService {
         };
         // One request per delivery: only PagerDuty makes one per notification, and its
         // deliveries hold one notification each. The outbox took only what the sink accepts.
-        let mut requests = sink.requests(&batch, &self.render).into_iter();
+        let ctx = self
+            .render_for(batch.notifications.iter().any(|n| n.proposal.is_some()))
+            .await;
+        let mut requests = sink.requests(&batch, &ctx).into_iter();
         let outcome = match requests.next() {
             Some(r) => sink.attempt(&r).await,
             None => Attempt::Fatal {
@@ -808,7 +960,12 @@ impl AlertService {
         let max = self.cfg.delivery.attempts.max(1);
         let (ops, decision, log): (Vec<Op>, Option<&str>, String) = match outcome {
             Attempt::Sent { status } => {
-                let detail = format!("HTTP {status} after {attempts} attempt(s)");
+                let protocol = if matches!(sink.kind, Kind::Email(_)) {
+                    "SMTP"
+                } else {
+                    "HTTP"
+                };
+                let detail = format!("{protocol} {status} after {attempts} attempt(s)");
                 let mut ops = store::remove_ops(d);
                 for n in &d.notifications {
                     ops.push(self.history_op("sent", &sink.name, n, &detail));
@@ -900,6 +1057,10 @@ impl AlertService {
                 Ok(list) => *self.silences.write().unwrap_or_else(|p| p.into_inner()) = list,
                 Err(e) => tracing::debug!(error = %e, "could not load silences"),
             }
+            match hemostat_common::windows::load(&self.bus).await {
+                Ok(list) => *self.windows.write().unwrap_or_else(|p| p.into_inner()) = list,
+                Err(e) => tracing::debug!(error = %e, "could not load maintenance windows"),
+            }
         }
     }
 
@@ -907,8 +1068,77 @@ impl AlertService {
     pub async fn refresh_silences(&self) -> anyhow::Result<()> {
         let list = load_silences(&self.bus).await?;
         *self.silences.write().unwrap_or_else(|p| p.into_inner()) = list;
+        let windows = hemostat_common::windows::load(&self.bus).await?;
+        *self.windows.write().unwrap_or_else(|p| p.into_inner()) = windows;
         Ok(())
     }
+}
+
+/// Notifications one window occurrence keeps in full for its summary; past it, it counts them.
+const HELD_KEEP: usize = 100;
+
+/// A notification held by a maintenance window: why, and where it is kept.
+struct Hold {
+    why: String,
+    /// `<window id>:<occurrence key>`.
+    member: String,
+    about: String,
+    end_ms: u64,
+}
+
+impl Hold {
+    /// The writes that keep `n` for the window's summary (bounded: the first [`HELD_KEEP`] in
+    /// full, every one counted) and schedule the summary for the window's end.
+    fn ops(&self, n: &Notification) -> anyhow::Result<Vec<Op>> {
+        let ttl = (self.end_ms / 1000).saturating_sub(now_ms() / 1000) + HANDLED_TTL_S;
+        let (list, count, about) = (
+            keys::held(&self.member),
+            keys::held_count(&self.member),
+            keys::held_about(&self.member),
+        );
+        Ok(vec![
+            Op::cmd(["RPUSH", &list, &serde_json::to_string(n)?]),
+            Op::cmd(["LTRIM", &list, "0", &(HELD_KEEP - 1).to_string()]),
+            Op::cmd(["INCR", &count]),
+            Op::cmd(["SET", &about, &self.about]),
+            Op::cmd(["EXPIRE", &list, &ttl.to_string()]),
+            Op::cmd(["EXPIRE", &count, &ttl.to_string()]),
+            Op::cmd(["EXPIRE", &about, &ttl.to_string()]),
+            Op::cmd([
+                "ZADD",
+                keys::HELD_ENDS,
+                &self.end_ms.to_string(),
+                &self.member,
+            ]),
+        ])
+    }
+}
+
+/// The maintenance window holding notifications like `n` now, if one does (the one that ends
+/// last). A window's own summary is never held by the window it sums up.
+fn held_by(
+    windows: &[hemostat_common::maintenance::Window],
+    n: &Notification,
+    now: chrono::DateTime<Utc>,
+) -> Option<Hold> {
+    use hemostat_common::maintenance::{Pausing, pausing};
+    if n.kind == notify::WINDOW_SUMMARY {
+        return None;
+    }
+    let labels = n.container.as_ref().map(|c| (c.name.as_str(), &c.labels));
+    let holding = pausing(windows, now, &n.host, labels, Pausing::Notifications);
+    let (w, occ) = holding.first()?;
+    let about = if w.comment.is_empty() {
+        w.describe()
+    } else {
+        format!("\"{}\" ({})", w.comment, w.describe())
+    };
+    Some(Hold {
+        why: format!("maintenance window {about}: told in its summary when it ends"),
+        member: format!("{}:{}", w.id, occ.key()),
+        about,
+        end_ms: occ.end.timestamp_millis().max(0) as u64,
+    })
 }
 
 /// The op that marks an envelope handled (its `marker` key, for [`HANDLED_TTL_S`]).
@@ -1018,18 +1248,14 @@ pub fn spawn(svc: Arc<AlertService>, sinks: Vec<Arc<Sink>>, ctx: &AgentContext) 
             svc.metrics.attempts.clone(),
         );
     });
-    let has_pager = sinks
-        .iter()
-        .any(|s| matches!(s.kind, Kind::PagerDuty { .. }));
+    let has_pager = sinks.iter().any(|s| s.kind.pager());
     let _ = svc.owner.set(ctx.identity.instance.clone());
     let _ = svc.sinks.set(sinks.clone());
     for sink in sinks {
-        let name: &'static str = match sink.kind {
-            Kind::Slack { .. } => "slack delivery",
-            Kind::Webhook { .. } => "webhook delivery",
-            Kind::PagerDuty { .. } => "pagerduty delivery",
-        };
-        ctx.spawn_critical(name, svc.clone().sink_worker(sink, ctx.shutdown.clone()));
+        ctx.spawn_critical(
+            "sink delivery",
+            svc.clone().sink_worker(sink, ctx.shutdown.clone()),
+        );
     }
     ctx.spawn_critical(
         "notification groups",

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use chrono::Utc;
-use hemostat_alert::config::{AlertArgs, AlertConfig, Command, SilenceCommand};
+use hemostat_alert::config::{AlertArgs, AlertConfig, Command, MaintenanceCommand, SilenceCommand};
 use hemostat_alert::engine::{Batch, Silence};
 use hemostat_alert::notify::{Notification, Status};
 use hemostat_alert::render::RenderContext;
@@ -26,6 +26,9 @@ fn main() -> ExitCode {
         async |args, cfg, shutdown| match args.command.clone() {
             Some(Command::Test) => test(cfg).await,
             Some(Command::Silence(cmd)) => silence(&args, cmd, &shutdown).await.map(|()| true),
+            Some(Command::Maintenance(cmd)) => {
+                maintenance(&args, cmd, &shutdown).await.map(|()| true)
+            }
             None => run(&args, cfg, shutdown).await,
         },
     )
@@ -37,7 +40,7 @@ async fn run(args: &AlertArgs, cfg: AlertConfig, shutdown: Shutdown) -> anyhow::
     tracing::info!(config = %args.common.summary(), sinks = ?names, "hemostat-alert starting");
     if names.is_empty() {
         tracing::warn!(
-            "no sink configured (SLACK_WEBHOOK_URL, WEBHOOK_URL, PAGERDUTY_ROUTING_KEY): decisions are only recorded"
+            "no sink configured (HEMOSTAT_NOTIFY_URLS, HEMOSTAT_NOTIFY_ROUTES, SLACK_WEBHOOK_URL, WEBHOOK_URL, PAGERDUTY_ROUTING_KEY): decisions are only recorded"
         );
     }
     let ctx = AgentContext::start(&args.common, hemostat_alert::AGENT, host, shutdown).await?;
@@ -50,11 +53,14 @@ async fn run(args: &AlertArgs, cfg: AlertConfig, shutdown: Shutdown) -> anyhow::
 /// Sends one test notification to every sink and says what each did; false if any failed.
 async fn test(cfg: AlertConfig) -> anyhow::Result<bool> {
     if cfg.sinks.is_empty() {
-        println!("no sink configured: set SLACK_WEBHOOK_URL, WEBHOOK_URL or PAGERDUTY_ROUTING_KEY");
+        println!(
+            "no sink configured: set HEMOSTAT_NOTIFY_URLS (or SLACK_WEBHOOK_URL, WEBHOOK_URL, PAGERDUTY_ROUTING_KEY)"
+        );
         return Ok(false);
     }
     let render = RenderContext {
         dashboard_url: cfg.dashboard_url.clone(),
+        approval_key: None,
     };
     let n = Notification {
         fingerprint: "test/-/test".into(),
@@ -76,30 +82,92 @@ async fn test(cfg: AlertConfig) -> anyhow::Result<bool> {
         event_type: "test".into(),
         page: true,
         one_off: true,
+        proposal: None,
     };
     let batch = Batch {
         notifications: vec![n],
     };
     let mut failed = false;
     for s in &cfg.sinks {
-        let sink = Sink::new(&s.name, s.kind.clone(), s.min_severity, cfg.delivery)?;
+        let sink = Sink::new(
+            &s.name,
+            s.kind.clone(),
+            s.min_severity,
+            &s.route,
+            cfg.delivery,
+        )?;
+        let what = format!(
+            "{} ({}, route {})",
+            sink.name,
+            sink.kind.label(),
+            sink.route
+        );
         match sink.deliver(&batch, &render).await {
             Delivered::Sent { attempts, status } => {
-                println!("{}: sent (HTTP {status}, {attempts} attempt(s))", sink.name)
+                let code = if matches!(sink.kind, hemostat_alert::sink::Kind::Email(_)) {
+                    format!("SMTP {status}")
+                } else {
+                    format!("HTTP {status}")
+                };
+                println!("{what}: sent ({code}, {attempts} attempt(s))")
             }
             Delivered::NotForThisSink => {
-                println!("{}: skipped (below its minimum severity)", sink.name)
+                println!("{what}: skipped (below its minimum severity)")
             }
             Delivered::Failed { attempts, reason } => {
                 failed = true;
-                println!(
-                    "{}: FAILED after {attempts} attempt(s): {reason}",
-                    sink.name
-                );
+                println!("{what}: FAILED after {attempts} attempt(s): {reason}");
             }
         }
     }
     Ok(!failed)
+}
+
+async fn maintenance(
+    args: &AlertArgs,
+    cmd: MaintenanceCommand,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    use hemostat_common::windows;
+    let bus = Bus::connect_to(
+        &args.common.redis_target(),
+        args.common.stream_maxlen,
+        AgentMetrics::default(),
+        Health::default(),
+        shutdown,
+    )
+    .await?;
+    let who = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
+    let now = Utc::now();
+    match cmd {
+        MaintenanceCommand::Add(spec) => {
+            let w = (*spec)
+                .into_window(now, &who)
+                .map_err(|e| anyhow::anyhow!("not a valid maintenance window: {e}"))?;
+            windows::add(&bus, &w).await?;
+            println!("maintenance window added: {}", windows::describe(&w, now));
+        }
+        MaintenanceCommand::List => {
+            let list = windows::load(&bus).await?;
+            if list.is_empty() {
+                println!("no maintenance windows");
+            }
+            for w in list {
+                println!("{}", windows::describe(&w, now));
+            }
+        }
+        MaintenanceCommand::End { id } => {
+            if windows::end(&bus, &id, &who).await? {
+                println!("maintenance window {id} ended");
+            } else {
+                anyhow::bail!("no maintenance window {id}");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn silence(args: &AlertArgs, cmd: SilenceCommand, shutdown: &Shutdown) -> anyhow::Result<()> {

@@ -52,6 +52,9 @@ pub struct Notification {
     /// An event, not a state: a remediation result or an escalation. Told every time it
     /// happens (never folded as "still firing"), and never resolved.
     pub one_off: bool,
+    /// A proposed action waiting for a person (approve mode): messages link to its decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposal: Option<String>,
 }
 
 /// Which optional sources to tell people about.
@@ -119,6 +122,7 @@ pub fn from_envelope(env: &Envelope, sources: Sources) -> Option<Notification> {
         event_type: env.event_type().to_owned(),
         page: false,
         one_off: false,
+        proposal: None,
     };
     match &env.payload {
         Payload::RemediationComplete(r) => {
@@ -159,8 +163,10 @@ pub fn from_envelope(env: &Envelope, sources: Sources) -> Option<Notification> {
                 e.summary.clone(),
                 e.detail.clone(),
             );
-            n.page = true;
+            // An approval is not a page: nothing is broken by waiting, and the link is the point.
+            n.page = e.kind != hemostat_common::events::EscalationKind::ApprovalNeeded;
             n.one_off = true;
+            n.proposal = e.proposal.as_ref().map(|p| p.id.clone());
             Some(n)
         }
         Payload::FalseAlarm(f) if sources.false_alarms => {
@@ -257,6 +263,82 @@ fn capitalise(s: &str) -> String {
         Some(f) => f.to_uppercase().chain(c).collect(),
         None => String::new(),
     }
+}
+
+/// The kind of a maintenance window's summary.
+pub const WINDOW_SUMMARY: &str = "maintenance_summary";
+
+/// Held notifications a summary lists one by one.
+const SUMMARY_LIST: usize = 20;
+
+/// The one notification that tells what a maintenance window held: how many, the worst of
+/// them, and a line each for the first ones. `None` when it held nothing.
+pub fn window_summary(
+    member: &str,
+    about: &str,
+    held: &[Notification],
+    count: u64,
+    now: DateTime<Utc>,
+) -> Option<Notification> {
+    if count == 0 {
+        return None;
+    }
+    let severity = held
+        .iter()
+        .filter(|n| n.status == Status::Firing)
+        .map(|n| n.severity)
+        .max()
+        .unwrap_or(Severity::Info);
+    let mut hosts: Vec<&str> = held.iter().map(|n| n.host.as_str()).collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    let host = match hosts.as_slice() {
+        [one] => (*one).to_owned(),
+        _ => "several hosts".to_owned(),
+    };
+    let mut text = String::new();
+    for n in held.iter().take(SUMMARY_LIST) {
+        let state = if n.status == Status::Resolved {
+            "resolved"
+        } else {
+            "firing"
+        };
+        text.push_str(&format!(
+            "• {} ({state}, {})\n",
+            n.title,
+            n.at.format("%H:%M:%S UTC")
+        ));
+    }
+    if count > SUMMARY_LIST.min(held.len()) as u64 {
+        text.push_str(&format!(
+            "• …and {} more\n",
+            count - SUMMARY_LIST.min(held.len()) as u64
+        ));
+    }
+    text.push_str("Problems still present when the window ended are handled now.");
+    let kind = WINDOW_SUMMARY.to_owned();
+    Some(Notification {
+        fingerprint: format!("{host}/-/{kind}/{member}"),
+        status: Status::Firing,
+        severity,
+        host,
+        container: None,
+        kind,
+        title: format!("Maintenance window {about} ended: {count} notification(s) held"),
+        text,
+        root_cause: None,
+        action: None,
+        outcome: None,
+        confidence: None,
+        method: None,
+        dry_run: false,
+        at: now,
+        event_id: format!("maintenance-{member}"),
+        event_type: WINDOW_SUMMARY.to_owned(),
+        page: false,
+        one_off: true,
+        proposal: None,
+    })
 }
 
 /// Adds the analyzer's verdict to a remediation notification (the alert service looks it up by
@@ -398,6 +480,7 @@ mod tests {
         assert!(n.page && n.dry_run);
         assert_eq!(n.kind, "remediation_restart_failed");
         let e = Escalation {
+            proposal: None,
             kind: EscalationKind::CircuitBreakerOpen,
             severity: Severity::Critical,
             container: Some(c("web")),

@@ -26,6 +26,36 @@ const NTFY_TITLE_LIMIT: usize = 250;
 pub struct RenderContext {
     /// `HEMOSTAT_DASHBOARD_URL`, linked from messages when set.
     pub dashboard_url: Option<String>,
+    /// The key that signs approval links (from Redis), once read.
+    pub approval_key: Option<Vec<u8>>,
+}
+
+/// The approval links of a batch's proposals: the dashboard's page for each, signed so that the
+/// link alone lets a person decide (it shows the proposal; approving or declining is a button
+/// on that page, never the visit itself, so a chat's link preview decides nothing).
+pub fn approval_links(batch: &Batch, ctx: &RenderContext) -> Vec<(String, String)> {
+    let (Some(base), Some(key)) = (&ctx.dashboard_url, &ctx.approval_key) else {
+        return Vec::new();
+    };
+    batch
+        .notifications
+        .iter()
+        .filter_map(|n| {
+            let id = n.proposal.as_ref()?;
+            let sig = hemostat_common::events::proposals::sign(key, &n.host, id);
+            let who = n.container.as_ref().map_or("the host", |c| c.name.as_str());
+            Some((
+                format!("Approve or decline ({})", escape(who, Markup::Plain)),
+                format!(
+                    "{}/approve/{}/{}?sig={sig}",
+                    base.trim_end_matches('/'),
+                    crate::urls::encode(&n.host),
+                    crate::urls::encode(id)
+                ),
+            ))
+        })
+        .take(GROUP_LIST_LIMIT)
+        .collect()
 }
 
 /// What one notification says, escaped for one markup. The one place a notification's words
@@ -112,6 +142,7 @@ fn method(m: AnalysisMethod) -> &'static str {
         AnalysisMethod::Rules => "rules",
         AnalysisMethod::Llm => "LLM",
         AnalysisMethod::RulesFallback => "rules (LLM fallback)",
+        AnalysisMethod::Person => "a person",
     }
 }
 
@@ -168,6 +199,12 @@ pub fn plain(batch: &Batch, ctx: &RenderContext, m: Markup) -> String {
             s
         }
     };
+    for (label, url) in approval_links(batch, ctx) {
+        out.push_str(&format!("\n{label}: {url}"));
+    }
+    if batch.notifications.iter().any(|n| n.proposal.is_some()) && ctx.dashboard_url.is_none() {
+        out.push_str("\nApprove or decline it in the hemostat dashboard (or set HEMOSTAT_DASHBOARD_URL for a link here).");
+    }
     if let Some(url) = &ctx.dashboard_url {
         out.push_str(&format!("\nDashboard: {url}"));
     }
@@ -269,8 +306,16 @@ pub fn slack(batch: &Batch, ctx: &RenderContext) -> Value {
             blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("grouped · first at {first} UTC")}]}));
         }
     }
+    let mut buttons: Vec<Value> = approval_links(batch, ctx)
+        .into_iter()
+        .take(4)
+        .map(|(label, url)| json!({"type": "button", "style": "primary", "text": {"type": "plain_text", "text": cut(&label, 75)}, "url": url}))
+        .collect();
     if let Some(url) = &ctx.dashboard_url {
-        blocks.push(json!({"type": "actions", "elements": [{"type": "button", "text": {"type": "plain_text", "text": "Open dashboard"}, "url": url}]}));
+        buttons.push(json!({"type": "button", "text": {"type": "plain_text", "text": "Open dashboard"}, "url": url}));
+    }
+    if !buttons.is_empty() {
+        blocks.push(json!({"type": "actions", "elements": buttons}));
     }
     json!({
         "text": cut(&plain(batch, ctx, Markup::Slack), SLACK_TEXT_LIMIT),
@@ -401,6 +446,151 @@ pub fn pagerduty(n: &Notification, routing_key: &str) -> Option<Value> {
     Some(event)
 }
 
+/// Gotify: title, message and a priority (Gotify's clients alert loudly from 8, quietly at 2),
+/// shown as plain text.
+pub fn gotify(batch: &Batch, ctx: &RenderContext) -> Value {
+    let (title, priority) = titled(batch);
+    json!({
+        "title": cut(&title, 250),
+        "message": plain(batch, ctx, Markup::Plain),
+        "priority": match priority { Severity::Critical => 8, Severity::Warning => 5, Severity::Info => 2 },
+        "extras": {"client::display": {"contentType": "text/plain"}},
+    })
+}
+
+/// The title of a batch (one notification's own, or a count) and how loud it should be
+/// (a batch of recoveries is quiet).
+fn titled(batch: &Batch) -> (String, Severity) {
+    let resolved = batch
+        .notifications
+        .iter()
+        .all(|n| n.status == Status::Resolved);
+    let title = match batch.notifications.as_slice() {
+        [n] => Said::new(n, Markup::Plain).title,
+        many => format!("{} hemostat notifications", many.len()),
+    };
+    (
+        title,
+        if resolved {
+            Severity::Info
+        } else {
+            worst(batch)
+        },
+    )
+}
+
+/// Telegram Bot API `sendMessage`: HTML (its container text escaped for it), no link
+/// previews. Telegram's limit is 4096 characters.
+pub fn telegram(batch: &Batch, ctx: &RenderContext, chat: &str) -> Value {
+    let (title, _) = titled(batch);
+    let body = plain(batch, ctx, Markup::Html);
+    let text = format!("<b>{}</b>\n{body}", escape(&title, Markup::Html));
+    json!({
+        "chat_id": chat,
+        "text": cut(&text, 4000),
+        "parse_mode": "HTML",
+        "link_preview_options": {"is_disabled": true},
+    })
+}
+
+/// Pushover: a form with the application token, the user key, title, message, priority
+/// (-1 quiet, 0 normal, 1 high) and the dashboard as its supplementary URL. Its limits are
+/// 250 characters of title and 1024 of message.
+pub fn pushover(
+    batch: &Batch,
+    ctx: &RenderContext,
+    token: &str,
+    user: &str,
+    devices: &[String],
+) -> String {
+    let (title, loud) = titled(batch);
+    let priority = match loud {
+        Severity::Critical => "1",
+        Severity::Warning => "0",
+        Severity::Info => "-1",
+    };
+    let mut fields = vec![
+        ("token", token.to_owned()),
+        ("user", user.to_owned()),
+        ("title", cut(&title, 250)),
+        ("message", cut(&plain(batch, ctx, Markup::Plain), 1024)),
+        ("priority", priority.to_owned()),
+    ];
+    if !devices.is_empty() {
+        fields.push(("device", devices.join(",")));
+    }
+    if let Some(url) = &ctx.dashboard_url {
+        fields.push(("url", url.clone()));
+        fields.push(("url_title", "hemostat dashboard".to_owned()));
+    }
+    fields
+        .iter()
+        .map(|(k, v)| format!("{k}={}", crate::urls::encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Matrix `m.room.message`: the plain text as `body`, and HTML (escaped, our own `<br>` and
+/// `<b>`) as `formatted_body`. `m.notice`: a bot's message, which clients do not answer.
+pub fn matrix(batch: &Batch, ctx: &RenderContext) -> Value {
+    let (title, _) = titled(batch);
+    let html = format!(
+        "<b>{}</b><br>{}",
+        escape(&title, Markup::Html),
+        plain(batch, ctx, Markup::Html).replace('\n', "<br>")
+    );
+    json!({
+        "msgtype": "m.notice",
+        "body": plain(batch, ctx, Markup::Plain),
+        "format": "org.matrix.custom.html",
+        "formatted_body": html,
+    })
+}
+
+/// Opsgenie Alert API: a pageable notification opens an alert (`alias` is the container, so
+/// repeated failures fold into one alert and a recovery closes it); a recovery closes it.
+/// Returns the alias to close, if it closes one, and the body.
+pub fn opsgenie(n: &Notification) -> Option<(Option<String>, Value)> {
+    if !n.page {
+        return None;
+    }
+    let who = n
+        .container
+        .as_ref()
+        .map(|c| c.name.clone())
+        .unwrap_or_else(|| "-".into());
+    let alias = cut(&format!("hemostat/{}/{}", n.host, who), 512);
+    let said = Said::new(n, Markup::Plain);
+    Some(match n.status {
+        Status::Resolved => (
+            Some(alias),
+            json!({"source": "hemostat", "note": cut(&said.title, 1000)}),
+        ),
+        Status::Firing => (
+            None,
+            json!({
+                "message": cut(&said.title, 130),
+                "alias": alias,
+                "description": cut(&said.text, 15_000),
+                "priority": match n.severity { Severity::Critical => "P1", Severity::Warning => "P3", Severity::Info => "P5" },
+                "source": "hemostat",
+                "entity": cut(&who, 512),
+                "tags": ["hemostat", n.kind.as_str()],
+                "details": {"host": cut(&n.host, 1000), "root_cause": said.root_cause.as_deref().map(|r| cut(r, 1000)), "event_id": n.event_id.as_str(), "dry_run": n.dry_run.to_string()},
+            }),
+        ),
+    })
+}
+
+/// Email: a subject line (one line, bounded) and a plain-text body.
+pub fn email(batch: &Batch, ctx: &RenderContext) -> (String, String) {
+    let (title, _) = titled(batch);
+    (
+        header_value(&format!("[hemostat] {title}"), 200),
+        plain(batch, ctx, Markup::Plain),
+    )
+}
+
 /// Checks the Block Kit rules we rely on; used by the tests on every rendered payload.
 pub fn check_block_kit(payload: &Value) -> Result<(), String> {
     let text = payload["text"].as_str().ok_or("no fallback text")?;
@@ -462,6 +652,58 @@ mod tests {
     /// What a hostile container can make its health check print or its logs say.
     const HOSTILE: &str = "<!channel> see <http://evil.example|docs> *bold* @everyone @here <@U123> <@&42> [x](http://evil.example) `code` # h\n> quote ~strike~ _it_ ||spoiler|| <b>html</b>";
 
+    #[test]
+    fn a_proposal_links_to_its_signed_decision_page() {
+        let mut p = n("Approve restart of web?", "It passed every guard.", None);
+        p.proposal = Some("01JREQ".into());
+        p.host = "docker-01".into();
+        let batch = Batch {
+            notifications: vec![p],
+        };
+        let key = b"k3y".to_vec();
+        let ctx = RenderContext {
+            dashboard_url: Some("https://hemostat.example/".into()),
+            approval_key: Some(key.clone()),
+        };
+        let sig = hemostat_common::events::proposals::sign(&key, "docker-01", "01JREQ");
+        let want = format!("https://hemostat.example/approve/docker-01/01JREQ?sig={sig}");
+        let slack = slack(&batch, &ctx);
+        check_block_kit(&slack).unwrap();
+        let buttons = slack["attachments"][0]["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["type"] == "actions")
+            .unwrap()["elements"]
+            .clone();
+        assert_eq!(buttons[0]["url"], want.as_str(), "{buttons:#}");
+        assert!(plain(&batch, &ctx, Markup::Plain).contains(&want));
+        assert!(hemostat_common::events::proposals::verify(
+            &key,
+            "docker-01",
+            "01JREQ",
+            &sig
+        ));
+        assert!(!hemostat_common::events::proposals::verify(
+            &key,
+            "docker-01",
+            "01JOTHER",
+            &sig
+        ));
+        assert!(!hemostat_common::events::proposals::verify(
+            b"other",
+            "docker-01",
+            "01JREQ",
+            &sig
+        ));
+        // Without the dashboard's address the message says where to decide instead.
+        let bare = RenderContext::default();
+        assert!(
+            plain(&batch, &bare, Markup::Plain)
+                .contains("Approve or decline it in the hemostat dashboard")
+        );
+    }
+
     fn n(title: &str, text: &str, root_cause: Option<&str>) -> Notification {
         Notification {
             fingerprint: "docker-01/api/false_alarm".into(),
@@ -488,6 +730,7 @@ mod tests {
             event_type: "false_alarm".into(),
             page: true,
             one_off: false,
+            proposal: None,
         }
     }
 

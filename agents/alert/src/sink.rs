@@ -29,21 +29,112 @@ pub enum Preset {
     Ntfy,
 }
 
+/// How an email sink talks to its SMTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailTls {
+    /// STARTTLS, required (port 587): the default.
+    StartTls,
+    /// TLS from the first byte (port 465, `smtps://`).
+    Implicit,
+    /// No TLS at all (`?tls=none`): only for a relay on a trusted network.
+    None,
+}
+
+/// An email sink's server and addresses.
+#[derive(Clone)]
+pub struct Email {
+    pub host: String,
+    pub port: u16,
+    pub tls: EmailTls,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub from: String,
+    pub to: Vec<String>,
+}
+
 /// What kind of sink, with its secret.
 #[derive(Clone)]
 pub enum Kind {
-    Slack { url: String },
-    Webhook { url: String, preset: Preset },
-    PagerDuty { url: String, routing_key: String },
+    Slack {
+        url: String,
+    },
+    /// A webhook of one of the [`Preset`] shapes, with headers of its own (auth).
+    Webhook {
+        url: String,
+        preset: Preset,
+        headers: Vec<(String, String)>,
+    },
+    PagerDuty {
+        url: String,
+        routing_key: String,
+    },
+    /// Gotify's `POST /message`, the application token in `X-Gotify-Key`.
+    Gotify {
+        url: String,
+        token: String,
+    },
+    /// Telegram Bot API `sendMessage` to one chat.
+    Telegram {
+        url: String,
+        chat: String,
+    },
+    /// Pushover's `POST /1/messages.json`.
+    Pushover {
+        url: String,
+        token: String,
+        user: String,
+        devices: Vec<String>,
+    },
+    /// Matrix client-server API: `PUT /rooms/<room>/send/m.room.message/<txn>`.
+    Matrix {
+        base: String,
+        token: String,
+        room: String,
+    },
+    /// Opsgenie Alert API: one alert per pageable notification, closed on recovery.
+    Opsgenie {
+        base: String,
+        key: String,
+    },
+    Email(Box<Email>),
+}
+
+impl Kind {
+    /// The service's name (metric labels, task names, `hemostat-alert test`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Kind::Slack { .. } => "slack",
+            Kind::Webhook { preset, .. } => match preset {
+                Preset::Json => "json",
+                Preset::Discord => "discord",
+                Preset::Teams => "teams",
+                Preset::Ntfy => "ntfy",
+            },
+            Kind::PagerDuty { .. } => "pagerduty",
+            Kind::Gotify { .. } => "gotify",
+            Kind::Telegram { .. } => "telegram",
+            Kind::Pushover { .. } => "pushover",
+            Kind::Matrix { .. } => "matrix",
+            Kind::Opsgenie { .. } => "opsgenie",
+            Kind::Email(_) => "email",
+        }
+    }
+
+    /// A pager: one alert per pageable notification, opened on failure and closed on
+    /// recovery (PagerDuty, Opsgenie). Each delivery holds one notification, so a retry never
+    /// repeats another's page.
+    pub fn pager(&self) -> bool {
+        matches!(self, Kind::PagerDuty { .. } | Kind::Opsgenie { .. })
+    }
 }
 
 impl std::fmt::Debug for Kind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the URL or the key.
+        // Never the URL, a token or a key.
         match self {
-            Kind::Slack { .. } => f.write_str("Slack"),
             Kind::Webhook { preset, .. } => write!(f, "Webhook({preset:?})"),
-            Kind::PagerDuty { .. } => f.write_str("PagerDuty"),
+            Kind::Email(e) => write!(f, "Email({} recipient(s))", e.to.len()),
+            other => f.write_str(other.label()),
         }
     }
 }
@@ -64,7 +155,10 @@ pub struct Sink {
     pub name: String,
     pub kind: Kind,
     pub min_severity: Severity,
+    /// The route whose notifications it takes.
+    pub route: String,
     client: reqwest::Client,
+    mailer: Option<lettre::AsyncSmtpTransport<lettre::Tokio1Executor>>,
     limiter: DefaultDirectRateLimiter,
     delivery: Delivery,
 }
@@ -75,6 +169,7 @@ impl std::fmt::Debug for Sink {
             .field("name", &self.name)
             .field("kind", &self.kind)
             .field("min_severity", &self.min_severity)
+            .field("route", &self.route)
             .finish()
     }
 }
@@ -94,12 +189,57 @@ pub enum Delivered {
     },
 }
 
-/// The body and headers of one request.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// The HTTP method of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Post,
+    /// Matrix sends with `PUT` to a transaction id, so a retried send is not a second one.
+    Put,
+}
+
+/// One request: its body and headers, and where it goes when that is not the sink's URL. An
+/// email sink's "request" is the message: the body is its text and the `Subject` header its
+/// subject.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Request {
+    pub method: Method,
+    /// The full URL when it is not the sink's own (Opsgenie's close, Matrix's transaction).
+    pub url: Option<String>,
     pub body: Vec<u8>,
     pub content_type: String,
     pub headers: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL and the headers hold secrets.
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("bytes", &self.body.len())
+            .field("content_type", &self.content_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Request {
+    fn post(body: Vec<u8>, content_type: &str) -> Request {
+        Request {
+            method: Method::Post,
+            url: None,
+            body,
+            content_type: content_type.to_owned(),
+            headers: Vec::new(),
+        }
+    }
+
+    fn json(v: &Value) -> Request {
+        Request::post(v.to_string().into_bytes(), "application/json")
+    }
+
+    fn header(mut self, k: &str, v: String) -> Request {
+        self.headers.push((k.to_owned(), v));
+        self
+    }
 }
 
 impl Sink {
@@ -107,6 +247,7 @@ impl Sink {
         name: &str,
         kind: Kind,
         min_severity: Severity,
+        route: &str,
         delivery: Delivery,
     ) -> anyhow::Result<Sink> {
         let client = reqwest::Client::builder()
@@ -115,19 +256,34 @@ impl Sink {
             .user_agent(concat!("hemostat-alert/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let rate = NonZeroU32::new(delivery.per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        let mailer = match &kind {
+            Kind::Email(e) => Some(crate::mail::transport(e, delivery.timeout)?),
+            _ => None,
+        };
         Ok(Sink {
             name: name.to_owned(),
             kind,
             min_severity,
+            route: route.to_owned(),
             client,
+            mailer,
             limiter: RateLimiter::direct(Quota::per_minute(rate)),
             delivery,
         })
     }
 
-    fn url(&self) -> &str {
+    /// Where its requests go unless a request says otherwise.
+    fn url(&self) -> String {
         match &self.kind {
-            Kind::Slack { url } | Kind::Webhook { url, .. } | Kind::PagerDuty { url, .. } => url,
+            Kind::Slack { url }
+            | Kind::Webhook { url, .. }
+            | Kind::PagerDuty { url, .. }
+            | Kind::Gotify { url, .. }
+            | Kind::Telegram { url, .. }
+            | Kind::Pushover { url, .. } => url.clone(),
+            Kind::Matrix { base, .. } => base.clone(),
+            Kind::Opsgenie { base, .. } => format!("{base}/v2/alerts"),
+            Kind::Email(_) => String::new(),
         }
     }
 
@@ -136,9 +292,10 @@ impl Sink {
     pub fn accepts(&self, n: &crate::notify::Notification) -> bool {
         let severity_ok =
             n.severity >= self.min_severity || n.status == crate::notify::Status::Resolved;
-        match self.kind {
-            Kind::PagerDuty { .. } => severity_ok && n.page,
-            _ => severity_ok,
+        if self.kind.pager() {
+            severity_ok && n.page
+        } else {
+            severity_ok
         }
     }
 
@@ -156,38 +313,27 @@ impl Sink {
         let batch = Batch {
             notifications: kept,
         };
-        let json = |v: Value| Request {
-            body: v.to_string().into_bytes(),
-            content_type: "application/json".into(),
-            headers: Vec::new(),
-        };
+        let json = |v: Value| Request::json(&v);
         match &self.kind {
             Kind::Slack { .. } => vec![json(render::slack(&batch, ctx))],
             Kind::Webhook {
-                preset: Preset::Json,
-                ..
-            } => vec![json(render::json_body(&batch))],
-            Kind::Webhook {
-                preset: Preset::Discord,
-                ..
-            } => vec![json(render::discord(&batch, ctx))],
-            Kind::Webhook {
-                preset: Preset::Teams,
-                ..
-            } => vec![json(render::teams(&batch, ctx))],
-            Kind::Webhook {
-                preset: Preset::Ntfy,
-                ..
+                preset, headers, ..
             } => {
-                let (body, headers) = render::ntfy(&batch, ctx);
-                vec![Request {
-                    body: body.into_bytes(),
-                    content_type: "text/plain; charset=utf-8".into(),
-                    headers: headers
-                        .into_iter()
-                        .map(|(k, v)| (k.to_owned(), v))
-                        .collect(),
-                }]
+                let mut r = match preset {
+                    Preset::Json => json(render::json_body(&batch)),
+                    Preset::Discord => json(render::discord(&batch, ctx)),
+                    Preset::Teams => json(render::teams(&batch, ctx)),
+                    Preset::Ntfy => {
+                        let (body, hs) = render::ntfy(&batch, ctx);
+                        let mut r = Request::post(body.into_bytes(), "text/plain; charset=utf-8");
+                        for (k, v) in hs {
+                            r = r.header(k, v);
+                        }
+                        r
+                    }
+                };
+                r.headers.extend(headers.iter().cloned());
+                vec![r]
             }
             Kind::PagerDuty { routing_key, .. } => batch
                 .notifications
@@ -195,6 +341,58 @@ impl Sink {
                 .filter_map(|n| render::pagerduty(n, routing_key))
                 .map(json)
                 .collect(),
+            Kind::Gotify { token, .. } => {
+                vec![json(render::gotify(&batch, ctx)).header("X-Gotify-Key", token.clone())]
+            }
+            Kind::Telegram { chat, .. } => vec![json(render::telegram(&batch, ctx, chat))],
+            Kind::Pushover {
+                token,
+                user,
+                devices,
+                ..
+            } => {
+                let form = render::pushover(&batch, ctx, token, user, devices);
+                vec![Request::post(
+                    form.into_bytes(),
+                    "application/x-www-form-urlencoded",
+                )]
+            }
+            Kind::Matrix { base, token, room } => {
+                let txn = transaction_id(&self.name, &batch);
+                let mut r = json(render::matrix(&batch, ctx));
+                r.method = Method::Put;
+                r.url = Some(format!(
+                    "{base}/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                    crate::urls::encode(room)
+                ));
+                vec![r.header("Authorization", format!("Bearer {token}"))]
+            }
+            Kind::Opsgenie { base, key } => batch
+                .notifications
+                .iter()
+                .filter_map(|n| {
+                    let (close, body) = render::opsgenie(n)?;
+                    let mut r = json(body).header("Authorization", format!("GenieKey {key}"));
+                    if let Some(alias) = close {
+                        r.url = Some(format!(
+                            "{base}/v2/alerts/{}/close?identifierType=alias",
+                            crate::urls::encode(&alias)
+                        ));
+                    }
+                    Some(r)
+                })
+                .collect(),
+            Kind::Email(_) => {
+                let (subject, text) = render::email(&batch, ctx);
+                vec![
+                    Request::post(text.into_bytes(), "text/plain; charset=utf-8")
+                        .header("Subject", subject)
+                        .header(
+                            "Message-ID",
+                            format!("<{}@hemostat>", transaction_id(&self.name, &batch)),
+                        ),
+                ]
+            }
         }
     }
 
@@ -274,9 +472,15 @@ impl Sink {
 
     /// Makes one request, once.
     pub async fn attempt(&self, r: &Request) -> Attempt {
-        let mut req = self
-            .client
-            .post(self.url())
+        if let (Kind::Email(e), Some(mailer)) = (&self.kind, &self.mailer) {
+            return crate::mail::send(&self.name, mailer, e, r).await;
+        }
+        let url = r.url.clone().unwrap_or_else(|| self.url());
+        let req = match r.method {
+            Method::Post => self.client.post(url),
+            Method::Put => self.client.put(url),
+        };
+        let mut req = req
             .header(reqwest::header::CONTENT_TYPE, r.content_type.as_str())
             .body(r.body.clone());
         for (k, v) in &r.headers {
@@ -341,6 +545,24 @@ pub enum Attempt {
     Fatal {
         reason: String,
     },
+}
+
+/// A stable id for the delivery of `batch` by sink `name`: the same on every retry, so a
+/// service that dedupes by it (Matrix's transaction id, an email's Message-ID) shows it once.
+pub fn transaction_id(name: &str, batch: &Batch) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(name.as_bytes());
+    for n in &batch.notifications {
+        h.update(b"\0");
+        h.update(n.event_id.as_bytes());
+        h.update(n.fingerprint.as_bytes());
+    }
+    h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A 429's `Retry-After`: seconds, or an HTTP date; never a panic, whatever the header says

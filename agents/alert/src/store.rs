@@ -41,6 +41,18 @@ pub mod keys {
     pub fn handled(event_id: &str) -> String {
         format!("hemostat:seen:alert:{event_id}")
     }
+    /// Window occurrences holding notifications, scored by when each ends.
+    pub const HELD_ENDS: &str = "hemostat:alert:held_ends";
+    /// What one window occurrence (`<window id>:<occurrence>`) holds, how many, and what it is.
+    pub fn held(member: &str) -> String {
+        format!("hemostat:alert:held:{member}")
+    }
+    pub fn held_count(member: &str) -> String {
+        format!("hemostat:alert:held_count:{member}")
+    }
+    pub fn held_about(member: &str) -> String {
+        format!("hemostat:alert:held_about:{member}")
+    }
 }
 
 /// A condition an [`Store::apply`] checks before it writes anything.

@@ -137,6 +137,7 @@ fn cases() -> Vec<(&'static str, Vec<Envelope>)> {
                 "01D",
                 "responder",
                 Payload::Escalation(Escalation {
+                    proposal: None,
                     kind: EscalationKind::CircuitBreakerOpen,
                     severity: Severity::Critical,
                     container: Some(container("api")),
@@ -319,6 +320,7 @@ fn pretty(v: &serde_json::Value) -> String {
 #[test]
 fn slack_payloads_match_their_golden_files_and_block_kit() {
     let ctx = RenderContext {
+        approval_key: None,
         dashboard_url: Some("http://hemostat.example:8080".into()),
     };
     let mut mismatches = Vec::new();
@@ -339,6 +341,7 @@ fn slack_payloads_match_their_golden_files_and_block_kit() {
 #[test]
 fn hostile_container_text_is_escaped_for_every_format() {
     let ctx = RenderContext {
+        approval_key: None,
         dashboard_url: Some("http://hemostat.example:8080".into()),
     };
     let (_, envs) = cases()

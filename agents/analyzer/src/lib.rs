@@ -455,6 +455,7 @@ impl Analyzer {
         )];
         if decided.rules.escalate {
             out.push(Payload::Escalation(Escalation {
+                proposal: None,
                 kind: EscalationKind::CrashLoop,
                 severity: Severity::Critical,
                 container: Some(a.container.clone()),
@@ -501,6 +502,7 @@ impl Analyzer {
         let mut out = vec![verdict_payload(&self.cfg, env, None, &decided)];
         if decided.rules.escalate {
             out.push(Payload::Escalation(Escalation {
+                proposal: None,
                 kind: EscalationKind::HostWide,
                 severity: Severity::Critical,
                 container: None,
@@ -718,6 +720,7 @@ fn method_name(m: AnalysisMethod) -> &'static str {
         AnalysisMethod::Rules => "rules",
         AnalysisMethod::Llm => "llm",
         AnalysisMethod::RulesFallback => "rules_fallback",
+        AnalysisMethod::Person => "person",
     }
 }
 
@@ -762,6 +765,7 @@ pub fn verdict_payload(
         d.action != Action::None && !d.false_alarm && d.confidence >= cfg.confidence_threshold;
     if act {
         Payload::RemediationNeeded(RemediationRequest {
+            requested_by: None,
             container: container.cloned(),
             target_host: alert.host.clone(),
             action: d.action,

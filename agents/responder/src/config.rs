@@ -26,6 +26,17 @@ pub struct ResponderArgs {
           action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub dry_run: bool,
 
+    /// What the responder does with an action that passes every guard: `auto` acts,
+    /// `approve` proposes it and waits for a person to approve it (dashboard, or the link in
+    /// the chat message). A container's `hemostat.mode` label (auto or approve) wins over it.
+    #[arg(long, env = "HEMOSTAT_REMEDIATION_MODE", value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
+
+    /// How long a proposal waits for a person's decision; unapproved, it expires and nothing
+    /// is done.
+    #[arg(long, env = "HEMOSTAT_APPROVAL_TTL", default_value = "15m", value_parser = parse_duration)]
+    pub approval_ttl: Duration,
+
     #[command(flatten)]
     pub scope: ScopeArgs,
 
@@ -116,6 +127,15 @@ pub struct ResponderArgs {
     pub command: Option<Command>,
 }
 
+/// Whether actions that pass the guards are taken or proposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Act.
+    Auto,
+    /// Propose, and act only once a person approves.
+    Approve,
+}
+
 /// One-off commands instead of running the service.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
@@ -130,6 +150,8 @@ pub enum Command {
 #[derive(Debug, Clone)]
 pub struct ResponderConfig {
     pub dry_run: bool,
+    pub mode: Mode,
+    pub approval_ttl: Duration,
     pub scope: Scope,
     pub backoff: BackoffPolicy,
     pub breaker: BreakerPolicy,
@@ -179,8 +201,21 @@ impl ResponderArgs {
                 message: format!("{:?} is too long; expected at most 1h", self.stop_timeout),
             });
         }
+        if self.approval_ttl < Duration::from_secs(10)
+            || self.approval_ttl > Duration::from_secs(7 * 86_400)
+        {
+            return Err(ConfigError {
+                variable: "HEMOSTAT_APPROVAL_TTL",
+                message: format!(
+                    "{:?} is out of range; expected 10s to 7d",
+                    self.approval_ttl
+                ),
+            });
+        }
         Ok(ResponderConfig {
             dry_run: self.dry_run,
+            mode: self.mode,
+            approval_ttl: self.approval_ttl,
             scope,
             backoff: BackoffPolicy {
                 initial: self.backoff_initial,
@@ -252,6 +287,8 @@ mod tests {
             (&["--verify-timeout", "soon"], "HEMOSTAT_VERIFY_TIMEOUT"),
             (&["--scope-label", "=x"], "HEMOSTAT_SCOPE_LABEL"),
             (&["--lease", "0s"], "HEMOSTAT_RESPONDER_LEASE"),
+            (&["--mode", "yolo"], "HEMOSTAT_REMEDIATION_MODE"),
+            (&["--approval-ttl", "1s"], "HEMOSTAT_APPROVAL_TTL"),
             (&["--cleanup-min-age", "a day"], "HEMOSTAT_CLEANUP_MIN_AGE"),
         ];
         for (args, var) in cases {

@@ -108,7 +108,50 @@ pub struct Facts {
     /// Who holds the container's lock (a request id), if anyone.
     pub lock_holder: Option<String>,
     pub measured: Measured,
+    /// Who asked, when a person did ("restart now").
+    pub requested_by: Option<String>,
+    /// The maintenance window pausing remediation of this container now, if any: what it is
+    /// (for the report) and when the last pausing window ends.
+    pub maintenance: Option<(String, u64)>,
+    /// Where a proposal for this request stands (approve mode).
+    pub approval: Approval,
 }
+
+/// A proposal's state, from its record and a person's decision.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Approval {
+    /// Nothing proposed yet.
+    #[default]
+    NotProposed,
+    /// Proposed; no decision yet. Expires at `expires_ms`.
+    Pending { expires_ms: u64 },
+    /// A person approved it (who).
+    Approved(String),
+    /// A person declined it (who).
+    Declined(String),
+}
+
+impl Approval {
+    /// From the proposal's expiry (if there is a proposal) and the decision (`approved:<who>` or
+    /// `declined:<who>`, if one was made). A decision without a proposal counts for nothing.
+    pub fn from_records(expires_ms: Option<u64>, decision: Option<&str>) -> Approval {
+        let Some(expires_ms) = expires_ms else {
+            return Approval::NotProposed;
+        };
+        match decision.and_then(|d| d.split_once(':')) {
+            Some(("approved", who)) => Approval::Approved(who.to_owned()),
+            Some(("declined", who)) => Approval::Declined(who.to_owned()),
+            _ => Approval::Pending { expires_ms },
+        }
+    }
+}
+
+/// How often a request waiting for approval is judged again: a decision is acted on within
+/// this, and a proposal whose problem went away is withdrawn within it.
+pub const APPROVAL_RECHECK: Duration = Duration::from_secs(2);
+
+/// The label that puts one container in approve mode (`approve`) or out of it (`auto`).
+pub const LABEL_MODE: &str = "hemostat.mode";
 
 /// The settings the guards apply.
 #[derive(Debug, Clone)]
@@ -122,6 +165,10 @@ pub struct Policies {
     pub cleanup_cooldown: Duration,
     /// How long a threshold request waits for a measurement newer than itself.
     pub measure_wait: Duration,
+    /// Every action waits for a person's approval unless its container says `hemostat.mode=auto`.
+    pub approve_all: bool,
+    /// How long a proposal waits for a decision.
+    pub approval_ttl: Duration,
 }
 
 /// Something a refusal sets off besides its report.
@@ -139,6 +186,8 @@ pub enum Effect {
         limit: u32,
         in_scope: u32,
     },
+    /// Propose the action to a person, once: it waits until `expires_ms` for a decision.
+    Propose { expires_ms: u64 },
 }
 
 /// How a guard refuses.
@@ -194,6 +243,10 @@ pub const TABLE: &[Row] = &[
         check: problem,
     },
     Row {
+        guard: Guard::Maintenance,
+        check: maintenance,
+    },
+    Row {
         guard: Guard::Storm,
         check: storm,
     },
@@ -212,6 +265,10 @@ pub const TABLE: &[Row] = &[
     Row {
         guard: Guard::RateLimit,
         check: rate_limit,
+    },
+    Row {
+        guard: Guard::Approval,
+        check: approval,
     },
     Row {
         guard: Guard::Lock,
@@ -444,6 +501,10 @@ fn still_holds(f: &Facts, c: &Container, p: &Policies) -> Result<(), Refusal> {
 }
 
 fn problem(f: &Facts, p: &Policies) -> Option<Refusal> {
+    if f.requested_by.is_some() && f.action != Action::Cleanup {
+        // A person asked for it: that is the problem. Every other guard still applies.
+        return None;
+    }
     match &f.target {
         Target::Found(c) => still_holds(f, c, p).err(),
         // A cleanup answers host pressure: it must name it, and it must still be there.
@@ -485,6 +546,82 @@ fn problem(f: &Facts, p: &Policies) -> Option<Refusal> {
             })
         }
         Target::Gone => None,
+    }
+}
+
+/// A clock time for a report: `HH:MM:SS UTC`.
+fn clock(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|t| t.format("%H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| "later".into())
+}
+
+fn maintenance(f: &Facts, _: &Policies) -> Option<Refusal> {
+    if f.requested_by.is_some() || f.action == Action::None {
+        return None;
+    }
+    let (what, until) = f.maintenance.as_ref()?;
+    Some(Refusal::Defer {
+        until_ms: (*until).max(f.now_ms + 1),
+        why: format!(
+            "maintenance window {what} pauses remediation until {}; acted on then if the problem still holds",
+            clock(*until)
+        ),
+        effect: None,
+    })
+}
+
+/// Whether an action on a container with `labels` (none: a host-wide action) needs approval.
+pub fn needs_approval(labels: Option<&HashMap<String, String>>, approve_all: bool) -> bool {
+    match labels
+        .and_then(|l| l.get(LABEL_MODE))
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("approve") => true,
+        Some("auto") => false,
+        _ => approve_all,
+    }
+}
+
+fn approval(f: &Facts, p: &Policies) -> Option<Refusal> {
+    if f.requested_by.is_some() || f.action == Action::None {
+        return None;
+    }
+    if !needs_approval(container(f).map(|c| &c.labels), p.approve_all) {
+        return None;
+    }
+    let recheck = f.now_ms + APPROVAL_RECHECK.as_millis() as u64;
+    match &f.approval {
+        Approval::Approved(_) => None,
+        Approval::Declined(by) => {
+            Some(Refusal::Skip(format!("declined by {by}; nothing was done")))
+        }
+        Approval::Pending { expires_ms } if f.now_ms >= *expires_ms => {
+            Some(Refusal::Skip(format!(
+                "the proposal expired: nobody approved it within {}; nothing was done",
+                secs(p.approval_ttl.as_millis() as u64)
+            )))
+        }
+        Approval::Pending { expires_ms } => Some(Refusal::Defer {
+            until_ms: recheck.min(*expires_ms),
+            why: format!(
+                "waiting for a person to approve (the proposal expires at {})",
+                clock(*expires_ms)
+            ),
+            effect: None,
+        }),
+        Approval::NotProposed => {
+            let expires_ms = f.now_ms + p.approval_ttl.as_millis() as u64;
+            Some(Refusal::Defer {
+                until_ms: recheck,
+                why: format!(
+                    "proposed to a person (approve mode); waiting for approval until {}",
+                    clock(expires_ms)
+                ),
+                effect: Some(Effect::Propose { expires_ms }),
+            })
+        }
     }
 }
 
@@ -763,6 +900,8 @@ mod tests {
             writes: WriteBudget { per_minute: 30 },
             cleanup_cooldown: Duration::from_secs(3600),
             measure_wait: Duration::from_secs(60),
+            approve_all: false,
+            approval_ttl: Duration::from_secs(900),
         }
     }
 
@@ -795,6 +934,9 @@ mod tests {
             last_cleanup_ms: None,
             lock_holder: None,
             measured: Measured::NotNeeded,
+            requested_by: None,
+            maintenance: None,
+            approval: Approval::NotProposed,
         }
     }
 
@@ -970,9 +1112,173 @@ mod tests {
                 with(|f| f.lock_holder = Some("job".into())),
                 None,
             ),
+            (
+                "a maintenance window pauses it",
+                with(|f| f.maintenance = Some(("nightly backup".into(), NOW + 60 * S))),
+                Some((G::Maintenance, "defer")),
+            ),
+            (
+                "a maintenance window, but a person asked",
+                with(|f| {
+                    f.maintenance = Some(("nightly backup".into(), NOW + 60 * S));
+                    f.requested_by = Some("dashboard".into());
+                }),
+                None,
+            ),
+            (
+                "a person's stop wins over a person's restart now",
+                with(|f| {
+                    f.person = Some(PersonAction::Stopped);
+                    f.requested_by = Some("dashboard".into());
+                }),
+                Some((G::Person, "skip")),
+            ),
+            (
+                "restart now of a healthy container: a person asked",
+                Facts {
+                    requested_by: Some("dashboard".into()),
+                    ..facts(Action::Restart, None, running.clone())
+                },
+                None,
+            ),
+            (
+                "restart now still backs off",
+                with(|f| {
+                    f.requested_by = Some("dashboard".into());
+                    f.history = vec![NOW - S];
+                }),
+                Some((G::Backoff, "defer")),
+            ),
+            (
+                "approve mode: proposed",
+                with(|f| {
+                    if let Target::Found(c) = &mut f.target {
+                        c.labels.insert(LABEL_MODE.into(), "approve".into());
+                    }
+                }),
+                Some((G::Approval, "defer")),
+            ),
+            (
+                "approve mode: waiting",
+                with(|f| {
+                    if let Target::Found(c) = &mut f.target {
+                        c.labels.insert(LABEL_MODE.into(), "approve".into());
+                    }
+                    f.approval = Approval::Pending {
+                        expires_ms: NOW + 60 * S,
+                    };
+                }),
+                Some((G::Approval, "defer")),
+            ),
+            (
+                "approve mode: approved",
+                with(|f| {
+                    if let Target::Found(c) = &mut f.target {
+                        c.labels.insert(LABEL_MODE.into(), "approve".into());
+                    }
+                    f.approval = Approval::Approved("alice".into());
+                }),
+                None,
+            ),
+            (
+                "approve mode: declined",
+                with(|f| {
+                    if let Target::Found(c) = &mut f.target {
+                        c.labels.insert(LABEL_MODE.into(), "approve".into());
+                    }
+                    f.approval = Approval::Declined("alice".into());
+                }),
+                Some((G::Approval, "skip")),
+            ),
+            (
+                "approve mode: expired",
+                with(|f| {
+                    if let Target::Found(c) = &mut f.target {
+                        c.labels.insert(LABEL_MODE.into(), "approve".into());
+                    }
+                    f.approval = Approval::Pending { expires_ms: NOW };
+                }),
+                Some((G::Approval, "skip")),
+            ),
+            (
+                "approve mode: a recovered container is not proposed",
+                Facts {
+                    approval: Approval::Pending {
+                        expires_ms: NOW + 60 * S,
+                    },
+                    ..facts(
+                        Action::Restart,
+                        Some(K::Died),
+                        Container {
+                            labels: HashMap::from([
+                                (scope::LABEL_ENABLE.to_owned(), "true".to_owned()),
+                                (LABEL_MODE.to_owned(), "approve".to_owned()),
+                            ]),
+                            ..running.clone()
+                        },
+                    )
+                },
+                Some((G::Problem, "skip")),
+            ),
+            (
+                "approve mode: breaker still wins after approval",
+                with(|f| {
+                    if let Target::Found(c) = &mut f.target {
+                        c.labels.insert(LABEL_MODE.into(), "approve".into());
+                    }
+                    f.approval = Approval::Approved("alice".into());
+                    f.breaker_open = true;
+                }),
+                Some((G::Breaker, "reject")),
+            ),
         ];
         for (what, f, want) in cases {
             assert_eq!(check(&f), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn approval_is_per_container_or_global() {
+        let l = |v: &str| HashMap::from([(LABEL_MODE.to_owned(), v.to_owned())]);
+        type Labels = Option<HashMap<String, String>>;
+        let cases: &[(Labels, bool, bool)] = &[
+            (None, false, false),
+            (None, true, true),
+            (Some(l("approve")), false, true),
+            (Some(l("APPROVE ")), false, true),
+            (Some(l("auto")), true, false),
+            (Some(l("whatever")), true, true),
+            (Some(HashMap::new()), false, false),
+        ];
+        for (labels, global, want) in cases {
+            assert_eq!(
+                needs_approval(labels.as_ref(), *global),
+                *want,
+                "{labels:?} {global}"
+            );
+        }
+        let records: &[(Option<u64>, Option<&str>, Approval)] = &[
+            (None, None, Approval::NotProposed),
+            (None, Some("approved:alice"), Approval::NotProposed),
+            (Some(5), None, Approval::Pending { expires_ms: 5 }),
+            (
+                Some(5),
+                Some("approved:alice"),
+                Approval::Approved("alice".into()),
+            ),
+            (
+                Some(5),
+                Some("declined:bob:x"),
+                Approval::Declined("bob:x".into()),
+            ),
+            (
+                Some(5),
+                Some("garbage"),
+                Approval::Pending { expires_ms: 5 },
+            ),
+        ];
+        for (exp, dec, want) in records {
+            assert_eq!(Approval::from_records(*exp, *dec), *want, "{exp:?} {dec:?}");
         }
     }
 
@@ -1402,11 +1708,13 @@ mod tests {
                 G::Person,
                 G::RestartPolicy,
                 G::Problem,
+                G::Maintenance,
                 G::Storm,
                 G::Breaker,
                 G::Backoff,
                 G::Cooldown,
                 G::RateLimit,
+                G::Approval,
                 G::Lock
             ]
         );

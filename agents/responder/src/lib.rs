@@ -34,12 +34,14 @@ use bollard::Docker;
 use bollard::models::ContainerInspectResponse;
 use chrono::{TimeZone, Utc};
 use hemostat_common::agent::AgentContext;
-use hemostat_common::bus::{Backoff, Bus, ConsumerConfig, Disposition, RecentWindow, consume};
+use hemostat_common::bus::{Backoff, Bus, ConsumerConfig, Disposition, Op, RecentWindow, consume};
+use hemostat_common::events::proposals;
 use hemostat_common::events::{
     AUDIT_STREAM, Action, AnalysisMethod, Channel, ContainerRef, Envelope, Escalation,
     EscalationKind, Guard, Outcome, Payload, Problem, ProblemKind, RemediationRequest,
     RemediationResult, Severity, Verification,
 };
+use hemostat_common::maintenance;
 use hemostat_common::shutdown::Shutdown;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -220,6 +222,8 @@ impl Responder {
             },
             cleanup_cooldown: cfg.cleanup_cooldown,
             measure_wait: MEASURE_WAIT,
+            approve_all: cfg.mode == crate::config::Mode::Approve,
+            approval_ttl: cfg.approval_ttl,
         };
         Responder {
             queue: Queue::new(bus.clone(), host, instance, cfg.lease),
@@ -297,6 +301,21 @@ impl Responder {
 
     /// Takes one `remediation_needed` envelope off the stream into the host's queue.
     pub async fn admit(&self, env: Envelope) -> Disposition {
+        // A person's request ("restart now") is queued as a request of its own, marked as
+        // theirs: it needs no problem and no approval, and passes every other guard.
+        let env = match env.payload {
+            Payload::PersonRequest(mut req) => {
+                req.analysis_method = AnalysisMethod::Person;
+                if req.requested_by.as_deref().is_none_or(str::is_empty) {
+                    req.requested_by = Some("a person".into());
+                }
+                Envelope {
+                    payload: Payload::RemediationNeeded(req),
+                    ..env
+                }
+            }
+            _ => env,
+        };
         let Payload::RemediationNeeded(req) = &env.payload else {
             return Disposition::Ack;
         };
@@ -520,6 +539,7 @@ impl Responder {
                 match effect {
                     Some(Effect::EscalateProtected) => {
                         r.escalation = Some(Escalation {
+                            proposal: None,
                             kind: EscalationKind::ProtectedContainer,
                             severity: Severity::Critical,
                             container: job.req.container.clone(),
@@ -540,7 +560,7 @@ impl Responder {
                     Some(Effect::PolicyLoop { restarts }) => {
                         self.policy_loop(job, restarts).await?;
                     }
-                    Some(Effect::Storm { .. }) | None => {}
+                    Some(Effect::Storm { .. } | Effect::Propose { .. }) | None => {}
                 }
                 self.report(job, r).await
             }
@@ -549,13 +569,14 @@ impl Responder {
                 why,
                 effect,
             } => {
-                if let Some(Effect::Storm {
-                    failing,
-                    limit,
-                    in_scope,
-                }) = effect
-                {
-                    self.storm(&failing, limit, in_scope).await?;
+                match effect {
+                    Some(Effect::Storm {
+                        failing,
+                        limit,
+                        in_scope,
+                    }) => self.storm(&failing, limit, in_scope).await?,
+                    Some(Effect::Propose { expires_ms }) => self.propose(job, expires_ms).await?,
+                    _ => {}
                 }
                 self.metrics
                     .deferred
@@ -690,6 +711,21 @@ impl Responder {
         let failing: Vec<(String, u64)> = began.into_iter().collect();
         tracing::debug!(failing = failing.len(), in_scope, "storm facts");
         let measured = self.measured(job, &target, now).await;
+        let (windows, proposal_expires, decision): (
+            std::collections::HashMap<String, String>,
+            Option<u64>,
+            Option<String>,
+        ) = redis::pipe()
+            .cmd("HGETALL")
+            .arg(maintenance::MAINTENANCE_KEY)
+            .cmd("HGET")
+            .arg(proposals::proposal(&self.host, &job.id))
+            .arg("expires_ms")
+            .cmd("GET")
+            .arg(proposals::decision(&self.host, &job.id))
+            .query_async(&mut conn)
+            .await?;
+        let maintenance = self.paused_by(&windows, &target, now);
         let facts = Facts {
             now_ms: now,
             job_id: job.id.clone(),
@@ -705,8 +741,152 @@ impl Responder {
             last_cleanup_ms: last_cleanup,
             lock_holder,
             measured,
+            requested_by: job.req.requested_by.clone(),
+            maintenance,
+            approval: guards::Approval::from_records(proposal_expires, decision.as_deref()),
         };
         Ok((facts, inspect))
+    }
+
+    /// The maintenance window pausing remediation of `target` at `now_ms`, if one does: its
+    /// description and when the last pausing window ends. Windows that cannot be read are
+    /// skipped (and logged): a broken window pauses nothing rather than everything.
+    fn paused_by(
+        &self,
+        raw: &std::collections::HashMap<String, String>,
+        target: &Target,
+        now_ms: u64,
+    ) -> Option<(String, u64)> {
+        let windows: Vec<maintenance::Window> = raw
+            .iter()
+            .take(maintenance::MAX_WINDOWS)
+            .filter_map(|(id, json)| match serde_json::from_str(json) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(window = %id, error = %e, "unreadable maintenance window ignored");
+                    None
+                }
+            })
+            .collect();
+        if windows.is_empty() {
+            return None;
+        }
+        let now = Utc.timestamp_millis_opt(now_ms as i64).single()?;
+        let labels: std::collections::BTreeMap<String, String>;
+        let who = match target {
+            Target::Found(c) => {
+                labels = c
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                Some((c.name.as_str(), &labels))
+            }
+            Target::Host | Target::Gone => None,
+        };
+        let holding = maintenance::pausing(
+            &windows,
+            now,
+            &self.host,
+            who,
+            maintenance::Pausing::Remediation,
+        );
+        let (w, occ) = holding.first()?;
+        let what = if w.comment.is_empty() {
+            w.describe()
+        } else {
+            format!("\"{}\" ({})", w.comment, w.describe())
+        };
+        Some((what, occ.end.timestamp_millis().max(0) as u64))
+    }
+
+    /// Proposes the job's action to a person, once (a responder that dies after this and a
+    /// successor that judges again find the proposal and do not propose twice): the proposal's
+    /// record, its place in the host's index, an `approval_needed` escalation (the chat message
+    /// that links to the decision) and its audit entry, in one step.
+    async fn propose(&self, job: &Job, expires_ms: u64) -> anyhow::Result<()> {
+        let now = now_ms();
+        let key = proposals::proposal(&self.host, &job.id);
+        let expires_at = Utc
+            .timestamp_millis_opt(expires_ms as i64)
+            .single()
+            .unwrap_or_else(Utc::now);
+        let keep = (self.cfg.approval_ttl + HANDLED_TTL).as_secs().to_string();
+        let container = job
+            .req
+            .container
+            .as_ref()
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        let esc = Escalation {
+            kind: EscalationKind::ApprovalNeeded,
+            severity: Severity::Warning,
+            container: job.req.container.clone(),
+            summary: format!(
+                "approve {} of {}? {}",
+                verb(job.req.action),
+                job.name(),
+                job.req.root_cause
+            ),
+            detail: format!(
+                "{} It passed every guard; nothing happens unless a person approves it before {} (HEMOSTAT_APPROVAL_TTL).",
+                job.req.reason,
+                expires_at.format("%H:%M:%S UTC")
+            ),
+            proposal: Some(hemostat_common::events::Proposal {
+                id: job.id.clone(),
+                action: job.req.action,
+                expires_at,
+            }),
+        };
+        let ops = vec![
+            Op::cmd([
+                "HSET",
+                &key,
+                "action",
+                verb(job.req.action),
+                "container",
+                &container,
+                "root_cause",
+                &job.req.root_cause,
+                "reason",
+                &job.req.reason,
+                "proposed_ms",
+                &now.to_string(),
+                "expires_ms",
+                &expires_ms.to_string(),
+            ]),
+            Op::cmd(["EXPIRE", &key, &keep]),
+            Op::cmd([
+                "ZADD",
+                &proposals::index(&self.host),
+                &expires_ms.to_string(),
+                &job.id,
+            ]),
+            // The index forgets proposals a week past their expiry.
+            Op::cmd([
+                "ZREMRANGEBYSCORE",
+                &proposals::index(&self.host),
+                "-inf",
+                &now.saturating_sub(HANDLED_TTL.as_millis() as u64)
+                    .to_string(),
+            ]),
+        ];
+        let published = self
+            .bus
+            .publish_once_with(
+                &keys::escalated(&self.host, &format!("proposal:{}", job.id)),
+                self.cfg.approval_ttl + HANDLED_TTL,
+                &[Envelope::new(AGENT, &self.host, Payload::Escalation(esc))],
+                &[AUDIT_STREAM],
+                &ops,
+            )
+            .await?;
+        if published {
+            self.metrics.escalations.inc();
+            tracing::info!(request = %job.id, container = job.name(), action = verb(job.req.action), "proposed; waiting for a person's approval");
+        }
+        Ok(())
     }
 
     /// A person's pause, or a stop of theirs since the container last started (from Docker's
@@ -1170,6 +1350,7 @@ impl Responder {
                 AGENT,
                 &self.host,
                 Payload::RemediationNeeded(RemediationRequest {
+                    requested_by: None,
                     container: Some(ContainerRef {
                         id: id.clone(),
                         name: name.clone(),
@@ -1255,6 +1436,7 @@ impl Responder {
 
     fn failed_escalation(&self, job: &Job, reason: &str) -> Escalation {
         Escalation {
+            proposal: None,
             kind: EscalationKind::RemediationFailed,
             severity: Severity::Critical,
             container: job.req.container.clone(),
@@ -1316,6 +1498,7 @@ impl Responder {
             &format!("breaker:{}:{opening}", job.name()),
             self.cfg.breaker.cooldown * 2,
             Escalation {
+                proposal: None,
                 kind: EscalationKind::CircuitBreakerOpen,
                 severity: Severity::Critical,
                 container: job.req.container.clone(),
@@ -1335,6 +1518,7 @@ impl Responder {
             &format!("policy_loop:{}", job.name()),
             self.cfg.breaker.cooldown,
             Escalation {
+                proposal: None,
                 kind: EscalationKind::CrashLoop,
                 severity: Severity::Critical,
                 container: job.req.container.clone(),
@@ -1384,6 +1568,7 @@ impl Responder {
             &format!("storm:{episode}"),
             self.cfg.storm.window * 10,
             Escalation {
+                proposal: None,
                 kind: EscalationKind::RemediationPaused,
                 severity: Severity::Critical,
                 container: None,
@@ -1647,15 +1832,49 @@ pub async fn reset_breaker(bus: &Bus, host: &str, name: &str) -> anyhow::Result<
 /// Starts the responder on `ctx`: the intake of requests (consumer group `responder:<host>`,
 /// so every host's responders see every request and take only their own host's), the
 /// scheduler of the host's queue, and the renewal of its leases.
+/// Makes sure the key that signs approval links exists (the first responder makes it; it is
+/// never replaced, so links stay valid), retrying until Redis answers or shutdown. Returns
+/// once it exists; the task ending is no failure, so it waits for shutdown after.
+async fn ensure_signing_key(bus: Bus, shutdown: Shutdown) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        let key: String = {
+            use rand::RngCore as _;
+            let mut b = [0u8; 32];
+            rand::rng().fill_bytes(&mut b);
+            b.iter().map(|x| format!("{x:02x}")).collect()
+        };
+        let mut conn = bus.connection();
+        let r: redis::RedisResult<Option<String>> = redis::cmd("SET")
+            .arg(proposals::SIGNING_KEY)
+            .arg(&key)
+            .arg("NX")
+            .query_async(&mut conn)
+            .await;
+        match r {
+            Ok(_) => break,
+            Err(e) => {
+                let d = backoff.next_delay();
+                tracing::debug!(error = %e, retry_in = ?d, "could not make sure the approval signing key exists");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(d) => {}
+                }
+            }
+        }
+    }
+    shutdown.cancelled().await;
+}
+
 pub fn spawn(responder: Arc<Responder>, ctx: &AgentContext) {
     responder.register(ctx);
     let group = format!("{AGENT}:{}", ctx.identity.host);
-    let mut cfg = ConsumerConfig::new(Channel::RemediationNeeded, &group, &ctx.identity.instance);
-    // Intake only records the request: quick, so many at once and a short reclaim.
-    cfg.concurrency = 16;
-    let bus = ctx.bus.clone();
-    let shutdown = ctx.shutdown.clone();
-    {
+    for channel in [Channel::RemediationNeeded, Channel::PersonRequest] {
+        let mut cfg = ConsumerConfig::new(channel, &group, &ctx.identity.instance);
+        // Intake only records the request: quick, so many at once and a short reclaim.
+        cfg.concurrency = 16;
+        let bus = ctx.bus.clone();
+        let shutdown = ctx.shutdown.clone();
         let r = responder.clone();
         ctx.spawn_critical("remediation intake", async move {
             consume(&bus, cfg, shutdown, |env| {
@@ -1665,6 +1884,10 @@ pub fn spawn(responder: Arc<Responder>, ctx: &AgentContext) {
             .await;
         });
     }
+    ctx.spawn_critical(
+        "approval signing key",
+        ensure_signing_key(ctx.bus.clone(), ctx.shutdown.clone()),
+    );
     ctx.spawn_critical("remediation queue", responder.clone().schedule());
     ctx.spawn_critical("fleet metrics", responder.clone().refresh_fleet());
     ctx.spawn_critical("lease renewal", responder.renew_leases());

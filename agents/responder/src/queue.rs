@@ -668,6 +668,7 @@ mod tests {
             "analyzer",
             "h",
             Payload::RemediationNeeded(RemediationRequest {
+                requested_by: None,
                 container: Some(ContainerRef {
                     id: "c1".into(),
                     name: "web".into(),

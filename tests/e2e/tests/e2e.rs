@@ -434,6 +434,44 @@ async fn the_whole_stack_heals_what_it_should_and_leaves_alone_what_it_must() {
     );
     docker(&["start", &web]);
 
+    // 4b. a maintenance window: the killed web server is held down and nobody is told while it
+    // holds; when it ends, one summary message, and the web server is healed.
+    eventually("web running again", || {
+        inspect(&web, "{{.State.Running}}") == "true"
+    })
+    .await;
+    let opened = Instant::now();
+    stack.chaos("maintenance", &[("MAINTENANCE_FOR", "15s")]);
+    let e = results
+        .wait_for(WAIT, "the held web server's remediation", |e| {
+            result_for(e, &web_name).is_some()
+        })
+        .await;
+    let r = result_for(&e, &web_name).unwrap();
+    assert_eq!(
+        (r.action, r.outcome),
+        (Action::Restart, Outcome::Success),
+        "{r:#?}"
+    );
+    assert!(
+        opened.elapsed() >= Duration::from_secs(14),
+        "healed only once the window ended, not after {:?}",
+        opened.elapsed()
+    );
+    eventually("one summary of the maintenance window", || {
+        slack_messages(sink_port)
+            .iter()
+            .any(|m| m.contains("Maintenance window") && m.contains(&web_name))
+    })
+    .await;
+    assert_eq!(
+        slack_messages(sink_port)
+            .iter()
+            .filter(|m| m.contains("Maintenance window"))
+            .count(),
+        1
+    );
+
     // 5. a protected container killed → not touched, escalated.
     let protected = stack.container("demo-protected");
     let protected_name = inspect(&protected, "{{.Name}}")

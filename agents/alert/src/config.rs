@@ -400,7 +400,10 @@ impl AlertArgs {
                 variable: "HEMOSTAT_NOTIFY_ROUTES",
                 message,
             };
-            let Some((name, rest)) = spec.split_once(':').filter(|(n, _)| !n.contains('/')) else {
+            let Some((name, rest)) = spec
+                .split_once(':')
+                .filter(|(n, rest)| !n.contains('/') && !rest.starts_with("//"))
+            else {
                 return Err(bad(
                     "a route is not `name: [severity=<least>] url ...` (e.g. `db: severity=warning pagerduty://KEY`)".into(),
                 ));
@@ -538,6 +541,139 @@ mod tests {
             assert!(err.contains(var), "{args:?}: {err}");
             assert!(!err.contains("SECRETPART"), "{args:?} leaked: {err}");
         }
+    }
+
+    #[test]
+    fn urls_and_routes_become_named_sinks() {
+        let c = parse(&[
+            "--slack-webhook-url",
+            "https://hooks.slack.com/services/T/B/X",
+            "--notify-urls",
+            "slack://T/B/Y ntfy://alerts,telegram://1:x/10/20 json://h/hook?name=ops&severity=warning",
+            "--notify-routes",
+            "db: severity=warning slack://T/B/DB json://h/db?severity=critical; web: ntfy://web",
+        ])
+        .unwrap();
+        let got: Vec<(String, String, Severity)> = c
+            .sinks
+            .iter()
+            .map(|s| (s.name.clone(), s.route.clone(), s.min_severity))
+            .collect();
+        let want: Vec<(String, String, Severity)> = [
+            ("slack", "default", Severity::Info),
+            ("slack-2", "default", Severity::Info),
+            ("ntfy", "default", Severity::Info),
+            ("telegram", "default", Severity::Info),
+            ("telegram-2", "default", Severity::Info),
+            ("ops", "default", Severity::Warning),
+            ("db-slack", "db", Severity::Warning),
+            ("db-json", "db", Severity::Critical),
+            ("web-ntfy", "web", Severity::Info),
+        ]
+        .iter()
+        .map(|(n, r, s)| (n.to_string(), r.to_string(), *s))
+        .collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            c.routes.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["db", "default", "web"]
+        );
+    }
+
+    #[test]
+    fn a_label_routes_a_notification_and_an_unknown_route_falls_back() {
+        let routes: std::collections::BTreeSet<String> = ["default", "db", "web"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let n = |label: Option<&str>| {
+            let mut c = hemostat_common::events::ContainerRef::default();
+            if let Some(l) = label {
+                c.labels.insert(LABEL_NOTIFY.into(), l.into());
+            }
+            crate::notify::Notification {
+                fingerprint: String::new(),
+                status: crate::notify::Status::Firing,
+                severity: Severity::Critical,
+                host: "h".into(),
+                container: Some(c),
+                kind: "died".into(),
+                title: String::new(),
+                text: String::new(),
+                root_cause: None,
+                action: None,
+                outcome: None,
+                confidence: None,
+                method: None,
+                dry_run: false,
+                at: chrono::Utc::now(),
+                event_id: String::new(),
+                event_type: String::new(),
+                page: false,
+                one_off: false,
+                proposal: None,
+            }
+        };
+        let cases: &[(Option<&str>, &[&str])] = &[
+            (None, &["default"]),
+            (Some("db"), &["db"]),
+            (Some(" db , web "), &["db", "web"]),
+            (Some("nope"), &["default"]),
+            (Some("db,nope"), &["db"]),
+        ];
+        for (label, want) in cases {
+            let notification = n(*label);
+            assert_eq!(routes_of(&notification, &routes), *want, "{label:?}");
+        }
+    }
+
+    #[test]
+    fn bad_routes_name_the_variable_and_hide_the_url() {
+        let cases: &[(&[&str], &str, &str)] = &[
+            (
+                &["--notify-urls", "slack://SECRETPART"],
+                "HEMOSTAT_NOTIFY_URLS",
+                "URL 1 of route default",
+            ),
+            (
+                &["--notify-urls", "ntfy://t carrier://SECRETPART"],
+                "HEMOSTAT_NOTIFY_URLS",
+                "URL 2",
+            ),
+            (
+                &["--notify-routes", "slack://T/B/SECRETPART"],
+                "HEMOSTAT_NOTIFY_ROUTES",
+                "name:",
+            ),
+            (
+                &["--notify-routes", "Bad Name: ntfy://x"],
+                "HEMOSTAT_NOTIFY_ROUTES",
+                "route name",
+            ),
+            (
+                &["--notify-routes", "db: ntfy://x; db: ntfy://y"],
+                "HEMOSTAT_NOTIFY_ROUTES",
+                "twice",
+            ),
+            (
+                &["--notify-routes", "db: severity=loud ntfy://x"],
+                "HEMOSTAT_NOTIFY_ROUTES",
+                "severity",
+            ),
+            (
+                &["--notify-routes", "db: json://h/x?name=Bad%21 "],
+                "HEMOSTAT_NOTIFY_ROUTES",
+                "name=",
+            ),
+        ];
+        for (args, var, what) in cases {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(var) && err.contains(what), "{args:?}: {err}");
+            assert!(!err.contains("SECRETPART"), "{args:?} leaked: {err}");
+        }
+        let many: Vec<String> = (0..65).map(|i| format!("ntfy://topic{i}")).collect();
+        let err = parse(&["--notify-urls", &many.join(" ")]).unwrap_err();
+        assert!(err.contains("at most 64"), "{err}");
     }
 
     #[test]

@@ -34,6 +34,15 @@ fn bad_settings_exit_2_naming_the_variable_without_the_secret() {
         ("WEBHOOK_PRESET", "pigeon"),
         ("SLACK_MIN_SEVERITY", "loud"),
         ("HEMOSTAT_GROUP_WAIT", "eventually"),
+        (
+            "HEMOSTAT_NOTIFY_URLS",
+            "slack://T0/B0/X carrier://SECRETPART",
+        ),
+        (
+            "HEMOSTAT_NOTIFY_URLS",
+            "mailto://user:SECRETPART@smtp.example.com",
+        ),
+        ("HEMOSTAT_NOTIFY_ROUTES", "db: telegram://SECRETPART"),
     ];
     for (var, value) in cases {
         let (code, text) = alert(&[(var, value)], &[]);
@@ -78,7 +87,10 @@ fn test_command_reports_an_unreachable_sink_without_its_url() {
         &["test"],
     );
     assert_eq!(code, 1, "{text}");
-    assert!(text.contains("slack: FAILED"), "{text}");
+    assert!(
+        text.contains("slack (slack, route default): FAILED"),
+        "{text}"
+    );
     assert!(!text.contains("SECRETPART"), "{text}");
     let (code, text) = alert(&[], &["test"]);
     assert_eq!(code, 1);

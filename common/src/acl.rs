@@ -6,7 +6,8 @@
 //! - only the monitor adds health alerts and metrics;
 //! - only the analyzer adds remediation requests and false alarms;
 //! - only the responder adds results and owns locks, breakers, queues and its history;
-//! - only the alert agent owns the notification state;
+//! - only the alert agent owns the notification state (its command line adds silences and
+//!   maintenance windows, with their audit entries);
 //! - the dashboard adds audit entries, silences and maintenance windows, a person's decision
 //!   on a proposal (`hemostat:decision:*`) and a person's request ("restart now", on
 //!   `hemostat:person_request`, which the responder judges like any other), may delete a
@@ -128,6 +129,8 @@ pub fn rules(service: &str) -> Option<Vec<String>> {
                     "~hemostat:alert:*",
                     "~hemostat:silences",
                     "~hemostat:maintenance",
+                    // Its CLI's silences and maintenance windows are a person's actions, audited.
+                    "~hemostat:stream:audit",
                 ],
                 &[],
                 vec![consumer(&[

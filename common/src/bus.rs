@@ -341,6 +341,22 @@ impl Bus {
     /// Connects to `target`, waiting for Redis (and, under Sentinel, for a sentinel that
     /// names the master) if it is not up yet. Under Sentinel the bus then follows failovers
     /// until `shutdown`.
+    /// The bus of a one-off command (`silence`, `maintenance`, `reset-breaker`): the agent's
+    /// Redis settings, metrics and health of its own that nobody reads.
+    pub async fn for_command(
+        common: &crate::config::CommonArgs,
+        shutdown: &Shutdown,
+    ) -> Result<Bus, BusError> {
+        Bus::connect_to(
+            &common.redis_target(),
+            common.stream_maxlen,
+            AgentMetrics::default(),
+            Health::default(),
+            shutdown,
+        )
+        .await
+    }
+
     pub async fn connect_to(
         target: &RedisTarget,
         maxlen: u64,

@@ -22,7 +22,7 @@ use hemostat_common::windows::{self, WindowSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::api::{ApiError, AppState, authorize, check_name, count};
+use crate::api::{ApiError, AppState, audit_entry, authorize, check_name, count};
 
 /// Proposals looked at: the newest approval escalations on `hemostat:stream:alerts`.
 const PROPOSALS_SCANNED: usize = 500;
@@ -508,26 +508,12 @@ pub async fn restart_now(
             requested_by: Some(by.clone()),
         }),
     );
-    let mut pipe = redis::pipe();
-    pipe.cmd("XADD")
-        .arg(AUDIT_STREAM)
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(s.stream_maxlen)
-        .arg("*")
-        .arg("event_type")
-        .arg("restart_requested")
-        .arg("host")
-        .arg(host)
-        .arg("container")
-        .arg(name)
-        .arg("request_id")
-        .arg(&env.id)
-        .arg("by")
-        .arg(&by)
-        .arg("at")
-        .arg(Utc::now().to_rfc3339())
-        .ignore();
+    let pipe = audit_entry(
+        &s,
+        "restart_requested",
+        &[("host", host), ("container", name), ("request_id", &env.id)],
+        &by,
+    );
     s.bus.run(&pipe).await?;
     s.bus.publish(&env).await?;
     count(&s, "restart_now", "ok");

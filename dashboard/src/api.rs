@@ -554,6 +554,34 @@ pub(crate) fn url_segment(s: &str) -> String {
         .collect()
 }
 
+/// A person's action as one audit entry (`event_type`, `fields`, `by`, `at`), ready to run.
+pub(crate) fn audit_entry(
+    s: &Inner,
+    event_type: &str,
+    fields: &[(&str, &str)],
+    by: &str,
+) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    let cmd = pipe
+        .cmd("XADD")
+        .arg(AUDIT_STREAM)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(s.stream_maxlen)
+        .arg("*")
+        .arg("event_type")
+        .arg(event_type);
+    for (k, v) in fields {
+        cmd.arg(*k).arg(*v);
+    }
+    cmd.arg("by")
+        .arg(by)
+        .arg("at")
+        .arg(Utc::now().to_rfc3339())
+        .ignore();
+    pipe
+}
+
 pub(crate) fn check_name(what: &str, v: &str) -> Result<(), ApiError> {
     if v.is_empty() || v.len() > 253 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(ApiError::BadRequest(format!(
@@ -591,26 +619,16 @@ async fn reset_breaker(
     let deleted = hemostat_responder::reset_breaker(&s.bus, host, name).await?;
     // reset_breaker does not audit (its CLI is run by a person at the host); the dashboard is
     // remote, so it records who did it.
-    let mut pipe = redis::pipe();
-    pipe.cmd("XADD")
-        .arg(AUDIT_STREAM)
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(s.stream_maxlen)
-        .arg("*")
-        .arg("event_type")
-        .arg("breaker_reset")
-        .arg("host")
-        .arg(host)
-        .arg("container")
-        .arg(name)
-        .arg("was_open")
-        .arg(if was_open { "true" } else { "false" })
-        .arg("by")
-        .arg(&by)
-        .arg("at")
-        .arg(Utc::now().to_rfc3339())
-        .ignore();
+    let pipe = audit_entry(
+        &s,
+        "breaker_reset",
+        &[
+            ("host", host),
+            ("container", name),
+            ("was_open", if was_open { "true" } else { "false" }),
+        ],
+        &by,
+    );
     if let Err(e) = s.bus.run(&pipe).await {
         count(&s, "reset_breaker", "not_audited");
         return Err(ApiError::Redis(format!(

@@ -14,8 +14,6 @@ use hemostat_common::agent;
 use hemostat_common::agent::AgentContext;
 use hemostat_common::bus::Bus;
 use hemostat_common::events::Severity;
-use hemostat_common::http::Health;
-use hemostat_common::metrics::AgentMetrics;
 use hemostat_common::shutdown::Shutdown;
 
 fn main() -> ExitCode {
@@ -129,14 +127,7 @@ async fn maintenance(
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     use hemostat_common::windows;
-    let bus = Bus::connect_to(
-        &args.common.redis_target(),
-        args.common.stream_maxlen,
-        AgentMetrics::default(),
-        Health::default(),
-        shutdown,
-    )
-    .await?;
+    let bus = Bus::for_command(&args.common, shutdown).await?;
     let who = format!(
         "cli:{}",
         std::env::var("USER").unwrap_or_else(|_| "unknown".into())
@@ -171,14 +162,7 @@ async fn maintenance(
 }
 
 async fn silence(args: &AlertArgs, cmd: SilenceCommand, shutdown: &Shutdown) -> anyhow::Result<()> {
-    let bus = Bus::connect_to(
-        &args.common.redis_target(),
-        args.common.stream_maxlen,
-        AgentMetrics::default(),
-        Health::default(),
-        shutdown,
-    )
-    .await?;
+    let bus = Bus::for_command(&args.common, shutdown).await?;
     let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
     match cmd {
         SilenceCommand::Add {

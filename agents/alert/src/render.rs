@@ -412,9 +412,9 @@ pub fn json_body(batch: &Batch) -> Value {
     json!({"source": "hemostat", "count": batch.notifications.len(), "notifications": batch.notifications})
 }
 
-/// PagerDuty Events API v2: one event per pageable notification. The dedup key is stable per
-/// container, so a recovery resolves the incident its failure opened.
-pub fn pagerduty(n: &Notification, routing_key: &str) -> Option<Value> {
+/// What a pager keys an alert by, for a pageable notification: the container's name (`-` for
+/// the host) and `hemostat/<host>/<container>`, the same for its failure and its recovery.
+fn pager_key(n: &Notification) -> Option<(String, String)> {
     if !n.page {
         return None;
     }
@@ -423,7 +423,14 @@ pub fn pagerduty(n: &Notification, routing_key: &str) -> Option<Value> {
         .as_ref()
         .map(|c| c.name.clone())
         .unwrap_or_else(|| "-".into());
-    let dedup = format!("hemostat/{}/{}", n.host, who);
+    let key = format!("hemostat/{}/{}", n.host, who);
+    Some((who, key))
+}
+
+/// PagerDuty Events API v2: one event per pageable notification. The dedup key is stable per
+/// container, so a recovery resolves the incident its failure opened.
+pub fn pagerduty(n: &Notification, routing_key: &str) -> Option<Value> {
+    let (who, dedup) = pager_key(n)?;
     let said = Said::new(n, Markup::Plain);
     let event = match n.status {
         Status::Resolved => {
@@ -551,15 +558,8 @@ pub fn matrix(batch: &Batch, ctx: &RenderContext) -> Value {
 /// repeated failures fold into one alert and a recovery closes it); a recovery closes it.
 /// Returns the alias to close, if it closes one, and the body.
 pub fn opsgenie(n: &Notification) -> Option<(Option<String>, Value)> {
-    if !n.page {
-        return None;
-    }
-    let who = n
-        .container
-        .as_ref()
-        .map(|c| c.name.clone())
-        .unwrap_or_else(|| "-".into());
-    let alias = cut(&format!("hemostat/{}/{}", n.host, who), 512);
+    let (who, alias) = pager_key(n)?;
+    let alias = cut(&alias, 512);
     let said = Said::new(n, Markup::Plain);
     Some(match n.status {
         Status::Resolved => (

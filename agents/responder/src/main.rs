@@ -9,7 +9,6 @@ use hemostat_common::agent::AgentContext;
 use hemostat_common::bus::Bus;
 use hemostat_common::docker;
 use hemostat_common::http::Health;
-use hemostat_common::metrics::AgentMetrics;
 use hemostat_common::shutdown::Shutdown;
 use hemostat_responder::config::{Command, ResponderArgs, ResponderConfig};
 
@@ -73,14 +72,7 @@ async fn reset(args: &ResponderArgs, container: &str, shutdown: &Shutdown) -> an
     let d =
         docker::connect_docker(args.docker_host.as_deref(), &Health::default(), shutdown).await?;
     let host = host_id(args, &d).await?;
-    let bus = Bus::connect_to(
-        &args.common.redis_target(),
-        args.common.stream_maxlen,
-        AgentMetrics::default(),
-        Health::default(),
-        shutdown,
-    )
-    .await?;
+    let bus = Bus::for_command(&args.common, shutdown).await?;
     let n = hemostat_responder::reset_breaker(&bus, &host, container).await?;
     println!("circuit breaker of {container} on {host} reset ({n} key(s) removed)");
     Ok(())

@@ -391,11 +391,21 @@ impl AlertService {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            let windows = self
-                .windows
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            // Read fresh, not the copy the refresher keeps: a window opened a moment before a
+            // failure (a backup script's window, then its first restart) must hold it.
+            let windows = match hemostat_common::windows::load(&self.bus).await {
+                Ok(w) => {
+                    *self.windows.write().unwrap_or_else(|p| p.into_inner()) = w.clone();
+                    w
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not read maintenance windows; using the last read");
+                    self.windows
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone()
+                }
+            };
             let now = now_ms();
             let wall = Utc::now();
             // Per fingerprint: the state as read, its version, the state the batch made of it.

@@ -4,6 +4,8 @@
 //! - [`bus`]: publishing (pub/sub + stream, atomically), consumer groups, reclaim, dead letters.
 //! - [`config`]: the settings every agent shares, and start-up errors that name the variable.
 //! - [`agent`]: the [`agent::AgentContext`] handed to each agent's `run`, and its lifecycle.
+//! - [`incidents`]: incidents (one episode of trouble, from alert to verified recovery), their
+//!   timeline, postmortem and reliability numbers, as pure functions of the envelopes.
 //! - [`maintenance`]: maintenance windows (scope, schedule, pause checks), pure functions of time.
 //! - [`telemetry`], [`shutdown`], [`heartbeat`], [`metrics`], [`http`], [`redact`]: the rest of
 //!   the plumbing, as plain functions.
@@ -17,6 +19,7 @@ pub mod docker;
 pub mod events;
 pub mod heartbeat;
 pub mod http;
+pub mod incidents;
 pub mod maintenance;
 pub mod metrics;
 pub mod redact;
